@@ -1,0 +1,94 @@
+"""System checks: a bad ROOMCAST setting stops the server at start-up with what to fix.
+
+Ids: ``roomcast.E001``... for errors. ``roomcast serve`` runs these checks before it
+binds a port; ``manage.py check`` runs them in a project that installs the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+from django.core.exceptions import ImproperlyConfigured
+
+from .conf import roomcast_settings
+
+_POSITIVE_INTS = (
+    "MAX_FRAME_BYTES",
+    "HISTORY_COUNT",
+    "REPLAY_LIMIT",
+    "OUTBOUND_BUFFER_FRAMES",
+    "ROOM_NAME_MAX_CHARS",
+)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Validate ``settings.ROOMCAST`` and the channel layer it names."""
+    try:
+        roomcast_settings.reload()
+        roomcast_settings.user_settings  # noqa: B018  (raises on unknown keys)
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="roomcast.E001")]
+    errors: list[Error] = []
+    for key in _POSITIVE_INTS:
+        value = getattr(roomcast_settings, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(
+                Error(
+                    f"ROOMCAST[{key!r}] must be a positive integer, not {value!r}.",
+                    hint="Set it to a whole number above 0 or remove it (default in roomcast.conf).",
+                    id="roomcast.E002",
+                )
+            )
+    if not errors:
+        replay = max(roomcast_settings.REPLAY_LIMIT, roomcast_settings.HISTORY_COUNT)
+        if roomcast_settings.OUTBOUND_BUFFER_FRAMES <= replay:
+            errors.append(
+                Error(
+                    "ROOMCAST['OUTBOUND_BUFFER_FRAMES'] must be larger than REPLAY_LIMIT and "
+                    "HISTORY_COUNT: a replay is queued whole and would close every socket "
+                    "that recovers as too slow.",
+                    hint=f"Raise OUTBOUND_BUFFER_FRAMES above {replay}.",
+                    id="roomcast.E003",
+                )
+            )
+    if not isinstance(roomcast_settings.ALLOW_ANONYMOUS, bool):
+        errors.append(Error("ROOMCAST['ALLOW_ANONYMOUS'] must be True or False.", id="roomcast.E004"))
+    origins = roomcast_settings.ALLOWED_ORIGINS
+    if origins is not None and (
+        not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins)
+    ):
+        errors.append(
+            Error(
+                "ROOMCAST['ALLOWED_ORIGINS'] must be None or a list of origins "
+                "such as 'https://chat.example.com'.",
+                id="roomcast.E005",
+            )
+        )
+    keys = roomcast_settings.API_KEYS
+    if not isinstance(keys, list | tuple) or not all(isinstance(k, str) and len(k) >= 16 for k in keys):
+        errors.append(
+            Error(
+                "ROOMCAST['API_KEYS'] must be a list of strings of at least 16 characters.",
+                hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                id="roomcast.E006",
+            )
+        )
+    timeout = roomcast_settings.PUBLISH_TIMEOUT_SECS
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        errors.append(
+            Error("ROOMCAST['PUBLISH_TIMEOUT_SECS'] must be a positive number.", id="roomcast.E007")
+        )
+    alias = roomcast_settings.CHANNEL_LAYER
+    if alias not in getattr(settings, "CHANNEL_LAYERS", {}):
+        errors.append(
+            Error(
+                f"ROOMCAST['CHANNEL_LAYER'] is {alias!r}, but CHANNEL_LAYERS has no such alias.",
+                hint="Add it to CHANNEL_LAYERS, e.g. {'default': {'BACKEND': "
+                "'channels.layers.InMemoryChannelLayer'}} for one process.",
+                id="roomcast.E008",
+            )
+        )
+    return errors

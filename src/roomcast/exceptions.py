@@ -1,0 +1,71 @@
+"""Exceptions roomcast raises.
+
+::
+
+    RoomcastError                       anything roomcast raises on purpose
+    ├── PushError                       a push could not be published in time
+    ├── SynchronousCallError            a sync API was called from async code
+    └── PermissionDeniedError           the user may not do this in this room (code, detail)
+
+    protocol.ProtocolError              a client frame or URL the server refuses (code,
+    ├── InvalidFrameError               detail, close_code); defined in the pure
+    │   ├── InvalidJSONError            protocol package, re-exported here
+    │   └── UnknownTypeError
+    ├── UnsupportedDataError
+    ├── FrameTooLargeError              closes with 1009
+    └── BadRequestError                 closes with 4400
+        ├── InvalidRoomNameError
+        └── InvalidSinceError
+"""
+
+from __future__ import annotations
+
+from .protocol.errors import (
+    BadRequestError,
+    FrameTooLargeError,
+    InvalidFrameError,
+    InvalidJSONError,
+    InvalidRoomNameError,
+    InvalidSinceError,
+    ProtocolError,
+    UnknownTypeError,
+    UnsupportedDataError,
+)
+
+__all__ = [
+    "BadRequestError",
+    "FrameTooLargeError",
+    "InvalidFrameError",
+    "InvalidJSONError",
+    "InvalidRoomNameError",
+    "InvalidSinceError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "PushError",
+    "RoomcastError",
+    "SynchronousCallError",
+    "UnknownTypeError",
+    "UnsupportedDataError",
+]
+
+
+class RoomcastError(Exception):
+    """Base class of roomcast's own errors."""
+
+
+class PushError(RoomcastError):
+    """A message could not be handed to the channel layer in time."""
+
+
+class SynchronousCallError(RoomcastError, RuntimeError):
+    """A synchronous roomcast function was called from a thread running an event loop."""
+
+
+class PermissionDeniedError(RoomcastError):
+    """The user may not do this in this room; sent to the client as an error event."""
+
+    code = "forbidden"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)

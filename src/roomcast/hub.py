@@ -1,0 +1,449 @@
+"""The per-process hub: one channel-layer subscription per room per process, local fan-out.
+
+Layer: fan-out (delivery). Imports asyncio, Channels' layer API and ``protocol``; never
+models or services: the database reaches the hub only through the :class:`Loader` the
+services layer hands it, and the consumer only through :class:`Member`.
+
+How a message travels. The publisher stores it (seq N), encodes its frame once and sends
+one layer message to the room's group. In each process that has members in the room, the
+hub is in that group with one channel of its own for the room (so the seed's raw
+``group_send`` events, which name no room, still arrive somewhere that knows the room).
+The hub checks N against the room's position: a duplicate is dropped, a gap (the layer
+lost something: Redis restarted, a layer queue overflowed) is filled from the database
+before anything newer is delivered, and the frame is appended to each member's buffer.
+
+Members join in two steps. A joining member is registered first and *holds* live frames
+while the services layer reads its catch-up (history, or the replay after ``since=``)
+from the database; then it sends the catch-up, then the held frames it has not already
+been sent. Because the room's stream position is read after the hub joined the group,
+and the member's read comes after that, the two together cover every seq with no gap
+and no duplicate (docs/design.md walks through the argument).
+
+Bounded queues and their overflow policy:
+
+* Each member's outbound buffer holds at most ``OUTBOUND_BUFFER_FRAMES`` frames. A socket
+  that lets it fill (a client too slow for the room) is closed with 1013
+  TRY_AGAIN_LATER and its queued frames dropped: it reconnects with ``since=`` and
+  recovers them from the database. Nothing is dropped silently.
+* The frames a member holds while joining count against the same limit.
+* The layer's own queues are bounded by the layer's ``capacity``; what they drop shows up
+  here as a gap and is read back from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from .protocol import CloseCode
+from .protocol.codec import encode, message_event
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Messages read from the database per query while filling a gap.
+FILL_BATCH_SIZE = 500
+#: Seconds between re-adding the hub's channels to their groups: layers expire group
+#: membership (channels' ``group_expiry``, a day by default), and the in-memory layer
+#: drops a channel from its groups when one of its messages expires.
+GROUP_REFRESH_SECS = 300.0
+#: Longest wait between retries when the layer or the database fails.
+MAX_RETRY_SECS = 5.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CatchUp:
+    """What a joining member is sent before the live stream (built by services)."""
+
+    preface: list[str]  # frames sent first (the ``joined`` event)
+    frames: list[tuple[int, str]]  # (seq, frame) of stored messages, ascending
+    last_seq: int  # the member's stream position once these are sent
+
+
+class Loader(Protocol):
+    """Database reads the hub needs; implemented by ``services``."""
+
+    async def last_seq(self, room: str) -> int:
+        """Seq of the room's latest stored message (0 if none)."""
+        ...
+
+    async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+        """Encoded frames of the room's messages with ``after < seq <= upto``, ascending."""
+        ...
+
+
+class Member:
+    """One socket in one room: its stream position and its bounded outbound buffer.
+
+    The hub and the consumer both write through :meth:`deliver` / :meth:`send_frame`;
+    a writer task is started only while there is something to write, so an idle
+    socket costs no task.
+    """
+
+    __slots__ = (
+        "__weakref__", "_buffer", "_held", "_loop", "_send", "_writer", "closed",
+        "last_seq", "max_frames", "room", "user_id", "v1",
+    )
+
+    def __init__(
+        self, send: Send, *, room: str, max_frames: int, v1: bool, user_id: int | None = None
+    ) -> None:
+        self._send = send
+        self.room = room
+        self.max_frames = max_frames
+        self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
+        self.user_id = user_id
+        self.last_seq = 0
+        self.closed = False
+        self._held: list[tuple[int | None, str]] | None = []  # None once started
+        self._buffer: deque[str] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def deliver(self, seq: int | None, frame: str) -> None:
+        """Queue a frame of the room; ``seq`` None for ephemeral frames."""
+        if self.closed:
+            return
+        held = self._held
+        if held is not None:
+            held.append((seq, frame))
+            if len(held) > self.max_frames:
+                self.close(CloseCode.TRY_AGAIN_LATER, "too far behind while joining")
+            return
+        if seq is not None:
+            if seq <= self.last_seq:
+                return  # already sent (catch-up overlapped the live stream)
+            self.last_seq = seq
+        self._enqueue(frame)
+
+    def send_frame(self, frame: str) -> None:
+        """Queue a frame for this socket alone (ack, error, pong, history page)."""
+        if not self.closed:
+            self._enqueue(frame)
+
+    def start(self, catch_up: CatchUp) -> None:
+        """End the joining step: queue the catch-up, then the held frames not yet covered."""
+        held, self._held = self._held or [], None
+        if self.closed:
+            return
+        buffer = self._buffer
+        buffer.extend(catch_up.preface)
+        last = catch_up.last_seq
+        buffer.extend(frame for _, frame in catch_up.frames)
+        for seq, frame in held:
+            if seq is None or seq > last:
+                buffer.append(frame)
+                last = seq if seq is not None else last
+        self.last_seq = last
+        self._kick()
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Close the socket now, dropping queued frames. Idempotent, never blocks."""
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer.clear()
+        self._held = None
+        task = self._loop.create_task(self._send_close(code, reason))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def _enqueue(self, frame: str) -> None:
+        self._buffer.append(frame)
+        if len(self._buffer) > self.max_frames:
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect with since=")
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._writer is None and self._buffer:
+            self._writer = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        buffer, send = self._buffer, self._send
+        try:
+            while buffer:
+                await send({"type": "websocket.send", "text": buffer.popleft()})
+        except OSError:  # uvicorn's ClientDisconnected: the socket is gone
+            self.closed = True
+            buffer.clear()
+        finally:
+            self._writer = None
+
+    async def _send_close(self, code: CloseCode, reason: str) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+        except OSError:
+            pass
+
+
+# Tasks started from sync callbacks; kept referenced until done (asyncio holds weak refs).
+_background: set[asyncio.Task[None]] = set()
+
+
+class _Room:
+    """The hub's state for one room with local members."""
+
+    __slots__ = (
+        "channel", "early", "filling", "group", "last_seq", "lock", "members", "name",
+        "ready", "receiver", "target",
+    )
+
+    def __init__(self, name: str, group: str) -> None:
+        self.name = name
+        self.group = group
+        self.members: dict[Member, None] = {}  # insertion-ordered set
+        self.channel: str | None = None
+        self.receiver: asyncio.Task[None] | None = None
+        self.ready = False  # subscribed and last_seq read from the database
+        self.early: list[dict[str, Any]] = []  # layer messages that came before ready
+        self.last_seq = 0  # the room stream's position in this process
+        self.filling = False
+        self.target = 0  # while filling: highest seq seen on the layer
+        self.lock = asyncio.Lock()
+
+
+class Hub:
+    """Delivery for every room with members in this process (one hub per event loop)."""
+
+    def __init__(self, layer: Any, loader: Loader, group_name: Callable[[str], str]) -> None:
+        self.layer = layer
+        self.loader = loader
+        self._group_name = group_name
+        self._rooms: dict[str, _Room] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[str, Callable[[_Room, dict[str, Any]], None]] = {
+            "room_message": self._on_message,
+            "room_event": self._on_event,
+            "room_disconnect": self._on_disconnect,
+            # The seed's "push from anywhere" events, sent straight to the room's group.
+            "chat_system_message": self._on_seed_system_message,
+            "chat_message": self._on_seed_message,
+            "chat_force_disconnect": self._on_seed_force_disconnect,
+        }
+        self._spawn(self._refresh_groups())
+
+    # -- membership ----------------------------------------------------------------------
+
+    async def join(self, member: Member, catch_up: Callable[[], Awaitable[CatchUp]]) -> None:
+        """Add ``member`` to its room and start it with the catch-up ``catch_up()`` returns."""
+        room = self._rooms.get(member.room)
+        if room is None:
+            room = self._rooms[member.room] = _Room(member.room, self._group_name(member.room))
+        room.members[member] = None  # from here on it holds live frames
+        try:
+            await self._ensure_subscribed(room)
+            result = await catch_up()
+        except BaseException:
+            self.leave(member)
+            raise
+        member.start(result)
+
+    def leave(self, member: Member) -> None:
+        """Remove ``member``; the last member out unsubscribes the process from the room."""
+        room = self._rooms.get(member.room)
+        if room is None or room.members.pop(member, False) is False:
+            return
+        if not room.members:
+            self._spawn(self._unsubscribe_if_empty(room))
+
+    def members(self, room: str) -> list[Member]:
+        """The local members of ``room`` (for tests and diagnostics)."""
+        state = self._rooms.get(room)
+        return list(state.members) if state else []
+
+    async def _ensure_subscribed(self, room: _Room) -> None:
+        if room.ready:
+            return
+        async with room.lock:
+            if room.ready:
+                return
+            room.early = []
+            room.channel = await self.layer.new_channel("roomcast.")
+            room.receiver = self._spawn(self._receive(room, room.channel))
+            await self.layer.group_add(room.group, room.channel)
+            # Read after joining the group: every seq up to this is in the database, every
+            # later one will come through the channel (or be filled as a gap).
+            room.last_seq = await self.loader.last_seq(room.name)
+            room.ready = True
+            early, room.early = room.early, []
+            for message in early:
+                self._handle(room, message)
+
+    async def _unsubscribe_if_empty(self, room: _Room) -> None:
+        async with room.lock:
+            if room.members or not room.ready:
+                return
+            room.ready = False
+            channel, receiver = room.channel, room.receiver
+            room.channel = room.receiver = None
+            try:
+                await self.layer.group_discard(room.group, channel)
+            except Exception:
+                logger.exception("Could not leave group %s", room.group)
+            if receiver is not None:
+                receiver.cancel()  # the pub/sub layer unsubscribes the channel on cancel
+            if not room.members and self._rooms.get(room.name) is room:
+                del self._rooms[room.name]
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _receive(self, room: _Room, channel: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Channel layer receive failed for room %r; retrying", room.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECS)
+                continue
+            delay = 0.1
+            if room.channel != channel:
+                return  # unsubscribed while this message was on its way
+            if room.ready:
+                self._handle(room, message)
+            else:
+                room.early.append(message)
+
+    def _handle(self, room: _Room, message: dict[str, Any]) -> None:
+        kind = str(message.get("type", "")).replace(".", "_")
+        handler = self._handlers.get(kind)
+        if handler is None:
+            logger.warning("Ignoring layer message of unknown type %r for room %r", kind, room.name)
+            return
+        try:
+            handler(room, message)
+        except (KeyError, TypeError, ValueError):
+            logger.exception("Malformed layer message for room %r: %r", room.name, message)
+
+    def _on_message(self, room: _Room, message: dict[str, Any]) -> None:
+        seq = int(message["seq"])
+        if room.filling:
+            room.target = max(room.target, seq)
+            return
+        if seq <= room.last_seq:
+            return  # a duplicate, or already filled from the database
+        if seq > room.last_seq + 1:
+            room.filling = True
+            room.target = seq
+            self._spawn(self._fill(room))
+            return
+        room.last_seq = seq
+        frame = message["frame"]
+        for member in room.members:
+            member.deliver(seq, frame)
+
+    def _on_event(self, room: _Room, message: dict[str, Any]) -> None:
+        frame = message["frame"]
+        for member in room.members:
+            member.deliver(None, frame)
+
+    def _on_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
+        code = CloseCode(int(message.get("code", CloseCode.DISCONNECTED)))
+        reason = str(message.get("reason", ""))
+        user_id = message.get("user_id")
+        for member in list(room.members):
+            if user_id is None or member.user_id == user_id:
+                member.close(code, reason)
+
+    def _on_seed_system_message(self, room: _Room, message: dict[str, Any]) -> None:
+        self._seed_frame(room, str(message["text"]), "system")
+
+    def _on_seed_message(self, room: _Room, message: dict[str, Any]) -> None:
+        self._seed_frame(room, str(message["message"]), "chat")
+
+    def _seed_frame(self, room: _Room, text: str, kind: str) -> None:
+        # Raw group_send events bypass the stored stream: delivered live, not stored, no
+        # seq. roomcast.push.send_to_room is the stored road.
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        event = message_event(room=room.name, text=text, kind=kind, user=None, ts=ts)  # type: ignore[arg-type]
+        self._on_event(room, {"frame": encode(event)})
+
+    def _on_seed_force_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
+        self._on_disconnect(room, {"code": CloseCode.DISCONNECTED, "reason": "disconnected by server"})
+
+    async def _fill(self, room: _Room) -> None:
+        """Deliver seqs ``last_seq+1 .. target`` from the database, then resume live."""
+        delay = 0.1
+        try:
+            while room.last_seq < room.target and room.members:
+                try:
+                    rows = await self.loader.frames_after(
+                        room.name, room.last_seq, room.target, FILL_BATCH_SIZE
+                    )
+                except Exception:
+                    logger.exception("Filling a gap in room %r failed; retrying", room.name)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_SECS)
+                    continue
+                if not rows:
+                    logger.warning(
+                        "Room %r: seqs %d..%d are not in the database; skipping them",
+                        room.name, room.last_seq + 1, room.target,
+                    )
+                    room.last_seq = room.target
+                    break
+                for seq, frame in rows:
+                    room.last_seq = seq
+                    for member in room.members:
+                        member.deliver(seq, frame)
+        finally:
+            room.filling = False
+
+    async def _refresh_groups(self) -> None:
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_SECS)
+            for room in list(self._rooms.values()):
+                if room.ready and room.channel:
+                    try:
+                        await self.layer.group_add(room.group, room.channel)
+                    except Exception:
+                        logger.exception("Could not refresh group %s", room.group)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Leave every group and stop the hub's tasks (server shutdown, tests)."""
+        for room in list(self._rooms.values()):
+            if room.ready and room.channel:
+                try:
+                    await self.layer.group_discard(room.group, room.channel)
+                except Exception:
+                    logger.exception("Could not leave group %s", room.group)
+        self._rooms.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def get_hub(factory: Callable[[], Hub]) -> Hub:
+    """The hub of the running event loop, made by ``factory()`` on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = factory()
+    return hub
+
+
+def running_hub() -> Hub | None:
+    """The hub of the running event loop, if one was made."""
+    return _hubs.get(asyncio.get_running_loop())

@@ -1,0 +1,237 @@
+"""Parse client frames and build server frames. Pure functions, standard library only.
+
+Forbidden imports: Django, Channels, asyncio, anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from .errors import (
+    FrameTooLargeError,
+    InvalidFrameError,
+    InvalidJSONError,
+    InvalidRoomNameError,
+    InvalidSinceError,
+    UnknownTypeError,
+    UnsupportedDataError,
+)
+from .messages import (
+    AckEvent,
+    ClientFrame,
+    ErrorEvent,
+    HistoryFrame,
+    JoinedEvent,
+    MessageEvent,
+    MessageKind,
+    PingFrame,
+    PongEvent,
+    SendMessageFrame,
+    ServerEvent,
+)
+
+#: The WebSocket subprotocol a v1 client offers. Without it the connection speaks the
+#: seed's dialect: the server sends only frames that carry ``"message"``.
+PROTOCOL_V1 = "roomcast.v1"
+
+#: Longest ``client_id`` accepted: enough for a UUID or a ULID with a prefix.
+CLIENT_ID_MAX_CHARS = 64
+
+#: Largest page a ``history`` request may ask for; bigger asks are clamped, not refused.
+HISTORY_PAGE_MAX = 100
+
+_HISTORY_PAGE_DEFAULT = 50
+
+
+def parse_frame(
+    text: str | None, data: bytes | None = None, *, max_bytes: int
+) -> ClientFrame:
+    """Parse one client WebSocket frame.
+
+    Args:
+        text: the text frame's content, or None for a binary frame.
+        data: the binary frame's content, if any.
+        max_bytes: largest accepted frame, in UTF-8 bytes.
+
+    Returns:
+        The frame, normalised: it always has a ``type``.
+
+    Raises:
+        FrameTooLargeError: over ``max_bytes`` (close the connection with 1009).
+        UnsupportedDataError: a binary frame.
+        InvalidJSONError, InvalidFrameError, UnknownTypeError: send an error event.
+    """
+    if text is None:
+        if data is not None and len(data) > max_bytes:
+            raise FrameTooLargeError(f"Frames are limited to {max_bytes} bytes.")
+        raise UnsupportedDataError()
+    # len(text) <= UTF-8 length <= 4 * len(text): encode only when the bound is unclear.
+    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
+        raise FrameTooLargeError(f"Frames are limited to {max_bytes} bytes.")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InvalidJSONError(f"The frame is not valid JSON: {exc}.") from None
+    if not isinstance(obj, dict):
+        raise InvalidFrameError("A frame must be a JSON object, like {\"message\": \"hi\"}.")
+    kind = obj.get("type", "message")
+    if kind == "message":
+        return _parse_message(obj)
+    if kind == "history":
+        return _parse_history(obj)
+    if kind == "ping":
+        return PingFrame(type="ping")
+    if not isinstance(kind, str):
+        raise InvalidFrameError('"type" must be a string.')
+    raise UnknownTypeError(f"Unknown frame type {kind[:40]!r}; expected message, history or ping.")
+
+
+def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
+    if "message" not in obj:
+        raise InvalidFrameError('A message frame needs a "message" key holding the text.')
+    message = obj["message"]
+    if not isinstance(message, str):
+        raise InvalidFrameError(f'"message" must be a string, not {_json_type(message)}.')
+    _check_text(message, "message")
+    if not message.strip():
+        raise InvalidFrameError('"message" must not be empty.')
+    client_id = obj.get("client_id")
+    if client_id is not None:
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS:
+            raise InvalidFrameError(
+                f'"client_id" must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.'
+            )
+        _check_text(client_id, "client_id")
+    return SendMessageFrame(type="message", message=message, client_id=client_id)
+
+
+def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
+    before = obj.get("before")
+    if before is not None and not _is_int(before, minimum=1):
+        raise InvalidFrameError('"before" must be a positive integer (a seq) or absent.')
+    limit = obj.get("limit", _HISTORY_PAGE_DEFAULT)
+    if not _is_int(limit, minimum=1):
+        raise InvalidFrameError('"limit" must be a positive integer.')
+    return HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
+
+
+def _check_text(value: str, field: str) -> None:
+    # A lone surrogate ("\ud800" is valid JSON) cannot be encoded as UTF-8: stored, it
+    # would break every later send of the frame; NUL cannot be stored by PostgreSQL.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidFrameError(f'"{field}" contains a lone surrogate (invalid Unicode).') from None
+    if "\x00" in value:
+        raise InvalidFrameError(f'"{field}" must not contain NUL characters.')
+
+
+def _is_int(value: object, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def validate_room_name(name: str, *, max_chars: int) -> str:
+    """Return the canonical form of a room name, or raise :class:`InvalidRoomNameError`.
+
+    Any Unicode text a person types names a room (``技术交流``, ``café``, spaces inside).
+    The name is NFC-normalised (so a composed and a decomposed ``é`` are one room) and
+    stripped of surrounding whitespace. Refused: empty names, names over ``max_chars``,
+    control characters, lone surrogates and ``/`` (it cannot appear in the room's URL).
+    """
+    canonical = unicodedata.normalize("NFC", name).strip()
+    if not canonical:
+        raise InvalidRoomNameError("The room name is empty.")
+    if len(canonical) > max_chars:
+        raise InvalidRoomNameError(f"Room names are limited to {max_chars} characters.")
+    if "/" in canonical:
+        raise InvalidRoomNameError("Room names cannot contain '/'.")
+    for ch in canonical:
+        if unicodedata.category(ch) in ("Cc", "Cs"):
+            raise InvalidRoomNameError("Room names cannot contain control characters.")
+    return canonical
+
+
+def parse_since(query_string: bytes | str) -> int | None:
+    """Read ``since=N`` (the last seq the client saw) from a query string; None if absent."""
+    if isinstance(query_string, bytes):
+        query_string = query_string.decode("latin-1")
+    values = parse_qs(query_string, keep_blank_values=True).get("since")
+    if not values:
+        return None
+    raw = values[-1]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise InvalidSinceError(f"since={raw[:20]!r} is not a non-negative integer.")
+    return int(raw)
+
+
+# -- server events ----------------------------------------------------------------------
+
+
+def encode(event: ServerEvent | dict[str, Any]) -> str:
+    """Serialise a server event to the text of one WebSocket frame (compact, UTF-8 safe)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_event(
+    *,
+    room: str,
+    text: str,
+    kind: MessageKind,
+    user: str | None,
+    ts: str,
+    seq: int | None = None,
+    client_id: str | None = None,
+) -> MessageEvent:
+    """A message of the room; ``seq`` None makes it ephemeral (not part of the stream)."""
+    event = MessageEvent(type="message", room=room, message=text, kind=kind, user=user, ts=ts)
+    if seq is not None:
+        event["seq"] = seq
+    if client_id:
+        event["client_id"] = client_id
+    return event
+
+
+def joined_event(*, room: str, seq: int, recovered: bool | None = None) -> JoinedEvent:
+    """Sent once after accept: ``seq`` is the last seq the client is being given."""
+    event = JoinedEvent(type="joined", room=room, seq=seq)
+    if recovered is not None:
+        event["recovered"] = recovered
+    return event
+
+
+def ack_event(*, client_id: str | None, seq: int) -> AckEvent:
+    """Tell the sender its message was stored as ``seq``."""
+    return AckEvent(type="ack", client_id=client_id, seq=seq)
+
+
+def error_event(*, code: str, detail: str) -> ErrorEvent:
+    """A refused frame; the connection stays open."""
+    return ErrorEvent(type="error", code=code, detail=detail)
+
+
+def pong_event() -> PongEvent:
+    """Answer to a ``ping`` frame."""
+    return PongEvent(type="pong")
+
+
+def history_frame(*, room: str, frames: Iterable[str], has_more: bool) -> str:
+    """Encode a ``history`` reply around already-encoded message frames.
+
+    Message frames are encoded once, when published or read back; this splices their
+    text into the reply instead of decoding and encoding them again.
+    """
+    return (
+        '{"type":"history","room":' + json.dumps(room, ensure_ascii=False)
+        + ',"messages":[' + ",".join(frames) + '],"has_more":'
+        + ("true" if has_more else "false") + "}"
+    )

@@ -1,0 +1,76 @@
+"""Errors raised while reading what a client sent.
+
+Each carries a stable ``code`` (sent to the client in an ``error`` event), a
+human ``detail``, and ``close_code``: ``None`` when the connection stays open
+(the client gets an error event), else the code the server closes with.
+"""
+
+from __future__ import annotations
+
+from .close_codes import CloseCode
+
+
+class ProtocolError(Exception):
+    """A client frame that roomcast cannot accept."""
+
+    code: str = "invalid_frame"
+    default_detail: str = "The frame is not a valid roomcast client frame."
+    close_code: CloseCode | None = None
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        super().__init__(self.detail)
+
+
+class InvalidFrameError(ProtocolError):
+    """Valid JSON, but not a frame of the protocol (not an object, missing or mistyped field)."""
+
+
+class InvalidJSONError(InvalidFrameError):
+    """The text frame is not JSON."""
+
+    code = "invalid_json"
+    default_detail = "The frame is not valid JSON."
+
+
+class UnknownTypeError(InvalidFrameError):
+    """The frame's ``type`` names nothing the server handles."""
+
+    code = "unknown_type"
+
+
+class UnsupportedDataError(ProtocolError):
+    """A binary frame: the protocol is JSON text frames only."""
+
+    code = "unsupported_data"
+    default_detail = "Binary frames are not supported; send JSON text frames."
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame over the size limit: the connection is closed with 1009."""
+
+    code = "frame_too_large"
+    default_detail = "The frame is larger than the server accepts."
+    close_code = CloseCode.MESSAGE_TOO_BIG
+
+
+class BadRequestError(ProtocolError):
+    """The connection URL is wrong: the connection is closed with 4400 (do not reconnect)."""
+
+    code = "bad_request"
+    default_detail = "The connection request is not valid."
+    close_code = CloseCode.BAD_REQUEST
+
+
+class InvalidRoomNameError(BadRequestError):
+    """The room name cannot name a room (empty, too long, control characters, '/')."""
+
+    code = "invalid_room"
+    default_detail = "The room name is not valid."
+
+
+class InvalidSinceError(BadRequestError):
+    """``since`` in the query string is not a non-negative integer."""
+
+    code = "invalid_since"
+    default_detail = "since= must be a non-negative integer (the last seq the client saw)."

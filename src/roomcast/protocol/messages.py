@@ -1,0 +1,88 @@
+"""Typed shapes of the frames on the wire.
+
+Client frames are what :func:`roomcast.protocol.codec.parse_frame` returns (always with
+a ``type``, even for the seed's bare ``{"message": ...}``). Server events are what the
+builders in ``codec`` return before :func:`~roomcast.protocol.codec.encode`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+# -- client to server -------------------------------------------------------------------
+
+
+class SendMessageFrame(TypedDict):
+    """Post a chat message. The seed's ``{"message": TEXT}`` parses to this."""
+
+    type: Literal["message"]
+    message: str
+    client_id: str | None
+
+
+class HistoryFrame(TypedDict):
+    """Ask for a page of older messages: those with ``seq < before`` (latest if None)."""
+
+    type: Literal["history"]
+    before: int | None
+    limit: int
+
+
+class PingFrame(TypedDict):
+    """Application-level liveness check; answered with ``pong``."""
+
+    type: Literal["ping"]
+
+
+ClientFrame = SendMessageFrame | HistoryFrame | PingFrame
+
+# -- server to client -------------------------------------------------------------------
+
+MessageKind = Literal["chat", "system"]
+
+
+class MessageEvent(TypedDict):
+    """A message of the room's stream. ``message`` holds the text, as in the seed."""
+
+    type: Literal["message"]
+    room: str
+    message: str
+    kind: MessageKind
+    user: str | None
+    ts: str
+    seq: NotRequired[int]  # absent on ephemeral (unstored) messages
+    client_id: NotRequired[str]
+
+
+class JoinedEvent(TypedDict):
+    """First frame after accept (protocol v1): where the room's stream stands."""
+
+    type: Literal["joined"]
+    room: str
+    seq: int
+    recovered: NotRequired[bool]  # only when the client asked to recover with since=
+
+
+class AckEvent(TypedDict):
+    """The sender's message is stored with ``seq``."""
+
+    type: Literal["ack"]
+    client_id: str | None
+    seq: int
+
+
+class ErrorEvent(TypedDict):
+    """A frame was refused; the connection stays open."""
+
+    type: Literal["error"]
+    code: str
+    detail: str
+
+
+class PongEvent(TypedDict):
+    """Answer to ``ping``."""
+
+    type: Literal["pong"]
+
+
+ServerEvent = MessageEvent | JoinedEvent | AckEvent | ErrorEvent | PongEvent

@@ -1,0 +1,161 @@
+"""Settings of the standalone site that ``roomcast serve`` runs. Environment-driven.
+
+================================  ===========================================================
+ROOMCAST_DATA_DIR                 where SQLite, the secret key and the API key live
+                                  (default ``./.roomcast``)
+ROOMCAST_DATABASE_URL             ``sqlite:///path`` or ``postgres://user@host/db``
+                                  (default: SQLite in the data dir)
+ROOMCAST_REDIS_URL                ``redis://host:6379/0``: link processes through Redis
+                                  (default: in-memory layer, one process)
+ROOMCAST_LAYER                    ``pubsub`` (default) or ``core``: which channels_redis layer
+ROOMCAST_REDIS_PREFIX             key/channel prefix on Redis (default ``roomcast``)
+ROOMCAST_SECRET_KEY               Django SECRET_KEY (default: generated, kept in the data dir)
+ROOMCAST_API_KEY                  key of the HTTP push API (default: generated, in the data dir)
+ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1,[::1]``)
+ROOMCAST_DEBUG                    ``1`` for Django's debug mode
+================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+DATA_DIR = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _kept_secret(name: str, env: str) -> str:
+    """The value of ``env``, else a random secret generated once and kept in DATA_DIR."""
+    if os.environ.get(env):
+        return os.environ[env]
+    path = DATA_DIR / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+    # (two processes racing here: O_EXCL makes one fail; it is started again by the CLI,
+    # which creates the files before starting workers)
+
+
+SECRET_KEY = _kept_secret("secret_key", "ROOMCAST_SECRET_KEY")
+DEBUG = os.environ.get("ROOMCAST_DEBUG", "") in ("1", "true", "yes")
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("ROOMCAST_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+    if h.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "roomcast",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "roomcast.server.urls"
+ASGI_APPLICATION = "roomcast.server.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_database_url = os.environ.get("ROOMCAST_DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
+try:
+    _database = dj_database_url.parse(_database_url, conn_max_age=600, conn_health_checks=True)
+except ValueError as exc:  # unknown scheme
+    raise ImproperlyConfigured(
+        f"ROOMCAST_DATABASE_URL={_database_url!r} is not a database URL ({exc}); "
+        "use sqlite:///path/to/db.sqlite3 or postgres://user@host:5432/dbname."
+    ) from None
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database["CONN_MAX_AGE"] = 0
+    _database["OPTIONS"] = {
+        # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
+        # BEGIN, so two processes queue (for up to `timeout` s) instead of deadlocking.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_redis_url = os.environ.get("ROOMCAST_REDIS_URL", "")
+_layer = os.environ.get("ROOMCAST_LAYER", "pubsub")
+if _layer not in ("pubsub", "core"):
+    raise ImproperlyConfigured(f"ROOMCAST_LAYER={_layer!r}: use 'pubsub' or 'core'.")
+if _redis_url:
+    _host = {
+        "address": _redis_url,
+        # redis-py 8 defaults to a 5 s socket timeout, equal to the core layer's 5 s
+        # blocking read, and to 100 pooled connections: both stall under connect bursts.
+        "socket_timeout": 15,
+        "socket_connect_timeout": 5,
+        "max_connections": 1000,
+    }
+    _prefix = os.environ.get("ROOMCAST_REDIS_PREFIX", "roomcast")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"
+            if _layer == "pubsub"
+            else "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_host], "prefix": _prefix}
+            if _layer == "pubsub"
+            else {"hosts": [_host], "prefix": _prefix, "capacity": 1000},
+        }
+    }
+else:
+    # One process: the hub drains each room's channel as messages arrive; a burst larger
+    # than this shows up as a gap and is read back from the database.
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+    }
+
+ROOMCAST = {"API_KEYS": [_kept_secret("api_key", "ROOMCAST_API_KEY")]}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+LOGIN_REDIRECT_URL = "/chat/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "roomcast": {"handlers": ["stderr"], "level": os.environ.get("ROOMCAST_LOG_LEVEL", "INFO")},
+        "django": {"handlers": ["stderr"], "level": "WARNING"},
+    },
+}

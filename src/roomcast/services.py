@@ -1,0 +1,239 @@
+"""Domain: rooms, posting to a room's stream, history, joining and leaving.
+
+Layer: services. Uses the models and ``fanout``/``hub``; never touches a socket (the
+consumer hands in its ASGI ``send`` and gets a :class:`~roomcast.hub.Member` back).
+
+Storing comes before publishing, always: a message gets its room's next seq in the
+transaction that stores it, and is published after that transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import connections, router, transaction
+from django.utils import timezone
+
+from . import fanout
+from .conf import roomcast_settings
+from .exceptions import PermissionDeniedError
+from .hub import CatchUp, Hub, Member, Send, get_hub
+from .models import Message, Room
+from .protocol import codec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredMessage:
+    """A message as stored: its room, its seq in the room's stream and its wire frame."""
+
+    room: str
+    seq: int
+    frame: str
+
+
+# -- storing and publishing -------------------------------------------------------------------
+
+
+def store_message(
+    room: str,
+    text: str,
+    *,
+    user: Any = None,
+    kind: str = Message.Kind.CHAT,
+    client_id: str = "",
+) -> StoredMessage:
+    """Store ``text`` as the room's next message (creating the room) and return it.
+
+    Runs in its own transaction, or joins the caller's. Does not publish: see
+    :func:`post_message`.
+    """
+    using = router.db_for_write(Message)
+    username = user.get_username() if user is not None and user.is_authenticated else ""
+    with transaction.atomic(using=using):
+        room_obj, _ = Room.objects.using(using).get_or_create(name=room)
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            # One statement takes the row lock and the next seq (SQLite >= 3.35 and
+            # PostgreSQL both support RETURNING): concurrent posters to one room queue
+            # here, so seqs are dense and commit in order.
+            cursor.execute(
+                f"UPDATE {connection.ops.quote_name(Room._meta.db_table)} "
+                "SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq",
+                [room_obj.pk],
+            )
+            (seq,) = cursor.fetchone()
+        message = Message.objects.using(using).create(
+            room=room_obj,
+            seq=seq,
+            kind=kind,
+            user=user if username else None,
+            username=username,
+            text=text,
+            client_id=client_id,
+            created_at=timezone.now(),
+        )
+    return StoredMessage(room=room, seq=seq, frame=message_frame(message, room))
+
+
+def message_frame(message: Message, room: str) -> str:
+    """The wire frame of a stored message: the same bytes live and when read back."""
+    ts = message.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
+    return codec.encode(
+        codec.message_event(
+            room=room,
+            text=message.text,
+            kind=message.kind,  # type: ignore[arg-type]
+            user=message.username or None,
+            ts=ts.replace("+00:00", "Z"),
+            seq=message.seq,
+            client_id=message.client_id or None,
+        )
+    )
+
+
+def layer_message(stored: StoredMessage) -> dict[str, Any]:
+    """The channel-layer message that carries a stored message to the hubs."""
+    return {"type": "room.message", "seq": stored.seq, "frame": stored.frame}
+
+
+def post_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
+    """Store a message and publish it once the transaction commits (sync).
+
+    Keyword arguments are those of :func:`store_message`. Inside
+    ``transaction.atomic()`` the message is published only if the block commits.
+    """
+    stored = store_message(room, text, **kwargs)
+    fanout.publish_on_commit(room, layer_message(stored), using=router.db_for_write(Message))
+    return stored
+
+
+async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
+    """Store a message, then publish it (async twin of :func:`post_message`)."""
+    stored = await database_sync_to_async(store_message)(room, text, **kwargs)
+    await fanout.publish_stored(room, layer_message(stored))
+    return stored
+
+
+def check_can_post(user: Any) -> None:
+    """Raise :class:`PermissionDeniedError` if ``user`` may not post."""
+    if not roomcast_settings.ALLOW_ANONYMOUS and (user is None or not user.is_authenticated):
+        raise PermissionDeniedError("Log in to post in this room.")
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _frames(queryset: Any, room: str) -> list[tuple[int, str]]:
+    return [(m.seq, message_frame(m, room)) for m in queryset]
+
+
+def _room_row(room: str) -> tuple[int, int] | None:
+    return Room.objects.filter(name=room).values_list("id", "last_seq").first()  # type: ignore[return-value]
+
+
+def read_catch_up(room: str, since: int | None) -> tuple[int, list[tuple[int, str]], bool | None]:
+    """What a joining client is sent: ``(last_seq, frames, recovered)``.
+
+    Without ``since``: the latest ``HISTORY_COUNT`` messages, ``recovered`` None. With
+    ``since``: the messages after it when there are at most ``REPLAY_LIMIT`` of them
+    (``recovered`` True); otherwise, and when ``since`` is ahead of the room (the
+    client saw a stream this database does not have), ``recovered`` False and the
+    latest ``HISTORY_COUNT`` messages so the client can start over.
+    """
+    row = _room_row(room)
+    last_seq = row[1] if row else 0
+    if since is not None and since <= last_seq and last_seq - since <= roomcast_settings.REPLAY_LIMIT:
+        if row is None or since == last_seq:
+            return last_seq, [], True
+        messages = Message.objects.filter(room_id=row[0], seq__gt=since, seq__lte=last_seq)
+        return last_seq, _frames(messages.order_by("seq"), room), True
+    recovered = None if since is None else False
+    if row is None:
+        return last_seq, [], recovered
+    latest = Message.objects.filter(room_id=row[0], seq__lte=last_seq).order_by("-seq")
+    frames = _frames(latest[: roomcast_settings.HISTORY_COUNT], room)
+    frames.reverse()
+    return last_seq, frames, recovered
+
+
+def read_history(room: str, before: int | None, limit: int) -> tuple[list[str], bool]:
+    """A page of up to ``limit`` messages older than ``before`` (oldest first), and
+    whether older ones remain."""
+    row = _room_row(room)
+    if row is None:
+        return [], False
+    messages = Message.objects.filter(room_id=row[0])
+    if before is not None:
+        messages = messages.filter(seq__lt=before)
+    page = _frames(messages.order_by("-seq")[: limit + 1], room)
+    has_more = len(page) > limit
+    page = page[:limit]
+    page.reverse()
+    return [frame for _, frame in page], has_more
+
+
+async def ahistory_frame(room: str, before: int | None, limit: int) -> str:
+    """The encoded ``history`` reply for a client's history request."""
+    frames, has_more = await database_sync_to_async(read_history)(room, before, limit)
+    return codec.history_frame(room=room, frames=frames, has_more=has_more)
+
+
+class DatabaseLoader:
+    """The hub's window on the database (see :class:`roomcast.hub.Loader`)."""
+
+    async def last_seq(self, room: str) -> int:
+        row = await database_sync_to_async(_room_row)(room)
+        return row[1] if row else 0
+
+    async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+        def read() -> list[tuple[int, str]]:
+            messages = Message.objects.filter(room__name=room, seq__gt=after, seq__lte=upto)
+            return _frames(messages.order_by("seq")[:limit], room)
+
+        return await database_sync_to_async(read)()
+
+
+# -- joining and leaving ----------------------------------------------------------------------
+
+
+def _make_hub() -> Hub:
+    fanout.set_server_loop(asyncio.get_running_loop())
+    return Hub(fanout.get_layer(), DatabaseLoader(), fanout.room_group)
+
+
+def hub() -> Hub:
+    """This event loop's hub (made on first use)."""
+    return get_hub(_make_hub)
+
+
+async def join_room(
+    room: str, *, send: Send, since: int | None, v1: bool, user: Any = None
+) -> Member:
+    """Make ``send``'s socket a member of ``room`` and queue its catch-up.
+
+    After calling this, you must call :func:`leave_room` when the socket closes.
+    """
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    member = Member(
+        send, room=room, max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES, v1=v1, user_id=user_id
+    )
+
+    async def catch_up() -> CatchUp:
+        last_seq, frames, recovered = await database_sync_to_async(read_catch_up)(room, since)
+        preface = [codec.encode(codec.joined_event(room=room, seq=last_seq, recovered=recovered))]
+        return CatchUp(preface=preface if v1 else [], frames=frames, last_seq=last_seq)
+
+    await hub().join(member, catch_up)
+    return member
+
+
+def leave_room(member: Member) -> None:
+    """Remove a member from its room (the socket closed)."""
+    hub().leave(member)

@@ -1,0 +1,155 @@
+"""Fixtures shared by the whole suite: real services, each run isolated.
+
+* Redis: a private ``redis-server`` on a free port, started per session (tests may stop
+  and restart it), so no run sees another's keys and a test can kill it.
+* PostgreSQL: a database of its own per run, created on the server at
+  ``ROOMCAST_TEST_POSTGRES`` (default ``postgres://postgres@127.0.0.1:5432/test``) and
+  dropped at the end.
+* Chromium: Debian's, at ``/usr/bin/chromium``.
+
+A service the collected tests need and the machine lacks fails the run at once with one
+line saying what to start; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL = os.environ.get("ROOMCAST_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+CHROMIUM = os.environ.get("ROOMCAST_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+# -- checks: fail fast with what to start --------------------------------------------------
+
+
+def _postgres_problem() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return None
+    except Exception as exc:
+        return (
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]}): "
+            "start it (pg_ctlcluster 15 main start) or set ROOMCAST_TEST_POSTGRES"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    needed = {m.name for item in items for m in item.iter_markers()}
+    problems = []
+    if "redis" in needed and shutil.which("redis-server") is None:
+        problems.append("redis-server is not installed: apt-get install -y redis-server")
+    if "postgres" in needed and (problem := _postgres_problem()):
+        problems.append(problem)
+    if "browser" in needed and not os.access(CHROMIUM, os.X_OK):
+        problems.append(f"Chromium is missing at {CHROMIUM}: apt-get install -y chromium")
+    if problems:
+        pytest.exit("; ".join(problems), returncode=3)
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server on a free port; ``stop()``/``start()`` for failure tests."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis for this run."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test or run uses."""
+    return f"rctest{uuid.uuid4().hex[:10]}"
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """URL of a PostgreSQL database created for this run (dropped afterwards)."""
+    import psycopg
+
+    name = f"roomcast_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- Channels -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layers() -> Iterator[None]:
+    """Every test gets new channel-layer instances (the in-memory layer keeps state)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

@@ -1,0 +1,200 @@
+"""Real ``roomcast serve`` processes sharing rooms through a private Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
+
+
+@pytest.fixture
+def cluster(serve, redis_server, redis_prefix, postgres_database):
+    """``cluster(n)`` starts n processes on one PostgreSQL database and one Redis prefix."""
+
+    def start(n: int = 2, layer: str = "pubsub"):
+        env = {
+            "ROOMCAST_DATABASE_URL": postgres_database,
+            "ROOMCAST_REDIS_URL": redis_server.url,
+            "ROOMCAST_REDIS_PREFIX": redis_prefix,
+            "ROOMCAST_LAYER": layer,
+        }
+        return [serve(**env) for _ in range(n)]
+
+    return start
+
+
+def unique(name: str) -> str:
+    """A room name of its own for this test (the database lives for the whole run)."""
+    return f"{name} {uuid.uuid4().hex[:6]}"
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+async def test_two_processes_share_a_unicode_room(cluster, clients, layer):
+    """Members on two processes see every message from both, in seq order, once."""
+    a, b = cluster(2, layer)
+    room = unique("技术交流 café")
+    members = [await clients(server.ws_url(room)) for server in (a, b, a, b)]
+    for member in members:
+        assert (await member.recv_type("joined"))["seq"] == 0
+    sender_a, sender_b = members[0], members[1]
+    for i in range(20):
+        await (sender_a if i % 2 == 0 else sender_b).send({"message": f"m{i} 你好"})
+    for member in members:
+        frames = await member.messages(20)
+        assert [f["seq"] for f in frames] == list(range(1, 21))
+        assert sorted(f["message"] for f in frames) == sorted(f"m{i} 你好" for i in range(20))
+        assert all(f["room"] == room for f in frames)
+
+
+async def test_reconnect_to_the_other_process_with_since(cluster, clients):
+    """A client that drops off one process and comes back to another gets exactly what it missed."""
+    a, b = cluster(2)
+    room = unique("reconnect")
+    talker = await clients(b.ws_url(room))
+    await talker.recv_type("joined")
+    roamer = await clients(a.ws_url(room))
+    await roamer.recv_type("joined")
+    for i in range(1, 6):
+        await talker.send({"message": f"m{i}"})
+    seen = await roamer.messages(5)
+    last = seen[-1]["seq"]
+    await roamer.ws.close()
+    for i in range(6, 11):
+        await talker.send({"message": f"m{i}"})
+    await talker.messages(10)
+    back = await clients(b.ws_url(room, since=last))
+    joined = await back.recv_type("joined")
+    assert joined["recovered"] is True and joined["seq"] == 10
+    replay = await back.messages(5)
+    assert [f["message"] for f in replay] == [f"m{i}" for i in range(6, 11)]
+    await talker.send({"message": "live"})
+    assert [f["seq"] for f in await back.messages(1)] == [11]
+
+
+async def test_roomcast_push_reaches_members_of_both_processes(cluster, clients):
+    """`roomcast push` (through Redis, and over HTTP) reaches members on both processes."""
+    a, b = cluster(2)
+    room = unique("公告 announcements")
+    members = [await clients(server.ws_url(room)) for server in (a, b)]
+    for member in members:
+        await member.recv_type("joined")
+    direct = await asyncio.to_thread(a.cli, "push", room, "direct via redis")
+    assert direct.returncode == 0, direct.stderr
+    assert "as seq 1" in direct.stdout
+    http = await asyncio.to_thread(a.cli, "push", room, "over http", "--server", b.http_url)
+    assert http.returncode == 0, http.stderr
+    for member in members:
+        frames = await member.messages(2)
+        assert [(f["seq"], f["message"], f["kind"]) for f in frames] == [
+            (1, "direct via redis", "system"), (2, "over http", "system"),
+        ]
+    kicked = await asyncio.to_thread(b.cli, "disconnect", room)
+    assert kicked.returncode == 0, kicked.stderr
+    for member in members:
+        with pytest.raises(Exception) as info:
+            await member.recv(timeout=10)
+        assert getattr(info.value, "rcvd", None) is not None and info.value.rcvd.code == 4000
+
+
+async def test_malformed_frame_storm_does_not_disturb_the_room(cluster, clients):
+    """One client floods bad frames while others chat on both processes: nothing is lost."""
+    a, b = cluster(2)
+    room = unique("storm")
+    chatters = [await clients(server.ws_url(room)) for server in (a, b)]
+    stormer = await clients(a.ws_url(room))
+    for ws in (*chatters, stormer):
+        await ws.recv_type("joined")
+    bad = ["not json", "[]", "{}", '{"message": 1}', '{"type": "x"}', '{"message": "\\ud800"}', "\x00"]
+
+    async def storm() -> int:
+        for i in range(300):
+            await stormer.send(bad[i % len(bad)])
+        errors = 0
+        while errors < 300:
+            frame = await stormer.recv()
+            if frame["type"] == "error":
+                errors += 1
+        return errors
+
+    async def chat() -> None:
+        for i in range(30):
+            await chatters[i % 2].send({"message": f"c{i}"})
+
+    errors, _ = await asyncio.gather(storm(), chat())
+    assert errors == 300
+    for ws in chatters:
+        frames = await ws.messages(30)
+        assert [f["seq"] for f in frames] == list(range(1, 31))
+    await stormer.send({"message": "storm over"})
+    for ws in chatters:
+        assert (await ws.messages(1))[0]["message"] == "storm over"
+    for server in (a, b):
+        assert "Traceback" not in server.log()
+
+
+async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
+    """Messages posted while Redis is down are stored, acked, and reach everyone after it returns."""
+    a, b = cluster(2)
+    room = unique("outage")
+    sender = await clients(a.ws_url(room))
+    watcher = await clients(b.ws_url(room))
+    for ws in (sender, watcher):
+        await ws.recv_type("joined")
+    await sender.send({"message": "before"})
+    assert (await watcher.messages(1))[0]["seq"] == 1
+    redis_server.stop()
+    try:
+        for i in range(3):
+            await sender.send({"type": "message", "message": f"during {i}", "client_id": f"d{i}"})
+        acks = []
+        while len(acks) < 3:
+            frame = await sender.recv(timeout=20)
+            if frame["type"] == "ack" and frame["client_id"] is not None:
+                acks.append(frame["seq"])
+        assert acks == [2, 3, 4]  # stored in PostgreSQL even though Redis is down
+    finally:
+        redis_server.start()
+    try:
+        frames = await watcher.messages(3, timeout=30)
+    except AssertionError:
+        print("A LOG", a.log()[-6000:])
+        print("B LOG", b.log()[-6000:])
+        raise
+    assert [(f["seq"], f["message"]) for f in frames] == [(2, "during 0"), (3, "during 1"), (4, "during 2")]
+    await sender.send({"message": "after"})
+    assert (await watcher.messages(1, timeout=20))[0]["seq"] == 5
+
+
+async def test_oversized_and_bad_url_get_named_close_codes(serve, clients):
+    """On a real server: an oversized frame closes 1009, a bad since= closes 4400."""
+    server = serve()
+    ws = await clients(server.ws_url("lobby"))
+    await ws.recv_type("joined")
+    await ws.send(json.dumps({"message": "x" * 20000}))
+    with pytest.raises(Exception) as info:
+        await ws.recv()
+    assert info.value.rcvd.code == 1009
+    bad = await clients(server.ws_url("lobby") + "?since=-4")
+    with pytest.raises(Exception) as info:
+        await bad.recv()
+    assert info.value.rcvd.code == 4400 and "since" in info.value.rcvd.reason
+
+
+async def test_embedded_default_push_and_cross_origin(serve, clients):
+    """The embedded default (SQLite, in-memory layer): CLI push over HTTP, Origin checked."""
+    server = serve()
+    room = "café lobby"
+    member = await clients(server.ws_url(room))
+    await member.recv_type("joined")
+    result = await asyncio.to_thread(server.cli, "push", room, "hello from the shell", "--server", server.http_url)
+    assert result.returncode == 0, result.stderr
+    assert (await member.messages(1))[0]["message"] == "hello from the shell"
+    with pytest.raises(Exception) as info:
+        await clients(server.ws_url(room), additional_headers={"Origin": "https://evil.example"})
+    assert "403" in str(info.value)
+    ok = await clients(server.ws_url(room), additional_headers={"Origin": server.http_url})
+    await ok.recv_type("joined")

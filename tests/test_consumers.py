@@ -1,0 +1,286 @@
+"""The consumer, hub and services together, through Channels' WebsocketCommunicator.
+
+In-memory channel layer, SQLite; every test gets a fresh layer and database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client, override_settings
+
+from roomcast import fanout, hub, services
+from roomcast.models import Message, Room
+from roomcast.protocol import CloseCode
+from roomcast.routing import websocket_application
+from roomcast.testing import RoomCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UNICODE_ROOMS = ["技术交流", "café", "a room with spaces", "é" * 200, "lobby"]
+
+
+@pytest.fixture
+async def app():
+    """The WebSocket application as a project mounts it; the hub is closed afterwards."""
+    yield websocket_application()
+    running = hub.running_hub()
+    if running is not None:
+        await running.close()
+
+
+@pytest.fixture
+async def room_of(app):
+    """``await room_of(name, **kwargs)`` joins a RoomCommunicator; all disconnect at the end."""
+    opened = []
+
+    async def join(name, **kwargs):
+        communicator = RoomCommunicator(app, name, **kwargs)
+        await communicator.join()
+        opened.append(communicator)
+        return communicator
+
+    yield join
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+async def test_seed_client_sends_and_reads_message_key(room_of):
+    """A client written for the seed (no subprotocol) sends {"message"} and reads data["message"]."""
+    alice = await room_of("lobby", v1=False)
+    bob = await room_of("lobby", v1=False)
+    await alice.send_to(text_data=json.dumps({"message": "hello"}))
+    for member in (alice, bob):
+        frame = await member.receive_event("message")
+        assert frame["message"] == "hello"
+        assert frame["seq"] == 1 and frame["kind"] == "chat" and frame["user"] is None
+    # The seed's dialect gets no joined/ack frames: nothing else is waiting.
+    assert await alice.receive_nothing(0.1)
+
+
+async def test_v1_client_gets_joined_then_ack(room_of):
+    """A v1 client gets joined first, then its message and an ack with the stored seq."""
+    alice = RoomCommunicator(websocket_application(), "lobby")
+    joined = await alice.join()
+    assert joined == {"type": "joined", "room": "lobby", "seq": 0}
+    await alice.say("hi", client_id="c-1")
+    frames = [await alice.receive_event(), await alice.receive_event()]
+    by_type = {f["type"]: f for f in frames}
+    assert by_type["ack"] == {"type": "ack", "client_id": "c-1", "seq": 1}
+    assert by_type["message"]["client_id"] == "c-1"
+    await alice.disconnect()
+
+
+@pytest.mark.parametrize("name", UNICODE_ROOMS)
+async def test_unicode_room_names_work(room_of, name):
+    """Rooms named by any Unicode text carry messages, stored under the canonical name."""
+    alice = await room_of(name)
+    bob = await room_of(name)
+    await alice.say("你好 café")
+    for member in (alice, bob):
+        frame = await member.receive_event("message")
+        assert frame["message"] == "你好 café" and frame["room"] == name
+    assert await Room.objects.filter(name=name).acount() == 1
+
+
+async def test_rooms_are_separate(room_of):
+    """A message reaches its room only."""
+    a = await room_of("one")
+    b = await room_of("two")
+    await a.say("only for one")
+    assert (await a.receive_event("message"))["message"] == "only for one"
+    assert await b.receive_nothing(0.2)
+
+
+async def test_join_sends_recent_history(room_of):
+    """A joining member gets the latest HISTORY_COUNT messages, oldest first."""
+    for i in range(1, 8):
+        await services.apost_message("hist", f"m{i}")
+    with override_settings(ROOMCAST={"HISTORY_COUNT": 5}):
+        member = await room_of("hist")
+        frames = await member.receive_messages(5)
+    assert [f["seq"] for f in frames] == [3, 4, 5, 6, 7]
+    assert [f["message"] for f in frames] == ["m3", "m4", "m5", "m6", "m7"]
+    assert await member.receive_nothing(0.1)
+
+
+async def test_reconnect_with_since_gets_exactly_the_missed_messages(room_of):
+    """since=N replays the messages after N in order, then live ones, with no duplicate."""
+    for i in range(1, 11):
+        await services.apost_message("since", f"m{i}")
+    member = await room_of("since", since=6)
+    frames = await member.receive_messages(4)
+    assert [f["seq"] for f in frames] == [7, 8, 9, 10]
+    await services.apost_message("since", "m11")
+    assert (await member.receive_event("message"))["seq"] == 11
+    assert await member.receive_nothing(0.1)
+
+
+async def test_since_up_to_date_replays_nothing(room_of):
+    """A client already at the room's last seq is recovered with nothing to replay."""
+    await services.apost_message("uptodate", "m1")
+    communicator = RoomCommunicator(websocket_application(), "uptodate", since=1)
+    assert await communicator.join() == {"type": "joined", "room": "uptodate", "seq": 1, "recovered": True}
+    assert await communicator.receive_nothing(0.1)
+    await communicator.disconnect()
+
+
+@override_settings(ROOMCAST={"REPLAY_LIMIT": 3, "HISTORY_COUNT": 2})
+async def test_since_beyond_replay_limit_says_not_recovered(app):
+    """A gap longer than REPLAY_LIMIT is reported (recovered: false) with the latest history."""
+    for i in range(1, 11):
+        await services.apost_message("gap", f"m{i}")
+    communicator = RoomCommunicator(app, "gap", since=2)
+    joined = await communicator.join()
+    assert joined == {"type": "joined", "room": "gap", "seq": 10, "recovered": False}
+    assert [f["seq"] for f in await communicator.receive_messages(2)] == [9, 10]
+    await communicator.disconnect()
+
+
+async def test_since_ahead_of_room_says_not_recovered(app):
+    """A client claiming a seq the room never reached (a reset database) is told so."""
+    await services.apost_message("ahead", "m1")
+    communicator = RoomCommunicator(app, "ahead", since=50)
+    joined = await communicator.join()
+    assert joined["recovered"] is False and joined["seq"] == 1
+    assert (await communicator.receive_event("message"))["seq"] == 1
+    await communicator.disconnect()
+
+
+async def test_live_gap_is_filled_from_the_database(room_of):
+    """When the layer loses a message, members get it from the database, in order."""
+    member = await room_of("lossy")
+    lost = await database_sync_to_async(services.store_message)("lossy", "lost on the layer")
+    kept = await database_sync_to_async(services.store_message)("lossy", "published")
+    await fanout.publish("lossy", services.layer_message(kept))  # seq 2 arrives, 1 never does
+    frames = await member.receive_messages(2)
+    assert [(f["seq"], f["message"]) for f in frames] == [(1, "lost on the layer"), (2, "published")]
+    assert frames[0] == json.loads(lost.frame)  # read back: the same frame as published
+    await fanout.publish("lossy", services.layer_message(lost))  # late duplicate: dropped
+    assert await member.receive_nothing(0.1)
+
+
+async def test_malformed_frames_get_error_events_and_room_carries_on(room_of):
+    """Bad frames get an error event; the socket stays up and other members see nothing odd."""
+    bad = await room_of("storm")
+    good = await room_of("storm")
+    bad_frames = ["not json", "[]", "{}", '{"message": 5}', '{"type": "dance"}', '{"message": " "}']
+    for text in bad_frames:
+        await bad.send_to(text_data=text)
+    codes = [(await bad.receive_event("error"))["code"] for _ in bad_frames]
+    assert codes == ["invalid_json", "invalid_frame", "invalid_frame", "invalid_frame", "unknown_type", "invalid_frame"]
+    await bad.send_to(bytes_data=b"\x00\x01")
+    assert (await bad.receive_event("error"))["code"] == "unsupported_data"
+    await bad.say("still here")
+    assert (await bad.receive_event("message"))["message"] == "still here"
+    assert (await good.receive_event("message"))["message"] == "still here"
+    assert await good.receive_nothing(0.1)
+    assert await Message.objects.acount() == 1
+
+
+@override_settings(ROOMCAST={"MAX_FRAME_BYTES": 100})
+async def test_oversized_frame_closes_1009(room_of):
+    """A frame over MAX_FRAME_BYTES closes that socket with 1009; others carry on."""
+    big = await room_of("big")
+    other = await room_of("big")
+    await big.say("x" * 200)
+    assert await big.receive_close() == CloseCode.MESSAGE_TOO_BIG
+    await other.say("fine")
+    assert (await other.receive_event("message"))["message"] == "fine"
+
+
+@pytest.mark.parametrize("path", ["/ws/chat/" + "x" * 201 + "/", "/ws/chat/lobby/?since=abc", "/ws/chat/%20/"])
+async def test_bad_url_closes_4400(app, path):
+    """A bad room name or since= is accepted then closed with 4400 and a reason."""
+    from channels.testing import WebsocketCommunicator
+
+    communicator = WebsocketCommunicator(app, path)
+    connected, _ = await communicator.connect()
+    assert connected
+    output = await communicator.receive_output()
+    assert output["type"] == "websocket.close" and output["code"] == CloseCode.BAD_REQUEST
+    assert output["reason"]
+
+
+async def test_ping_and_history_requests(room_of):
+    """ping gets pong; history returns older pages with has_more."""
+    for i in range(1, 6):
+        await services.apost_message("pages", f"m{i}")
+    with override_settings(ROOMCAST={"HISTORY_COUNT": 1}):
+        member = await room_of("pages")
+        await member.receive_event("message")
+    await member.send_json_to({"type": "ping"})
+    assert await member.receive_event("pong") == {"type": "pong"}
+    await member.send_json_to({"type": "history", "before": 5, "limit": 2})
+    page = await member.receive_event("history")
+    assert [m["seq"] for m in page["messages"]] == [3, 4] and page["has_more"] is True
+    await member.send_json_to({"type": "history", "before": 3, "limit": 5})
+    page = await member.receive_event("history")
+    assert [m["seq"] for m in page["messages"]] == [1, 2] and page["has_more"] is False
+
+
+async def test_seed_style_group_send_reaches_the_room(room_of):
+    """The seed's group_send of chat.system_message / chat.force_disconnect still works."""
+    member = await room_of("lobby")
+    seed = await room_of("lobby", v1=False)
+    layer = fanout.get_layer()
+    await layer.group_send("chat_lobby", {"type": "chat.system_message", "text": "maintenance at 5"})
+    for m in (member, seed):
+        frame = await m.receive_event("message")
+        assert frame["message"] == "maintenance at 5" and frame["kind"] == "system"
+        assert "seq" not in frame  # not part of the stored stream
+    await layer.group_send(fanout.room_group("lobby"), {"type": "chat.force_disconnect"})
+    assert await member.receive_close() == CloseCode.DISCONNECTED
+    assert await seed.receive_close() == CloseCode.DISCONNECTED
+
+
+async def test_origin_check_refuses_cross_site_browsers(app):
+    """A browser page from another site cannot open a socket; same-site and no-Origin can."""
+    evil = RoomCommunicator(app, "lobby", headers=[(b"origin", b"https://evil.example")])
+    connected, _ = await evil.connect()
+    assert not connected
+    for headers in ([(b"origin", b"http://localhost:8000")], []):
+        ok = RoomCommunicator(app, "lobby", headers=headers)
+        await ok.join()
+        await ok.disconnect()
+
+
+async def _session_cookie(username: str) -> tuple[bytes, bytes]:
+    def login():
+        user = get_user_model().objects.create_user(username, password="pw-12345678")
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    return (b"cookie", f"sessionid={await database_sync_to_async(login)()}".encode())
+
+
+@override_settings(ROOMCAST={"ALLOW_ANONYMOUS": False})
+async def test_anonymous_cannot_post_when_disallowed_but_users_can(room_of):
+    """With ALLOW_ANONYMOUS off, anonymous posts get "forbidden"; a session user posts by name."""
+    anonymous = await room_of("members")
+    await anonymous.say("hi")
+    assert (await anonymous.receive_event("error"))["code"] == "forbidden"
+    alice = await room_of("members", headers=[await _session_cookie("alice")])
+    await alice.say("hi from alice")
+    frame = await alice.receive_event("message")
+    assert frame["user"] == "alice"
+    assert (await anonymous.receive_event("message"))["user"] == "alice"
+
+
+async def test_disconnected_member_leaves_and_room_unsubscribes(room_of):
+    """When the last local member leaves, the hub leaves the room's group."""
+    member = await room_of("brief")
+    layer = fanout.get_layer()
+    assert layer.groups.get(fanout.room_group("brief"))
+    await member.disconnect()
+    for _ in range(50):
+        if not layer.groups.get(fanout.room_group("brief")):
+            break
+        await asyncio.sleep(0.01)
+    assert not layer.groups.get(fanout.room_group("brief"))
+    assert hub.running_hub().members("brief") == []

@@ -1,0 +1,169 @@
+"""The hub and Member on their own: joins racing the live stream, bounded buffers.
+
+The hub runs on the real in-memory layer and reads the real (test) database; what the
+tests control is timing, through the catch-up callable and the ASGI ``send`` they pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+
+from roomcast import fanout, services
+from roomcast.hub import CatchUp, Hub, Member
+from roomcast.protocol import CloseCode
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Socket:
+    """An ASGI send callable that records frames; ``block()`` makes sends wait (a slow client)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def __call__(self, message: dict) -> None:
+        self.sent.append(message)
+        await self.open.wait()
+
+    def block(self) -> None:
+        self.open.clear()
+
+    @property
+    def seqs(self) -> list[int]:
+        return [json.loads(m["text"]).get("seq") for m in self.sent if m["type"] == "websocket.send"]
+
+    async def wait_for(self, count: int) -> None:
+        for _ in range(500):
+            if len(self.sent) >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"only {len(self.sent)} of {count} frames were sent: {self.sent!r}")
+
+
+@pytest.fixture
+async def the_hub():
+    hub = Hub(fanout.get_layer(), services.DatabaseLoader(), fanout.room_group)
+    yield hub
+    await hub.close()
+
+
+async def store(room: str, text: str):
+    return await database_sync_to_async(services.store_message)(room, text)
+
+
+async def test_join_drops_live_frames_the_catch_up_already_sent(the_hub):
+    """A message stored before the catch-up read but delivered live after it is sent once."""
+    socket = Socket()
+    member = Member(socket, room="race", max_frames=100, v1=True)
+    late = None
+
+    async def catch_up() -> CatchUp:
+        nonlocal late
+        late = await store("race", "stored before the read")
+        last_seq, frames, _ = await database_sync_to_async(services.read_catch_up)("race", None)
+        await fanout.publish("race", services.layer_message(late))  # arrives while holding
+        await asyncio.sleep(0.05)
+        return CatchUp(preface=[], frames=frames, last_seq=last_seq)
+
+    await the_hub.join(member, catch_up)
+    await socket.wait_for(1)
+    await asyncio.sleep(0.05)
+    assert socket.seqs == [1]
+
+
+async def test_join_keeps_live_frames_newer_than_the_catch_up(the_hub):
+    """Messages published while a member reads its catch-up follow it, in order, once."""
+    socket = Socket()
+    member = Member(socket, room="race2", max_frames=100, v1=True)
+    await services.apost_message("race2", "before")
+
+    async def catch_up() -> CatchUp:
+        last_seq, frames, _ = await database_sync_to_async(services.read_catch_up)("race2", None)
+        for text in ("during 1", "during 2"):
+            await services.apost_message("race2", text)
+        await asyncio.sleep(0.05)
+        return CatchUp(preface=[], frames=frames, last_seq=last_seq)
+
+    await the_hub.join(member, catch_up)
+    await services.apost_message("race2", "after")
+    await socket.wait_for(4)
+    assert socket.seqs == [1, 2, 3, 4]
+
+
+async def test_slow_member_is_closed_with_1013_and_others_keep_going(the_hub):
+    """A member whose buffer overflows is closed with TRY_AGAIN_LATER; the room is not held up."""
+    slow_socket, fast_socket = Socket(), Socket()
+    slow = Member(slow_socket, room="busy", max_frames=5, v1=True)
+    fast = Member(fast_socket, room="busy", max_frames=50, v1=True)
+    empty = CatchUp(preface=[], frames=[], last_seq=0)
+
+    async def nothing() -> CatchUp:
+        return empty
+
+    await the_hub.join(slow, nothing)
+    await the_hub.join(fast, nothing)
+    slow_socket.block()
+    for i in range(10):
+        await services.apost_message("busy", f"m{i}")
+    await fast_socket.wait_for(10)
+    assert fast_socket.seqs == list(range(1, 11))
+    assert slow.closed
+    closes = [m for m in slow_socket.sent if m["type"] == "websocket.close"]
+    assert closes == [{"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": closes[0]["reason"]}]
+    # The slow socket got at most what fit before the close: no frame after it.
+    assert slow_socket.sent[-1]["type"] == "websocket.close"
+
+
+async def test_member_holding_too_long_is_closed(the_hub):
+    """Frames held while joining count against the same bound."""
+    socket = Socket()
+    member = Member(socket, room="held", max_frames=3, v1=True)
+
+    async def slow_catch_up() -> CatchUp:
+        for i in range(5):
+            await services.apost_message("held", f"m{i}")
+        await asyncio.sleep(0.05)
+        return CatchUp(preface=[], frames=[], last_seq=0)
+
+    await the_hub.join(member, slow_catch_up)
+    await socket.wait_for(1)
+    assert member.closed
+    assert [m["type"] for m in socket.sent] == ["websocket.close"]
+
+
+async def test_member_writer_stops_when_the_socket_is_gone():
+    """A send that raises OSError (uvicorn's ClientDisconnected) marks the member closed."""
+
+    async def gone(message: dict) -> None:
+        raise OSError("client disconnected")
+
+    member = Member(gone, room="x", max_frames=10, v1=True)
+    member.start(CatchUp(preface=[], frames=[], last_seq=0))
+    member.deliver(1, '{"seq":1}')
+    await asyncio.sleep(0.01)
+    assert member.closed
+    member.deliver(2, '{"seq":2}')  # ignored, no new writer
+    await asyncio.sleep(0.01)
+
+
+async def test_gap_fill_when_many_messages_were_lost(the_hub):
+    """A long run of lost layer messages is read back in batches, in order."""
+    socket = Socket()
+    member = Member(socket, room="bulk", max_frames=2000, v1=True)
+
+    async def nothing() -> CatchUp:
+        return CatchUp(preface=[], frames=[], last_seq=0)
+
+    await the_hub.join(member, nothing)
+    stored = None
+    for i in range(1, 1201):
+        stored = await store("bulk", f"m{i}")
+    await fanout.publish("bulk", services.layer_message(stored))  # only the last arrives
+    await socket.wait_for(1200)
+    assert socket.seqs == list(range(1, 1201))
