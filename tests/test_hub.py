@@ -167,3 +167,26 @@ async def test_gap_fill_when_many_messages_were_lost(the_hub):
     await fanout.publish("bulk", services.layer_message(stored))  # only the last arrives
     await socket.wait_for(1200)
     assert socket.seqs == list(range(1, 1201))
+
+
+async def test_position_check_delivers_a_message_whose_publish_was_lost():
+    """A stored message that never reached the layer (and no later one) arrives at the next check."""
+    hub = Hub(fanout.get_layer(), services.DatabaseLoader(), fanout.room_group, position_check_secs=0.2)
+    try:
+        socket = Socket()
+        member = Member(socket, room="lost publish", max_frames=100, v1=True)
+
+        async def nothing() -> CatchUp:
+            return CatchUp(preface=[], frames=[], last_seq=0)
+
+        await hub.join(member, nothing)
+        await store("lost publish", "stored, never published")
+        await store("lost publish", "also never published")
+        await socket.wait_for(2)
+        assert socket.seqs == [1, 2]
+        await services.apost_message("lost publish", "published")  # live again, no duplicates
+        await socket.wait_for(3)
+        await asyncio.sleep(0.3)
+        assert socket.seqs == [1, 2, 3]
+    finally:
+        await hub.close()

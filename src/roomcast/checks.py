@@ -76,11 +76,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="roomcast.E006",
             )
         )
-    timeout = roomcast_settings.PUBLISH_TIMEOUT_SECS
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        errors.append(
-            Error("ROOMCAST['PUBLISH_TIMEOUT_SECS'] must be a positive number.", id="roomcast.E007")
-        )
+    for key, check_id in (("PUBLISH_TIMEOUT_SECS", "roomcast.E007"), ("POSITION_CHECK_SECS", "roomcast.E009")):
+        value = getattr(roomcast_settings, key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
     alias = roomcast_settings.CHANNEL_LAYER
     if alias not in getattr(settings, "CHANNEL_LAYERS", {}):
         errors.append(

@@ -39,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Seconds a synchronous push waits for the channel layer before raising PushError.
     "PUBLISH_TIMEOUT_SECS": 10.0,
+    # Seconds between the hub's checks of each of its rooms against the database. A
+    # message whose publish never reached this process (Redis restarted while it was
+    # subscribed, a layer queue overflowed) and that no later message exposes as a gap
+    # is delivered at the next check: this bounds how late such a message can be.
+    "POSITION_CHECK_SECS": 10.0,
 }
 
 

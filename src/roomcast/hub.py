@@ -54,6 +54,8 @@ FILL_BATCH_SIZE = 500
 #: membership (channels' ``group_expiry``, a day by default), and the in-memory layer
 #: drops a channel from its groups when one of its messages expires.
 GROUP_REFRESH_SECS = 300.0
+#: Rooms per query when the hub checks its rooms' positions against the database.
+POSITION_CHECK_BATCH = 500
 #: Longest wait between retries when the layer or the database fails.
 MAX_RETRY_SECS = 5.0
 
@@ -72,6 +74,10 @@ class Loader(Protocol):
 
     async def last_seq(self, room: str) -> int:
         """Seq of the room's latest stored message (0 if none)."""
+        ...
+
+    async def last_seqs(self, rooms: list[str]) -> dict[str, int]:
+        """``{room: last seq}`` for those of ``rooms`` that exist."""
         ...
 
     async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
@@ -213,7 +219,14 @@ class _Room:
 class Hub:
     """Delivery for every room with members in this process (one hub per event loop)."""
 
-    def __init__(self, layer: Any, loader: Loader, group_name: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        layer: Any,
+        loader: Loader,
+        group_name: Callable[[str], str],
+        *,
+        position_check_secs: float = 10.0,
+    ) -> None:
         self.layer = layer
         self.loader = loader
         self._group_name = group_name
@@ -229,6 +242,7 @@ class Hub:
             "chat_force_disconnect": self._on_seed_force_disconnect,
         }
         self._spawn(self._refresh_groups())
+        self._spawn(self._check_positions(position_check_secs))
 
     # -- membership ----------------------------------------------------------------------
 
@@ -334,9 +348,7 @@ class Hub:
         if seq <= room.last_seq:
             return  # a duplicate, or already filled from the database
         if seq > room.last_seq + 1:
-            room.filling = True
-            room.target = seq
-            self._spawn(self._fill(room))
+            self._start_fill(room, seq)
             return
         room.last_seq = seq
         frame = message["frame"]
@@ -372,6 +384,11 @@ class Hub:
     def _on_seed_force_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
         self._on_disconnect(room, {"code": CloseCode.DISCONNECTED, "reason": "disconnected by server"})
 
+    def _start_fill(self, room: _Room, target: int) -> None:
+        room.filling = True
+        room.target = target
+        self._spawn(self._fill(room))
+
     async def _fill(self, room: _Room) -> None:
         """Deliver seqs ``last_seq+1 .. target`` from the database, then resume live."""
         delay = 0.1
@@ -399,6 +416,38 @@ class Hub:
                         member.deliver(seq, frame)
         finally:
             room.filling = False
+
+    async def _check_positions(self, interval: float) -> None:
+        """Every ``interval`` s, fill any room whose stored stream is ahead of this process.
+
+        Pub/sub is at-most-once: a publish made while this process's subscription was down
+        (Redis restarting) is gone, and if no later message arrives nothing exposes the
+        gap. Like Centrifugo's periodic position check, compare each room with the
+        database, one query per POSITION_CHECK_BATCH rooms, and fill what is missing.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            names = [name for name, room in self._rooms.items() if room.ready]
+            for start in range(0, len(names), POSITION_CHECK_BATCH):
+                batch = names[start : start + POSITION_CHECK_BATCH]
+                try:
+                    stored = await self.loader.last_seqs(batch)
+                except Exception:
+                    logger.exception("Checking room positions failed; retrying next time")
+                    break
+                for name, last_seq in stored.items():
+                    room = self._rooms.get(name)
+                    if room is None or not room.ready or not room.members:
+                        continue
+                    if room.filling:
+                        room.target = max(room.target, last_seq)
+                    elif last_seq > room.last_seq:
+                        logger.warning(
+                            "Room %r: seqs %d..%d never arrived on the channel layer; "
+                            "reading them from the database",
+                            name, room.last_seq + 1, last_seq,
+                        )
+                        self._start_fill(room, last_seq)
 
     async def _refresh_groups(self) -> None:
         while True:

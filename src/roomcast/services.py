@@ -192,6 +192,12 @@ class DatabaseLoader:
         row = await database_sync_to_async(_room_row)(room)
         return row[1] if row else 0
 
+    async def last_seqs(self, rooms: list[str]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            return dict(Room.objects.filter(name__in=rooms).values_list("name", "last_seq"))
+
+        return await database_sync_to_async(read)()
+
     async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
         def read() -> list[tuple[int, str]]:
             messages = Message.objects.filter(room__name=room, seq__gt=after, seq__lte=upto)
@@ -205,7 +211,12 @@ class DatabaseLoader:
 
 def _make_hub() -> Hub:
     fanout.set_server_loop(asyncio.get_running_loop())
-    return Hub(fanout.get_layer(), DatabaseLoader(), fanout.room_group)
+    return Hub(
+        fanout.get_layer(),
+        DatabaseLoader(),
+        fanout.room_group,
+        position_check_secs=roomcast_settings.POSITION_CHECK_SECS,
+    )
 
 
 def hub() -> Hub:

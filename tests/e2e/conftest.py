@@ -97,6 +97,9 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
+        # pytest shows captured teardown output only when the test failed.
+        print(f"--- roomcast serve on port {server.port} (last 8000 chars) ---")
+        print(server.log()[-8000:])
 
 
 class Client:

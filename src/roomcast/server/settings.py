@@ -121,6 +121,11 @@ if _redis_url:
         "socket_timeout": 15,
         "socket_connect_timeout": 5,
         "max_connections": 1000,
+        # RESP2, not redis-py 8's default RESP3: in a standalone reproduction (redis-py
+        # 8.1, channels_redis 4.3) a RESP3 pub/sub layer resubscribed after a Redis
+        # restart yet received nothing more; on RESP2 it resumed at once. The hub's
+        # position check would still deliver, but only every POSITION_CHECK_SECS.
+        "protocol": 2,
     }
     _prefix = os.environ.get("ROOMCAST_REDIS_PREFIX", "roomcast")
     CHANNEL_LAYERS = {
