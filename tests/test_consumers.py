@@ -50,7 +50,7 @@ async def room_of(app):
 
 
 async def test_seed_client_sends_and_reads_message_key(room_of):
-    """A client written for the seed (no subprotocol) sends {"message"} and reads data["message"]."""
+    """A seed client (no subprotocol) sends {"message"} and reads data["message"]."""
     alice = await room_of("lobby", v1=False)
     bob = await room_of("lobby", v1=False)
     await alice.send_to(text_data=json.dumps({"message": "hello"}))
@@ -124,7 +124,12 @@ async def test_since_up_to_date_replays_nothing(room_of):
     """A client already at the room's last seq is recovered with nothing to replay."""
     await services.apost_message("uptodate", "m1")
     communicator = RoomCommunicator(websocket_application(), "uptodate", since=1)
-    assert await communicator.join() == {"type": "joined", "room": "uptodate", "seq": 1, "recovered": True}
+    assert await communicator.join() == {
+        "type": "joined",
+        "room": "uptodate",
+        "seq": 1,
+        "recovered": True,
+    }
     assert await communicator.receive_nothing(0.1)
     await communicator.disconnect()
 
@@ -158,7 +163,10 @@ async def test_live_gap_is_filled_from_the_database(room_of):
     kept = await database_sync_to_async(services.store_message)("lossy", "published")
     await fanout.publish("lossy", services.layer_message(kept))  # seq 2 arrives, 1 never does
     frames = await member.receive_messages(2)
-    assert [(f["seq"], f["message"]) for f in frames] == [(1, "lost on the layer"), (2, "published")]
+    assert [(f["seq"], f["message"]) for f in frames] == [
+        (1, "lost on the layer"),
+        (2, "published"),
+    ]
     assert frames[0] == json.loads(lost.frame)  # read back: the same frame as published
     await fanout.publish("lossy", services.layer_message(lost))  # late duplicate: dropped
     assert await member.receive_nothing(0.1)
@@ -172,7 +180,14 @@ async def test_malformed_frames_get_error_events_and_room_carries_on(room_of):
     for text in bad_frames:
         await bad.send_to(text_data=text)
     codes = [(await bad.receive_event("error"))["code"] for _ in bad_frames]
-    assert codes == ["invalid_json", "invalid_frame", "invalid_frame", "invalid_frame", "unknown_type", "invalid_frame"]
+    assert codes == [
+        "invalid_json",
+        "invalid_frame",
+        "invalid_frame",
+        "invalid_frame",
+        "unknown_type",
+        "invalid_frame",
+    ]
     await bad.send_to(bytes_data=b"\x00\x01")
     assert (await bad.receive_event("error"))["code"] == "unsupported_data"
     await bad.say("still here")
@@ -193,7 +208,9 @@ async def test_oversized_frame_closes_1009(room_of):
     assert (await other.receive_event("message"))["message"] == "fine"
 
 
-@pytest.mark.parametrize("path", ["/ws/chat/" + "x" * 201 + "/", "/ws/chat/lobby/?since=abc", "/ws/chat/%20/"])
+@pytest.mark.parametrize(
+    "path", ["/ws/chat/" + "x" * 201 + "/", "/ws/chat/lobby/?since=abc", "/ws/chat/%20/"]
+)
 async def test_bad_url_closes_4400(app, path):
     """A bad room name or since= is accepted then closed with 4400 and a reason."""
     from channels.testing import WebsocketCommunicator
@@ -228,7 +245,9 @@ async def test_seed_style_group_send_reaches_the_room(room_of):
     member = await room_of("lobby")
     seed = await room_of("lobby", v1=False)
     layer = fanout.get_layer()
-    await layer.group_send("chat_lobby", {"type": "chat.system_message", "text": "maintenance at 5"})
+    await layer.group_send(
+        "chat_lobby", {"type": "chat.system_message", "text": "maintenance at 5"}
+    )
     for m in (member, seed):
         frame = await m.receive_event("message")
         assert frame["message"] == "maintenance at 5" and frame["kind"] == "system"

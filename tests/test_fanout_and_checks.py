@@ -16,7 +16,8 @@ GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
 
 @pytest.mark.parametrize(
-    "room", ["lobby", "技术交流", "café", "a room", "é" * 200, "x" * 90, "x" * 91, ".hidden", "a.b", "-"]
+    "room",
+    ["lobby", "技术交流", "café", "a room", "é" * 200, "x" * 90, "x" * 91, ".hidden", "a.b", "-"],
 )
 def test_room_group_is_always_a_valid_channels_group(room):
     """Every room maps to a name Channels accepts: ASCII, allowed characters, under 100."""
@@ -42,7 +43,7 @@ def test_unknown_setting_is_reported_with_a_hint():
     """A misspelt ROOMCAST key fails with the closest known name."""
     with override_settings(ROOMCAST={"HISTORY_CUONT": 5}):
         with pytest.raises(ImproperlyConfigured, match="Did you mean 'HISTORY_COUNT'"):
-            roomcast_settings.HISTORY_COUNT
+            _ = roomcast_settings.HISTORY_COUNT
         assert [e.id for e in run_checks() if e.id.startswith("roomcast")] == ["roomcast.E001"]
 
 

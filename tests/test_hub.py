@@ -36,7 +36,9 @@ class Socket:
 
     @property
     def seqs(self) -> list[int]:
-        return [json.loads(m["text"]).get("seq") for m in self.sent if m["type"] == "websocket.send"]
+        return [
+            json.loads(m["text"]).get("seq") for m in self.sent if m["type"] == "websocket.send"
+        ]
 
     async def wait_for(self, count: int) -> None:
         for _ in range(500):
@@ -115,7 +117,13 @@ async def test_slow_member_is_closed_with_1013_and_others_keep_going(the_hub):
     assert fast_socket.seqs == list(range(1, 11))
     assert slow.closed
     closes = [m for m in slow_socket.sent if m["type"] == "websocket.close"]
-    assert closes == [{"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": closes[0]["reason"]}]
+    assert closes == [
+        {
+            "type": "websocket.close",
+            "code": CloseCode.TRY_AGAIN_LATER,
+            "reason": closes[0]["reason"],
+        }
+    ]
     # The slow socket got at most what fit before the close: no frame after it.
     assert slow_socket.sent[-1]["type"] == "websocket.close"
 
@@ -170,8 +178,10 @@ async def test_gap_fill_when_many_messages_were_lost(the_hub):
 
 
 async def test_position_check_delivers_a_message_whose_publish_was_lost():
-    """A stored message that never reached the layer (and no later one) arrives at the next check."""
-    hub = Hub(fanout.get_layer(), services.DatabaseLoader(), fanout.room_group, position_check_secs=0.2)
+    """A stored message that never reached the layer, nor any later one, comes at the next check."""
+    hub = Hub(
+        fanout.get_layer(), services.DatabaseLoader(), fanout.room_group, position_check_secs=0.2
+    )
     try:
         socket = Socket()
         member = Member(socket, room="lost publish", max_frames=100, v1=True)

@@ -157,7 +157,9 @@ async def test_http_push_api(member):
     client = AsyncClient()
     auth = {"Authorization": f"Bearer {API_KEY}"}
     response = await client.post(
-        "/api/rooms/news-room/messages", {"message": "over http"}, content_type="application/json",
+        "/api/rooms/news-room/messages",
+        {"message": "over http"},
+        content_type="application/json",
         headers=auth,
     )
     assert response.status_code == 201, response.content
@@ -191,7 +193,9 @@ async def test_http_push_api_refuses_bad_requests(headers, body, status, code):
 async def test_http_push_api_off_without_keys():
     """With no API keys configured the API refuses every request."""
     response = await AsyncClient().post(
-        "/api/rooms/lobby/messages", {"message": "x"}, content_type="application/json",
+        "/api/rooms/lobby/messages",
+        {"message": "x"},
+        content_type="application/json",
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     assert response.status_code == 403 and response.json()["error"] == "api_disabled"
@@ -201,7 +205,9 @@ async def test_http_disconnect_api(member):
     """POST /api/rooms/<room>/disconnect closes the room's sockets."""
     alice = await member("kick")
     response = await AsyncClient().post(
-        "/api/rooms/kick/disconnect", {"reason": "closing"}, content_type="application/json",
+        "/api/rooms/kick/disconnect",
+        {"reason": "closing"},
+        content_type="application/json",
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     assert response.status_code == 202

@@ -38,7 +38,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(
                 Error(
                     f"ROOMCAST[{key!r}] must be a positive integer, not {value!r}.",
-                    hint="Set it to a whole number above 0 or remove it (default in roomcast.conf).",
+                    hint="Set it to a whole number above 0, or remove it for the default.",
                     id="roomcast.E002",
                 )
             )
@@ -55,7 +55,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     if not isinstance(roomcast_settings.ALLOW_ANONYMOUS, bool):
-        errors.append(Error("ROOMCAST['ALLOW_ANONYMOUS'] must be True or False.", id="roomcast.E004"))
+        errors.append(
+            Error("ROOMCAST['ALLOW_ANONYMOUS'] must be True or False.", id="roomcast.E004")
+        )
     origins = roomcast_settings.ALLOWED_ORIGINS
     if origins is not None and (
         not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins)
@@ -68,15 +70,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     keys = roomcast_settings.API_KEYS
-    if not isinstance(keys, list | tuple) or not all(isinstance(k, str) and len(k) >= 16 for k in keys):
+    if not isinstance(keys, list | tuple) or not all(
+        isinstance(k, str) and len(k) >= 16 for k in keys
+    ):
         errors.append(
             Error(
                 "ROOMCAST['API_KEYS'] must be a list of strings of at least 16 characters.",
-                hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                hint="Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
                 id="roomcast.E006",
             )
         )
-    for key, check_id in (("PUBLISH_TIMEOUT_SECS", "roomcast.E007"), ("POSITION_CHECK_SECS", "roomcast.E009")):
+    for key, check_id in (
+        ("PUBLISH_TIMEOUT_SECS", "roomcast.E007"),
+        ("POSITION_CHECK_SECS", "roomcast.E009"),
+    ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))

@@ -36,7 +36,9 @@ def _setup_django() -> None:
 
 
 def _add_service_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database", metavar="URL", help="database URL (env ROOMCAST_DATABASE_URL)")
+    parser.add_argument(
+        "--database", metavar="URL", help="database URL (env ROOMCAST_DATABASE_URL)"
+    )
     parser.add_argument("--redis", metavar="URL", help="Redis URL (env ROOMCAST_REDIS_URL)")
     parser.add_argument(
         "--layer", choices=("pubsub", "core"), help="channels_redis layer (env ROOMCAST_LAYER)"
@@ -44,8 +46,11 @@ def _add_service_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_service_flags(args: argparse.Namespace) -> None:
-    for flag, env in (("database", "ROOMCAST_DATABASE_URL"), ("redis", "ROOMCAST_REDIS_URL"),
-                      ("layer", "ROOMCAST_LAYER")):
+    for flag, env in (
+        ("database", "ROOMCAST_DATABASE_URL"),
+        ("redis", "ROOMCAST_REDIS_URL"),
+        ("layer", "ROOMCAST_LAYER"),
+    ):
         value = getattr(args, flag, None)
         if value:
             os.environ[env] = value
@@ -76,7 +81,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         f"roomcast serving on http://{args.host}:{args.port}/chat/ "
         f"({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
-        f"{settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]}, "
+        f"{str(settings.CHANNEL_LAYERS['default']['BACKEND']).rsplit('.', 1)[-1]}, "
         f"{args.workers} worker{'s' if args.workers > 1 else ''})",
         file=sys.stderr,
         flush=True,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -21,7 +21,7 @@ from . import services
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError
 from .fanout import NO_LAYER_ALIAS
-from .hub import Member
+from .hub import Member, Send
 from .protocol import PROTOCOL_V1, CloseCode, ProtocolError, codec
 from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
 
@@ -56,7 +56,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.accept(PROTOCOL_V1 if v1 else None)
         try:
             self.member = await services.join_room(
-                self.room, send=self.base_send, since=since, v1=v1, user=self.scope.get("user")
+                self.room,
+                send=cast(Send, self.base_send),
+                since=since,
+                v1=v1,
+                user=self.scope.get("user"),
             )
         except Exception:
             # The layer or the database is down: tell the client to come back (1011 is a
@@ -92,7 +96,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self._error(member, exc.code, exc.detail)
         except Exception:
             logger.exception("Handling a %r frame in room %r failed", frame["type"], self.room)
-            self._error(member, "internal_error", "The server could not handle this frame; try again.")
+            self._error(
+                member, "internal_error", "The server could not handle this frame; try again."
+            )
 
     async def _on_message(self, member: Member, frame: SendMessageFrame) -> None:
         user = self.scope.get("user")
@@ -101,7 +107,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.room, frame["message"], user=user, client_id=frame["client_id"] or ""
         )
         if member.v1:
-            member.send_frame(codec.encode(codec.ack_event(client_id=frame["client_id"], seq=stored.seq)))
+            member.send_frame(
+                codec.encode(codec.ack_event(client_id=frame["client_id"], seq=stored.seq))
+            )
 
     async def _on_history(self, member: Member, frame: HistoryFrame) -> None:
         member.send_frame(await services.ahistory_frame(self.room, frame["before"], frame["limit"]))

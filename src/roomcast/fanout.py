@@ -91,7 +91,9 @@ async def publish_stored(room: str, message: dict[str, Any]) -> None:
     except Exception:
         logger.warning(
             "Publishing seq %s to room %r failed; retrying in the background",
-            message.get("seq"), room, exc_info=True,
+            message.get("seq"),
+            room,
+            exc_info=True,
         )
         _republisher().add(room, message)
 
@@ -217,9 +219,7 @@ def _get_push_loop() -> asyncio.AbstractEventLoop:
     with _push_lock:
         if _push_loop is None or _push_loop.is_closed():
             loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name="roomcast-push", daemon=True
-            )
+            thread = threading.Thread(target=loop.run_forever, name="roomcast-push", daemon=True)
             thread.start()
             _push_loop = loop
             atexit.register(_stop_push_loop, loop, thread)

@@ -80,7 +80,9 @@ class Loader(Protocol):
         """``{room: last seq}`` for those of ``rooms`` that exist."""
         ...
 
-    async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+    async def frames_after(
+        self, room: str, after: int, upto: int, limit: int
+    ) -> list[tuple[int, str]]:
         """Encoded frames of the room's messages with ``after < seq <= upto``, ascending."""
         ...
 
@@ -94,8 +96,18 @@ class Member:
     """
 
     __slots__ = (
-        "__weakref__", "_buffer", "_held", "_loop", "_send", "_writer", "closed",
-        "last_seq", "max_frames", "room", "user_id", "v1",
+        "__weakref__",
+        "_buffer",
+        "_held",
+        "_loop",
+        "_send",
+        "_writer",
+        "closed",
+        "last_seq",
+        "max_frames",
+        "room",
+        "user_id",
+        "v1",
     )
 
     def __init__(
@@ -198,8 +210,17 @@ class _Room:
     """The hub's state for one room with local members."""
 
     __slots__ = (
-        "channel", "early", "filling", "group", "last_seq", "lock", "members", "name",
-        "ready", "receiver", "target",
+        "channel",
+        "early",
+        "filling",
+        "group",
+        "last_seq",
+        "lock",
+        "members",
+        "name",
+        "ready",
+        "receiver",
+        "target",
     )
 
     def __init__(self, name: str, group: str) -> None:
@@ -382,7 +403,9 @@ class Hub:
         self._on_event(room, {"frame": encode(event)})
 
     def _on_seed_force_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
-        self._on_disconnect(room, {"code": CloseCode.DISCONNECTED, "reason": "disconnected by server"})
+        self._on_disconnect(
+            room, {"code": CloseCode.DISCONNECTED, "reason": "disconnected by server"}
+        )
 
     def _start_fill(self, room: _Room, target: int) -> None:
         room.filling = True
@@ -406,7 +429,9 @@ class Hub:
                 if not rows:
                     logger.warning(
                         "Room %r: seqs %d..%d are not in the database; skipping them",
-                        room.name, room.last_seq + 1, room.target,
+                        room.name,
+                        room.last_seq + 1,
+                        room.target,
                     )
                     room.last_seq = room.target
                     break
@@ -445,7 +470,9 @@ class Hub:
                         logger.warning(
                             "Room %r: seqs %d..%d never arrived on the channel layer; "
                             "reading them from the database",
-                            name, room.last_seq + 1, last_seq,
+                            name,
+                            room.last_seq + 1,
+                            last_seq,
                         )
                         self._start_fill(room, last_seq)
 

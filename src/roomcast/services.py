@@ -135,7 +135,7 @@ def _frames(queryset: Any, room: str) -> list[tuple[int, str]]:
 
 
 def _room_row(room: str) -> tuple[int, int] | None:
-    return Room.objects.filter(name=room).values_list("id", "last_seq").first()  # type: ignore[return-value]
+    return Room.objects.filter(name=room).values_list("id", "last_seq").first()
 
 
 def read_catch_up(room: str, since: int | None) -> tuple[int, list[tuple[int, str]], bool | None]:
@@ -149,7 +149,11 @@ def read_catch_up(room: str, since: int | None) -> tuple[int, list[tuple[int, st
     """
     row = _room_row(room)
     last_seq = row[1] if row else 0
-    if since is not None and since <= last_seq and last_seq - since <= roomcast_settings.REPLAY_LIMIT:
+    if (
+        since is not None
+        and since <= last_seq
+        and last_seq - since <= roomcast_settings.REPLAY_LIMIT
+    ):
         if row is None or since == last_seq:
             return last_seq, [], True
         messages = Message.objects.filter(room_id=row[0], seq__gt=since, seq__lte=last_seq)
@@ -198,7 +202,9 @@ class DatabaseLoader:
 
         return await database_sync_to_async(read)()
 
-    async def frames_after(self, room: str, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+    async def frames_after(
+        self, room: str, after: int, upto: int, limit: int
+    ) -> list[tuple[int, str]]:
         def read() -> list[tuple[int, str]]:
             messages = Message.objects.filter(room__name=room, seq__gt=after, seq__lte=upto)
             return _frames(messages.order_by("seq")[:limit], room)

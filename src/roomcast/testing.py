@@ -1,12 +1,12 @@
 """Test helpers shipped for users, like ``channels.testing``.
 
-    from roomcast.testing import RoomCommunicator
+from roomcast.testing import RoomCommunicator
 
-    async def test_lobby():
-        alice = RoomCommunicator(application, "lobby")
-        await alice.join()
-        await alice.say("hi")
-        assert (await alice.receive_event("message"))["message"] == "hi"
+async def test_lobby():
+    alice = RoomCommunicator(application, "lobby")
+    await alice.join()
+    await alice.say("hi")
+    assert (await alice.receive_event("message"))["message"] == "hi"
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from channels.testing import WebsocketCommunicator
 from .protocol import PROTOCOL_V1
 
 
-class RoomCommunicator(WebsocketCommunicator):  # type: ignore[misc]
+class RoomCommunicator(WebsocketCommunicator):
     """A WebSocket test client for one room, speaking roomcast.v1 (or the seed's dialect)."""
 
     def __init__(

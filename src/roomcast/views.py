@@ -39,7 +39,9 @@ def room(request: HttpRequest, room_name: str) -> HttpResponse:
     try:
         name = codec.validate_room_name(room_name, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
     except ProtocolError as exc:
-        return render(request, "roomcast/index.html", {"error": exc.detail, "rooms": []}, status=400)
+        return render(
+            request, "roomcast/index.html", {"error": exc.detail, "rooms": []}, status=400
+        )
     return render(request, "roomcast/room.html", {"room_name": name})
 
 
@@ -107,7 +109,13 @@ async def _history(request: HttpRequest, room: str) -> HttpResponse:
     if limit < 1 or (before is not None and before < 1):
         raise ProtocolError("before and limit must be positive.")
     frames, has_more = await database_sync_to_async(services.read_history)(room, before, limit)
-    body = '{"messages":[' + ",".join(frames) + '],"has_more":' + ("true" if has_more else "false") + "}"
+    body = (
+        '{"messages":['
+        + ",".join(frames)
+        + '],"has_more":'
+        + ("true" if has_more else "false")
+        + "}"
+    )
     return HttpResponse(body, content_type="application/json")
 
 

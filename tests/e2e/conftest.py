@@ -50,9 +50,20 @@ class ServerProcess:
         env.pop("DJANGO_SETTINGS_MODULE", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [ROOMCAST, "serve", "--port", str(self.port), "--workers", str(self.workers),
-                 "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
+                [
+                    ROOMCAST,
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
             )
         try:
             wait_for_port(self.port, timeout=30, proc=self.proc)
@@ -78,7 +89,12 @@ class ServerProcess:
         env = {**os.environ, "ROOMCAST_DATA_DIR": str(self.data_dir), **self.env}
         env.pop("DJANGO_SETTINGS_MODULE", None)
         return subprocess.run(
-            [ROOMCAST, *args], env=env, cwd=self.data_dir, capture_output=True, text=True, timeout=60
+            [ROOMCAST, *args],
+            env=env,
+            cwd=self.data_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
 

@@ -112,7 +112,9 @@ def test_parse_frame_limit_counts_utf8_bytes_exactly():
 def test_parse_frame_history_defaults_and_clamps():
     """History requests default to 50 and are clamped to HISTORY_PAGE_MAX."""
     assert parse_frame('{"type": "history"}', max_bytes=MAX) == {
-        "type": "history", "before": None, "limit": 50,
+        "type": "history",
+        "before": None,
+        "limit": 50,
     }
     frame = parse_frame('{"type": "history", "before": 10, "limit": 100000}', max_bytes=MAX)
     assert frame == {"type": "history", "before": 10, "limit": codec.HISTORY_PAGE_MAX}
@@ -157,7 +159,9 @@ def test_parse_since(query, since):
     assert parse_since(query) == since
 
 
-@pytest.mark.parametrize("query", [b"since=", b"since=-1", b"since=abc", b"since=1.5", b"since=" + b"9" * 19])
+@pytest.mark.parametrize(
+    "query", [b"since=", b"since=-1", b"since=abc", b"since=1.5", b"since=" + b"9" * 19]
+)
 def test_parse_since_rejects(query):
     """A since= that is not a non-negative integer is a bad request."""
     with pytest.raises(InvalidSinceError) as info:
@@ -168,13 +172,25 @@ def test_parse_since_rejects(query):
 def test_message_event_keeps_seed_message_key():
     """Every message frame carries the text under "message", as the seed reads it."""
     event = codec.message_event(
-        room="r", text="hi", kind="chat", user=None, ts="2026-01-01T00:00:00.000Z", seq=3, client_id="c"
+        room="r",
+        text="hi",
+        kind="chat",
+        user=None,
+        ts="2026-01-01T00:00:00.000Z",
+        seq=3,
+        client_id="c",
     )
     decoded = json.loads(codec.encode(event))
     assert decoded["message"] == "hi"
     assert decoded == {
-        "type": "message", "room": "r", "message": "hi", "kind": "chat", "user": None,
-        "ts": "2026-01-01T00:00:00.000Z", "seq": 3, "client_id": "c",
+        "type": "message",
+        "room": "r",
+        "message": "hi",
+        "kind": "chat",
+        "user": None,
+        "ts": "2026-01-01T00:00:00.000Z",
+        "seq": 3,
+        "client_id": "c",
     }
     ephemeral = codec.message_event(room="r", text="x", kind="system", user=None, ts="t")
     assert "seq" not in ephemeral and "client_id" not in ephemeral
@@ -182,7 +198,10 @@ def test_message_event_keeps_seed_message_key():
 
 def test_encode_is_compact_and_keeps_unicode():
     """Frames are compact JSON with raw UTF-8 text (not \\u escapes)."""
-    assert codec.encode(codec.error_event(code="x", detail="é")) == '{"type":"error","code":"x","detail":"é"}'
+    assert (
+        codec.encode(codec.error_event(code="x", detail="é"))
+        == '{"type":"error","code":"x","detail":"é"}'
+    )
 
 
 def test_joined_event_recovered_only_when_asked():
@@ -193,8 +212,10 @@ def test_joined_event_recovered_only_when_asked():
 
 def test_history_frame_splices_encoded_messages():
     """history wraps already-encoded message frames into valid JSON."""
-    frames = [codec.encode(codec.message_event(room="r", text=t, kind="chat", user=None, ts="t", seq=i))
-              for i, t in enumerate(["a", '"quoted"'], 1)]
+    frames = [
+        codec.encode(codec.message_event(room="r", text=t, kind="chat", user=None, ts="t", seq=i))
+        for i, t in enumerate(["a", '"quoted"'], 1)
+    ]
     decoded = json.loads(codec.history_frame(room="ré", frames=frames, has_more=True))
     assert decoded["type"] == "history" and decoded["room"] == "ré" and decoded["has_more"] is True
     assert [m["message"] for m in decoded["messages"]] == ["a", '"quoted"']
@@ -203,9 +224,23 @@ def test_history_frame_splices_encoded_messages():
 
 @pytest.mark.parametrize(
     ("code", "reconnect"),
-    [(1000, False), (1001, True), (1005, True), (1006, True), (1008, False), (1009, False),
-     (1011, True), (1012, True), (1013, True), (4000, False), (4400, False), (4403, False),
-     (4500, True), (4999, True), (3000, False)],
+    [
+        (1000, False),
+        (1001, True),
+        (1005, True),
+        (1006, True),
+        (1008, False),
+        (1009, False),
+        (1011, True),
+        (1012, True),
+        (1013, True),
+        (4000, False),
+        (4400, False),
+        (4403, False),
+        (4500, True),
+        (4999, True),
+        (3000, False),
+    ],
 )
 def test_should_reconnect(code, reconnect):
     """Each close code says whether the client should reconnect."""

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,33 +14,75 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Room',
+            name="Room",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('last_seq', models.BigIntegerField(default=0, help_text="Seq of the room's latest message.")),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True)),
+                (
+                    "last_seq",
+                    models.BigIntegerField(
+                        default=0, help_text="Seq of the room's latest message."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ('name',),
+                "ordering": ("name",),
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField()),
-                ('kind', models.CharField(choices=[('chat', 'chat'), ('system', 'system')], default='chat', max_length=16)),
-                ('username', models.CharField(blank=True, max_length=150)),
-                ('text', models.TextField()),
-                ('client_id', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField()),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='roomcast.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.BigIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("chat", "chat"), ("system", "system")],
+                        default="chat",
+                        max_length=16,
+                    ),
+                ),
+                ("username", models.CharField(blank=True, max_length=150)),
+                ("text", models.TextField()),
+                ("client_id", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField()),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="roomcast.room",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('room', 'seq'),
-                'constraints': [models.UniqueConstraint(fields=('room', 'seq'), name='roomcast_message_room_seq')],
+                "ordering": ("room", "seq"),
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("room", "seq"), name="roomcast_message_room_seq"
+                    )
+                ],
             },
         ),
     ]

@@ -47,9 +47,7 @@ HISTORY_PAGE_MAX = 100
 _HISTORY_PAGE_DEFAULT = 50
 
 
-def parse_frame(
-    text: str | None, data: bytes | None = None, *, max_bytes: int
-) -> ClientFrame:
+def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) -> ClientFrame:
     """Parse one client WebSocket frame.
 
     Args:
@@ -70,14 +68,16 @@ def parse_frame(
             raise FrameTooLargeError(f"Frames are limited to {max_bytes} bytes.")
         raise UnsupportedDataError()
     # len(text) <= UTF-8 length <= 4 * len(text): encode only when the bound is unclear.
-    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
+    if len(text) > max_bytes or (
+        len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
         raise FrameTooLargeError(f"Frames are limited to {max_bytes} bytes.")
     try:
         obj = json.loads(text)
     except ValueError as exc:
         raise InvalidJSONError(f"The frame is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
-        raise InvalidFrameError("A frame must be a JSON object, like {\"message\": \"hi\"}.")
+        raise InvalidFrameError('A frame must be a JSON object, like {"message": "hi"}.')
     kind = obj.get("type", "message")
     if kind == "message":
         return _parse_message(obj)
@@ -135,8 +135,14 @@ def _is_int(value: object, *, minimum: int) -> bool:
 
 
 def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "an array", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -231,7 +237,11 @@ def history_frame(*, room: str, frames: Iterable[str], has_more: bool) -> str:
     text into the reply instead of decoding and encoding them again.
     """
     return (
-        '{"type":"history","room":' + json.dumps(room, ensure_ascii=False)
-        + ',"messages":[' + ",".join(frames) + '],"has_more":'
-        + ("true" if has_more else "false") + "}"
+        '{"type":"history","room":'
+        + json.dumps(room, ensure_ascii=False)
+        + ',"messages":['
+        + ",".join(frames)
+        + '],"has_more":'
+        + ("true" if has_more else "false")
+        + "}"
     )

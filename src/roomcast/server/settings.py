@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -128,7 +129,7 @@ if _redis_url:
         "protocol": 2,
     }
     _prefix = os.environ.get("ROOMCAST_REDIS_PREFIX", "roomcast")
-    CHANNEL_LAYERS = {
+    CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"
             if _layer == "pubsub"
