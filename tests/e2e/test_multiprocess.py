@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+import websockets
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
@@ -165,6 +166,13 @@ async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
             if frame["type"] == "ack" and frame["client_id"] is not None:
                 acks.append(frame["seq"])
         assert acks == [2, 3, 4]  # stored in PostgreSQL even though Redis is down
+        # Joining a room this process has not subscribed to needs Redis: the client is
+        # told to come back (1011) rather than left on a socket that never hears a thing.
+        newcomer = await clients(b.ws_url(unique("new room")))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await newcomer.recv(timeout=20)
+        assert info.value.rcvd.code == 1011
     finally:
         redis_server.start()
     frames = await watcher.messages(3, timeout=30)

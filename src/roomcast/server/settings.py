@@ -31,20 +31,26 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def _kept_secret(name: str, env: str) -> str:
-    """The value of ``env``, else a random secret generated once and kept in DATA_DIR."""
+    """The value of ``env``, else a random secret generated once and kept in DATA_DIR.
+
+    ``roomcast serve`` loads these settings once before it starts worker processes, so
+    workers only read the file; O_EXCL keeps two first runs from keeping different keys.
+    """
     if os.environ.get(env):
         return os.environ[env]
     path = DATA_DIR / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        value = secrets.token_urlsafe(32)
+        pass
+    value = secrets.token_urlsafe(32)
+    try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(value + "\n")
-        return value
-    # (two processes racing here: O_EXCL makes one fail; it is started again by the CLI,
-    # which creates the files before starting workers)
+    except FileExistsError:  # another first run won the race: use its key
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
 
 
 SECRET_KEY = _kept_secret("secret_key", "ROOMCAST_SECRET_KEY")
