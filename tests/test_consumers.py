@@ -60,6 +60,12 @@ async def test_seed_client_sends_and_reads_message_key(room_of):
         assert frame["seq"] == 1 and frame["kind"] == "chat" and frame["user"] is None
     # The seed's dialect gets no joined/ack frames: nothing else is waiting.
     assert await alice.receive_nothing(0.1)
+    # An empty message (Enter on an empty box) is refused with an error its page can show.
+    await alice.send_to(text_data=json.dumps({"message": ""}))
+    error = await alice.receive_event("error")
+    assert error["code"] == "invalid_frame" and error["message"] == error["detail"]
+    assert "empty" in error["message"]
+    assert await bob.receive_nothing(0.1)
 
 
 async def test_v1_client_gets_joined_then_ack(room_of):

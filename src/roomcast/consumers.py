@@ -126,4 +126,5 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     @staticmethod
     def _error(member: Member, code: str, detail: str) -> None:
-        member.send_frame(codec.encode(codec.error_event(code=code, detail=detail)))
+        event = codec.error_event(code=code, detail=detail, seed=not member.v1)
+        member.send_frame(codec.encode(event))

@@ -220,9 +220,16 @@ def ack_event(*, client_id: str | None, seq: int) -> AckEvent:
     return AckEvent(type="ack", client_id=client_id, seq=seq)
 
 
-def error_event(*, code: str, detail: str) -> ErrorEvent:
-    """A refused frame; the connection stays open."""
-    return ErrorEvent(type="error", code=code, detail=detail)
+def error_event(*, code: str, detail: str, seed: bool = False) -> ErrorEvent:
+    """A refused frame; the connection stays open.
+
+    ``seed``: the client speaks the seed's dialect, which shows ``data["message"]`` of
+    every frame; the detail goes there too, so its user reads the error, not "undefined".
+    """
+    event = ErrorEvent(type="error", code=code, detail=detail)
+    if seed:
+        event["message"] = detail
+    return event
 
 
 def pong_event() -> PongEvent:

@@ -77,6 +77,7 @@ class ErrorEvent(TypedDict):
     type: Literal["error"]
     code: str
     detail: str
+    message: NotRequired[str]  # the detail again, for seed-dialect clients
 
 
 class PongEvent(TypedDict):
