@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -55,43 +56,99 @@ def store_message(
     :func:`post_message`.
     """
     using = router.db_for_write(Message)
-    username = user.get_username() if user is not None and user.is_authenticated else ""
-    with transaction.atomic(using=using):
-        room_obj, _ = Room.objects.using(using).get_or_create(name=room)
-        connection = connections[using]
-        with connection.cursor() as cursor:
-            # One statement takes the row lock and the next seq (SQLite >= 3.35 and
-            # PostgreSQL both support RETURNING): concurrent posters to one room queue
-            # here, so seqs are dense and commit in order.
-            cursor.execute(
-                f"UPDATE {connection.ops.quote_name(Room._meta.db_table)} "
-                "SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq",
-                [room_obj.pk],
-            )
-            (seq,) = cursor.fetchone()
-        message = Message.objects.using(using).create(
-            room=room_obj,
-            seq=seq,
-            kind=kind,
-            user=user if username else None,
-            username=username,
+    connection = connections[using]
+    authenticated = user is not None and user.is_authenticated
+    username = user.get_username() if authenticated else ""
+    created_at = timezone.now()
+    fields = [
+        kind,
+        user.pk if authenticated else None,
+        username,
+        text,
+        client_id,
+        connection.ops.adapt_datetimefield_value(created_at),
+    ]
+    # The ingest hot path, in raw SQL: the ORM's get_or_create + save cost more than the
+    # database work itself (profiled: about two thirds of the time on SQLite).
+    statements = _store_statements(connection, room, fields)
+    # One statement is atomic by itself: a transaction would only add BEGIN and COMMIT
+    # round trips (inside the caller's transaction it joins that one anyway).
+    atomic = transaction.atomic(using=using) if len(statements) > 1 else nullcontext()
+    with atomic, connection.cursor() as cursor:
+        for _ in range(2):
+            for sql, params in statements:
+                cursor.execute(sql, params)
+            result = cursor.fetchone()
+            if result is not None:
+                break
+            Room.objects.using(using).get_or_create(name=room)  # the room's first message
+    seq = int(result[0])
+    frame = codec.encode(
+        codec.message_event(
+            room=room,
             text=text,
-            client_id=client_id,
-            created_at=timezone.now(),
+            kind=kind,  # type: ignore[arg-type]
+            user=username or None,
+            ts=_timestamp(created_at),
+            seq=seq,
+            client_id=client_id or None,
         )
-    return StoredMessage(room=room, seq=seq, frame=message_frame(message, room))
+    )
+    return StoredMessage(room=room, seq=seq, frame=frame)
+
+
+def _store_statements(connection: Any, room: str, fields: list[Any]) -> list[tuple[str, list[Any]]]:
+    """The statements that store a message: the last returns its seq, or no row when the
+    room does not exist yet.
+
+    The UPDATE takes the room's row lock and its next seq, so concurrent posters to one
+    room queue there, and seqs are dense and commit in order. PostgreSQL does it all in
+    one statement, one round trip (a data-modifying CTE); SQLite has no such CTE, so
+    there it is an UPDATE, then an INSERT ... SELECT ... RETURNING (SQLite >= 3.35).
+    """
+    vendor = connection.vendor
+    sql = _STORE_SQL.get(vendor) or _STORE_SQL.setdefault(vendor, _build_store_sql(connection))
+    if vendor == "postgresql":
+        return [(sql[0], [room, *fields])]
+    return [(sql[0], [room]), (sql[1], [*fields, room])]
+
+
+_STORE_SQL: dict[str, tuple[str, ...]] = {}
+
+
+def _build_store_sql(connection: Any) -> tuple[str, ...]:
+    q = connection.ops.quote_name
+    rooms, messages = q(Room._meta.db_table), q(Message._meta.db_table)
+    names = ("room", "seq", "kind", "user", "username", "text", "client_id", "created_at")
+    column = {field.name: field.column for field in Message._meta.concrete_fields}
+    columns = ", ".join(q(column[name]) for name in names)
+    values = ", ".join(["%s"] * 6)  # kind, user, username, text, client_id, created_at
+    if connection.vendor == "postgresql":
+        return (
+            f"WITH r AS (UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s "
+            f"RETURNING id, last_seq) INSERT INTO {messages} ({columns}) "
+            f"SELECT r.id, r.last_seq, {values} FROM r RETURNING {q('seq')}",
+        )
+    return (
+        f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s",
+        f"INSERT INTO {messages} ({columns}) SELECT id, last_seq, {values} "
+        f"FROM {rooms} WHERE name = %s RETURNING {q('seq')}",
+    )
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def message_frame(message: Message, room: str) -> str:
     """The wire frame of a stored message: the same bytes live and when read back."""
-    ts = message.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
     return codec.encode(
         codec.message_event(
             room=room,
             text=message.text,
             kind=message.kind,  # type: ignore[arg-type]
             user=message.username or None,
-            ts=ts.replace("+00:00", "Z"),
+            ts=_timestamp(message.created_at),
             seq=message.seq,
             client_id=message.client_id or None,
         )
