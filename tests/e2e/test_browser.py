@@ -1,0 +1,312 @@
+"""Real Chromium against a real ``roomcast serve``: the seed's page, roomcast's pages, Origin.
+
+Debian's Chromium (``/usr/bin/chromium``) is driven through Playwright's async API; when
+it is missing, ``tests/conftest.py`` fails the run with the line to install it. Every
+wait is a Playwright wait with a timeout: a test that times out has found a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import ARTIFACTS, CHROMIUM
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+# Longest wait for something the page should show. Generous for a loaded CI machine: a
+# pass takes well under a second, and only a failing test ever waits this long.
+WAIT_MS = 10_000
+
+# The seed tutorial's chat/templates/chat/room.html (Channels 2), script unchanged;
+# {{ room_name_json }} is filled in as the seed's view does (json.dumps of the name).
+SEED_ROOM_HTML = """<!-- chat/templates/chat/room.html -->
+<!DOCTYPE html>
+<html>
+<head>
+    <meta charset="utf-8"/>
+    <title>Chat Room</title>
+</head>
+<body>
+    <textarea id="chat-log" cols="100" rows="20"></textarea><br/>
+    <input id="chat-message-input" type="text" size="100"/><br/>
+    <input id="chat-message-submit" type="button" value="Send"/>
+</body>
+<script>
+    var roomName = {{ room_name_json }};
+
+    var chatSocket = new WebSocket(
+        'ws://' + window.location.host +
+        '/ws/chat/' + roomName + '/');
+
+    chatSocket.onmessage = function(e) {
+        var data = JSON.parse(e.data);
+        var message = data['message'];
+        document.querySelector('#chat-log').value += (message + '\\n');
+    };
+
+    chatSocket.onclose = function(e) {
+        console.error('Chat socket closed unexpectedly');
+    };
+
+    document.querySelector('#chat-message-input').focus();
+    document.querySelector('#chat-message-input').onkeyup = function(e) {
+        if (e.keyCode === 13) {  // enter, return
+            document.querySelector('#chat-message-submit').click();
+        }
+    };
+
+    document.querySelector('#chat-message-submit').onclick = function(e) {
+        var messageInputDom = document.querySelector('#chat-message-input');
+        var message = messageInputDom.value;
+        chatSocket.send(JSON.stringify({
+            'message': message
+        }));
+
+        messageInputDom.value = '';
+    };
+</script>
+</html>
+"""
+
+# A page that opens a roomcast.v1 socket and writes down everything that happens to it.
+PROBE_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>probe</title></head><body><script>
+  window.probe = {events: [], done: false};
+  const ws = new WebSocket(URL_JSON, ["roomcast.v1"]);
+  ws.onopen = () => probe.events.push("open");
+  ws.onmessage = (e) => {
+    probe.events.push("message " + e.data);
+    ws.close(1000);
+  };
+  ws.onerror = () => probe.events.push("error");
+  ws.onclose = (e) => { probe.events.push("close " + e.code); probe.done = true; };
+</script></body></html>
+"""
+
+# The room page's log as (seq, kind, text) rows; the text is the message's own text node.
+LOG_ROWS_JS = """() => Array.from(document.querySelectorAll("#chat-log li"),
+    (li) => [li.dataset.seq, li.className, li.lastChild.textContent])"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, for one test."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        await chromium.close()
+
+
+async def new_page(browser: Browser, errors: list[str]) -> Page:
+    """A page in a context of its own (own cookies, like a second person's browser).
+
+    Console errors and uncaught exceptions are appended to ``errors``. Chromium's Local
+    Network Access checks block a page Playwright serves (an address the browser cannot
+    place, so "public") from opening sockets to 127.0.0.1; the permission lets those
+    handshakes reach the server, so that what refuses a cross-origin page is roomcast.
+    """
+    context = await browser.new_context(permissions=["local-network-access"])
+    page = await context.new_page()
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error" and not msg.location["url"].endswith("/favicon.ico"):
+            errors.append(msg.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page
+
+
+async def cli_push(server: Any, room: str, text: str, *, http: bool = True) -> int:
+    """Push ``text`` to ``room`` with the ``roomcast`` command; returns the stored seq.
+
+    ``http``: through the running server's push API (``roomcast push --server``); else
+    straight into the database with ``roomcast manage roomcast_push``, which works while
+    the server is down (the embedded default's in-memory layer reaches no one).
+    """
+    if http:
+        args = ["push", room, text, "--server", server.http_url]
+    else:
+        args = ["manage", "roomcast_push", room, text]
+    result = await asyncio.to_thread(server.cli, *args)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"as seq (\d+)", result.stdout)
+    assert match, result.stdout
+    return int(match.group(1))
+
+
+def room_url(server: Any, room: str) -> str:
+    """The URL of ``room``'s page on ``server``."""
+    return f"{server.http_url}/chat/{urllib.parse.quote(room, safe='')}/"
+
+
+async def wait_for_rows(page: Page, count: int) -> list[list[str]]:
+    """The room page's log rows once it has at least ``count`` of them."""
+    await page.wait_for_function(
+        "(n) => document.querySelectorAll('#chat-log li').length >= n", arg=count, timeout=WAIT_MS
+    )
+    return list(await page.evaluate(LOG_ROWS_JS))
+
+
+async def test_seed_room_page_works_unchanged(browser: Browser, serve: Any) -> None:
+    """The seed's room.html, script unchanged, chats through roomcast and hears CLI pushes."""
+    server = serve()
+    room = "seed 技术"
+    page_url = server.http_url + "/seed-room/"
+    html = SEED_ROOM_HTML.replace("{{ room_name_json }}", json.dumps(room))
+    errors: list[str] = []
+    pages = [await new_page(browser, errors) for _ in range(2)]
+    for page in pages:
+        # Served from the server's own origin, so window.location.host is the server.
+        await page.route(page_url, lambda route: route.fulfill(body=html, content_type="text/html"))
+        await page.goto(page_url)
+        await page.wait_for_function("chatSocket.readyState === WebSocket.OPEN", timeout=WAIT_MS)
+    alice, bob = pages
+
+    await alice.locator("#chat-message-input").fill("hello 你好")
+    await alice.locator("#chat-message-input").press("Enter")
+    await expect(alice.locator("#chat-message-input")).to_have_value("")
+    for page in pages:
+        await expect(page.locator("#chat-log")).to_have_value("hello 你好\n", timeout=WAIT_MS)
+
+    assert await cli_push(server, room, "from the shell") == 2
+    await bob.locator("#chat-message-input").fill("bob here")
+    await bob.locator("#chat-message-submit").click()
+    for page in pages:
+        # Every frame the server sends this dialect carries "message": no "undefined" lines.
+        await expect(page.locator("#chat-log")).to_have_value(
+            "hello 你好\nfrom the shell\nbob here\n", timeout=WAIT_MS
+        )
+    assert errors == []
+
+
+async def test_room_page_unicode_room_chat_and_push(browser: Browser, serve: Any) -> None:
+    """Pick a Unicode room on /chat/, chat between two browsers, see a push as a system line."""
+    server = serve()
+    room = "技术交流 café"
+    errors: list[str] = []
+    alice = await new_page(browser, errors)
+    await alice.set_viewport_size({"width": 900, "height": 700})
+    await alice.goto(server.http_url + "/chat/")
+    await alice.locator("#room-name-input").fill(f"  {room} ")  # the picker trims
+    await alice.locator("#room-name-submit").click()
+    await alice.wait_for_url(room_url(server, room), timeout=WAIT_MS)
+    await expect(alice.locator("h1")).to_have_text(room)
+    await expect(alice).to_have_title(f"{room} · roomcast")
+
+    bob = await new_page(browser, errors)
+    await bob.goto(room_url(server, room))
+    for page in (alice, bob):
+        await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+
+    await alice.locator("#chat-message-input").fill("你好, bob! <b>not bold</b>")
+    await alice.locator("#chat-message-input").press("Enter")
+    await expect(alice.locator("#chat-message-input")).to_have_value("")
+    line = bob.locator('#chat-log li[data-seq="1"]')
+    await expect(line).to_contain_text("你好, bob! <b>not bold</b>", timeout=WAIT_MS)
+    await expect(line.locator(".user")).to_have_text("anonymous")
+    await expect(line.locator("b")).to_have_count(0)  # text, never markup
+
+    assert await cli_push(server, room, "Deploy finished ✓") == 2
+    for page in (alice, bob):
+        rows = await wait_for_rows(page, 2)
+        assert rows == [
+            ["1", "chat", "你好, bob! <b>not bold</b>"],
+            ["2", "system", "Deploy finished ✓"],
+        ]
+    await expect(alice.locator('#chat-log li[data-seq="2"] .user')).to_have_count(0)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await alice.screenshot(path=ARTIFACTS / "room-page.png", full_page=True)
+    assert errors == []
+
+
+async def test_room_page_reconnects_without_loss(browser: Browser, serve: Any) -> None:
+    """Across a server restart the page resumes with since=: every seq once, in order."""
+    # The embedded default keeps SQLite in the data dir, which survives the restart.
+    server = serve()
+    room = "再连 reconnect"
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(room_url(server, room))
+    status = page.locator("#status")
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await page.evaluate(
+        "window.joins = []; roomcastRoom.addEventListener('joined', (e) => joins.push(e.detail))"
+    )
+    await page.locator("#chat-message-input").fill("m1")
+    await page.locator("#chat-message-input").press("Enter")
+    assert await wait_for_rows(page, 1) == [["1", "chat", "m1"]]
+    # Marks the element: a page that reset and re-rendered its log would lose the mark.
+    await page.locator('#chat-log li[data-seq="1"]').evaluate("(li) => li.dataset.mark = 'kept'")
+
+    await asyncio.to_thread(server.stop)
+    await expect(status).to_have_text("reconnecting…", timeout=WAIT_MS)
+    for seq in (2, 3, 4):  # stored while the server is down: only a replay can bring them
+        assert await cli_push(server, room, f"m{seq}", http=False) == seq
+    # Typed while offline: queued, and sent once the replay is done, after m4.
+    await page.locator("#chat-message-input").fill("m5")
+    await page.locator("#chat-message-input").press("Enter")
+    await asyncio.to_thread(server.start)  # same port: ServerProcess keeps it
+
+    await expect(page.locator('#chat-log li[data-seq="5"]')).to_have_count(1, timeout=WAIT_MS)
+    assert await cli_push(server, room, "m6") == 6
+    rows = await wait_for_rows(page, 6)
+    assert rows == [
+        ["1", "chat", "m1"],
+        ["2", "system", "m2"],
+        ["3", "system", "m3"],
+        ["4", "system", "m4"],
+        ["5", "chat", "m5"],
+        ["6", "system", "m6"],
+    ]
+    await expect(status).to_have_text("connected")
+    await expect(page.locator('#chat-log li[data-seq="1"][data-mark="kept"]')).to_have_count(1)
+    joins = await page.evaluate("joins")
+    assert [(j["seq"], j.get("recovered")) for j in joins] == [(4, True)]
+    assert "?since=" not in sockets[0]
+    assert len(sockets) >= 2 and all(url.endswith("?since=1") for url in sockets[1:]), sockets
+    # The socket the server dropped on shutdown is the only one the page saw fail.
+    assert all("WebSocket" in e for e in errors), errors
+
+
+async def test_cross_origin_page_cannot_open_the_socket(browser: Browser, serve: Any) -> None:
+    """A page on another site gets its handshake refused (HTTP 403) and hears nothing."""
+    server = serve()
+    ws_url = server.ws_url("lobby")
+    html = PROBE_HTML.replace("URL_JSON", json.dumps(ws_url))
+    errors: list[str] = []
+
+    async def probe(page_url: str) -> tuple[list[str], list[str]]:
+        page = await new_page(browser, errors)
+        socket_errors: list[str] = []
+        page.on("websocket", lambda ws: ws.on("socketerror", lambda e: socket_errors.append(e)))
+        await page.route(page_url, lambda route: route.fulfill(body=html, content_type="text/html"))
+        await page.goto(page_url)
+        await page.wait_for_function("probe.done", timeout=WAIT_MS)
+        return list(await page.evaluate("probe.events")), socket_errors
+
+    # The same script from the server's own origin connects: the probe itself works.
+    events, socket_errors = await probe(server.http_url + "/probe/")
+    assert events[0] == "open" and events[-1] == "close 1000", events
+    assert json.loads(events[1].removeprefix("message "))["type"] == "joined"
+    assert socket_errors == []
+
+    # https: Chromium gives local network access to secure contexts only, even with the
+    # permission; over http the browser itself would refuse, and the server go untested.
+    events, socket_errors = await probe("https://evil.example/")
+    assert events == ["error", "close 1006"]
+    assert any("403" in e for e in socket_errors), socket_errors
