@@ -1,0 +1,328 @@
+"""Benchmark plumbing: private servers on loopback, CPU accounting, machine facts.
+
+Nothing here measures fan-out; ``fanout.py`` does. Every process started here listens on
+127.0.0.1 only and is stopped by :meth:`Processes.stop_all`, which the benchmark calls in
+a ``finally``. Mirrors the test suite's fixtures (``tests/conftest.py``,
+``tests/e2e/conftest.py``) without importing pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOMCAST = str(Path(sys.executable).with_name("roomcast"))
+REPO = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Packages whose versions decide the numbers; recorded with every result.
+PACKAGES = (
+    "roomcast",
+    "Django",
+    "channels",
+    "channels_redis",
+    "redis",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "websockets",
+    "psycopg",
+)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's open-file soft limit to at least ``needed`` (up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """One child process with a name, a port and a log file."""
+
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far (all threads), from /proc."""
+        try:
+            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the process's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+@dataclass
+class Processes:
+    """Every child process of one benchmark run; :meth:`stop_all` ends them."""
+
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)  # "name:port" -> log lines
+
+    def start(
+        self, name: str, argv: list[str], *, port: int, env: dict[str, str] | None = None
+    ) -> Proc:
+        """Start ``argv`` and wait until it listens on ``port``."""
+        log = self.workdir / f"{name}-{port}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches the benchmark, which stops them
+            )
+        proc = Proc(name, port, popen, log)
+        self.procs.append(proc)
+        try:
+            wait_for_port(port, popen)
+        except Exception as exc:
+            raise RuntimeError(f"{name} did not start: {exc}\n{proc.log_tail()}") from None
+        return proc
+
+    def roomcast(self, name: str, data_dir: Path, env: dict[str, str]) -> Proc:
+        """``roomcast serve`` on a free port, its data dir and settings from ``env``."""
+        port = free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {"ROOMCAST_DATA_DIR": str(data_dir), "ROOMCAST_LOG_LEVEL": "WARNING", **env}
+        os.environ.pop("DJANGO_SETTINGS_MODULE", None)
+        argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
+        return self.start(name, argv, port=port, env=env)
+
+    def redis(self) -> Proc:
+        """A private redis-server: no persistence, loopback only."""
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
+        port = free_port()
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        return self.start("redis", argv, port=port)
+
+    def stop(self, proc: Proc) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+            lines = proc.log.read_text(errors="replace").splitlines() if proc.log.exists() else []
+            # Start-up banners are not news; the rest (warnings, tracebacks) is reported.
+            self.logs[f"{proc.name}:{proc.port}"] = [line for line in lines if _is_news(line)]
+
+    def stop_all(self) -> None:
+        """Stop every process still running, newest first."""
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def _is_news(line: str) -> bool:
+    """Whether a server log line is worth reporting (start-up banners are not)."""
+    if not line.strip() or line.startswith(
+        ("roomcast serving on ", "System check identified no issues")
+    ):
+        return False
+    if "signal-handler" in line and "Received SIGTERM" in line:  # redis-server stopping
+        return False
+    if _REDIS_LOG.match(line):
+        # Only redis-server's warnings, less the overcommit one: this Redis never saves.
+        return "WARNING" in line and "overcommit" not in line
+    return True
+
+
+_REDIS_LOG = re.compile(r"\d+:[CMSX] \d")
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+def create_database(server_url: str) -> str:
+    """Create a database of this run's own on ``server_url``'s server; return its URL."""
+    import psycopg
+
+    name = f"roomcast_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SystemExit(
+            f"PostgreSQL is not reachable at {server_url} ({first}): start it, or pass "
+            "--postgres URL, or --scenarios embedded"
+        ) from None
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(server_url: str, database_url: str) -> None:
+    """Drop the database ``create_database`` made."""
+    import psycopg
+
+    name = database_url.rpartition("/")[2]
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_version(server_url: str) -> str:
+    """``server_version`` of the PostgreSQL server."""
+    import psycopg
+
+    with psycopg.connect(server_url, connect_timeout=5) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+# -- CPU accounting -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU counters at one instant."""
+
+    wall: float
+    client: float  # this process (all the benchmark's clients), CPU s
+    procs: dict[str, float]  # child name -> CPU s
+    machine_busy: float  # all CPUs, s (user+nice+system+irq+softirq)
+    machine_steal: float  # all CPUs, s taken by the hypervisor
+
+
+def _machine() -> tuple[float, float]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def sample(procs: list[Proc]) -> Sample:
+    """Read every CPU counter now."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    busy, steal = _machine()
+    return Sample(
+        wall=time.monotonic(),
+        client=usage.ru_utime + usage.ru_stime,
+        procs={p.name: p.cpu_seconds() for p in procs},
+        machine_busy=busy,
+        machine_steal=steal,
+    )
+
+
+def cpu_between(a: Sample, b: Sample) -> dict[str, float]:
+    """CPU use between two samples, in cores (CPU s per wall s)."""
+    wall = max(b.wall - a.wall, 1e-9)
+    out = {"client": (b.client - a.client) / wall}
+    for name, value in b.procs.items():
+        out[name] = (value - a.procs.get(name, 0.0)) / wall
+    out["machine"] = (b.machine_busy - a.machine_busy) / wall
+    out["steal"] = (b.machine_steal - a.machine_steal) / wall
+    return out
+
+
+# -- machine facts ----------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=10, cwd=REPO
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def source_digest() -> str:
+    """A digest of roomcast's source files: ``roomcast serve`` runs them from src/, which
+    can change during a run (an editable install)."""
+    digest = hashlib.blake2b(digest_size=6)
+    for path in sorted((REPO / "src").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def machine_facts(postgres_url: str | None) -> dict[str, str]:
+    """What the numbers depend on: CPUs, memory, kernel, Python, package versions, commit."""
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    # --no-optional-locks: only read the repository, never refresh its index.
+    commit = _run(["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "--no-optional-locks", "status", "--porcelain", "--", "src"])
+    facts = {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "CPU": _cpu_model(),
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "packages": ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
+        "redis-server": _run(["redis-server", "--version"]).split(" sha=")[0] or "not found",
+        "commit": commit + (" (src/ has uncommitted changes)" if dirty else ""),
+        "src/ digest at start": source_digest(),
+    }
+    if postgres_url:
+        facts["PostgreSQL"] = postgres_version(postgres_url)
+    return facts
