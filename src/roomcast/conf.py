@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between the hub's checks of each of its rooms against the database. A
     # message whose publish never reached this process (Redis restarted while it was
     # subscribed, a layer queue overflowed) and that no later message exposes as a gap
-    # is delivered at the next check: this bounds how late such a message can be.
-    "POSITION_CHECK_SECS": 10.0,
+    # is delivered within two checks: this bounds how late such a message can be.
+    "POSITION_CHECK_SECS": 5.0,
 }
 
 

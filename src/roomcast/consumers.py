@@ -27,6 +27,10 @@ from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
 
 logger = logging.getLogger(__name__)
 
+#: Scope key of the server's unwrapped ``send`` (``routing.server_send_in_scope``). When
+#: present, the room's frames are written with it; else through the consumer's ``send``.
+SERVER_SEND = "roomcast.server_send"
+
 
 class RoomConsumer(AsyncWebsocketConsumer):
     """One WebSocket in one room: ``/ws/chat/<room>/`` (the seed's URL)."""
@@ -57,7 +61,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             self.member = await services.join_room(
                 self.room,
-                send=cast(Send, self.base_send),
+                send=cast(Send, self.scope.get(SERVER_SEND) or self.base_send),
                 since=since,
                 v1=v1,
                 user=self.scope.get("user"),

@@ -36,9 +36,10 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from .protocol import CloseCode
@@ -46,7 +47,7 @@ from .protocol.codec import encode, message_event
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 #: Messages read from the database per query while filling a gap.
 FILL_BATCH_SIZE = 500
@@ -90,9 +91,13 @@ class Loader(Protocol):
 class Member:
     """One socket in one room: its stream position and its bounded outbound buffer.
 
-    The hub and the consumer both write through :meth:`deliver` / :meth:`send_frame`;
-    a writer task is started only while there is something to write, so an idle
-    socket costs no task.
+    The hub and the consumer both write through :meth:`deliver` / :meth:`send_frame`.
+    Frames are written at once, without a task, while the server's ``send`` completes
+    without waiting (uvicorn's does while the socket is writable); only a send that has
+    to wait (the client is not reading) hands the rest to a writer task. An idle socket
+    costs no task, and fan-out to a room creates none per member and message: a task per
+    delivery cost a third of the server's time and fed the cyclic GC (measured,
+    benchmarks/results/2026-11-25.md).
     """
 
     __slots__ = (
@@ -181,25 +186,90 @@ class Member:
         self._kick()
 
     def _kick(self) -> None:
-        if self._writer is None and self._buffer:
-            self._writer = self._loop.create_task(self._drain())
+        """Write the buffer now, as far as the server's send allows without waiting."""
+        if self._writer is not None or self.closed:
+            return  # a writer task is draining, or the socket is gone
+        buffer, send = self._buffer, self._send
+        while buffer:
+            coro = send({"type": "websocket.send", "text": buffer.popleft()})
+            try:
+                awaiting = coro.send(None)
+            except StopIteration:
+                continue  # written
+            except OSError:  # uvicorn's ClientDisconnected: the socket is gone
+                self._gone()
+                return
+            except Exception:
+                logger.exception("Writing to a socket of room %r failed", self.room)
+                self._gone()
+                return
+            # The send has to wait (flow control): a task finishes it and drains the rest.
+            pending = _Resumed(coro, awaiting)
+            self._writer = self._loop.create_task(self._drain(pending))
+            self._writer.add_done_callback(partial(self._writer_done, pending))
+            return
 
-    async def _drain(self) -> None:
+    async def _drain(self, pending: Awaitable[None]) -> None:
         buffer, send = self._buffer, self._send
         try:
+            await pending
             while buffer:
                 await send({"type": "websocket.send", "text": buffer.popleft()})
-        except OSError:  # uvicorn's ClientDisconnected: the socket is gone
-            self.closed = True
-            buffer.clear()
-        finally:
-            self._writer = None
+        except OSError:
+            self._gone()
+        except Exception:
+            logger.exception("Writing to a socket of room %r failed", self.room)
+            self._gone()
+
+    def _writer_done(self, pending: _Resumed, task: asyncio.Task[None]) -> None:
+        self._writer = None
+        pending.close()  # a writer cancelled before it ran never finished the send
+
+    def _gone(self) -> None:
+        self.closed = True
+        self._buffer.clear()
 
     async def _send_close(self, code: CloseCode, reason: str) -> None:
         try:
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
         except OSError:
             pass
+
+
+class _Resumed:
+    """Awaitable that finishes a coroutine already started by hand with ``send(None)``.
+
+    ``awaiting`` is what that first step yielded (the future it waits on); awaiting this
+    object inside a task hands that future to the task and then steps the coroutine as
+    the task would have. This is the "eager start" asyncio gained in Python 3.12
+    (``eager_start=True``); roomcast supports 3.11, which lacks it.
+    """
+
+    __slots__ = ("_awaiting", "_coro")
+
+    def __init__(self, coro: Any, awaiting: Any) -> None:
+        self._coro = coro
+        self._awaiting = awaiting
+
+    def close(self) -> None:
+        """Close the coroutine (nothing happens if it already finished)."""
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        coro, awaiting = self._coro, self._awaiting
+        while True:
+            try:
+                try:
+                    sent = yield awaiting
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # cancellation, or an error the task threw in
+                    awaiting = coro.throw(exc)
+                else:
+                    awaiting = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 # Tasks started from sync callbacks; kept referenced until done (asyncio holds weak refs).
@@ -210,6 +280,7 @@ class _Room:
     """The hub's state for one room with local members."""
 
     __slots__ = (
+        "behind",
         "channel",
         "early",
         "filling",
@@ -234,6 +305,7 @@ class _Room:
         self.last_seq = 0  # the room stream's position in this process
         self.filling = False
         self.target = 0  # while filling: highest seq seen on the layer
+        self.behind = 0  # the database's last_seq at the last position check, if ahead
         self.lock = asyncio.Lock()
 
 
@@ -246,7 +318,7 @@ class Hub:
         loader: Loader,
         group_name: Callable[[str], str],
         *,
-        position_check_secs: float = 10.0,
+        position_check_secs: float = 5.0,
     ) -> None:
         self.layer = layer
         self.loader = loader
@@ -443,38 +515,49 @@ class Hub:
             room.filling = False
 
     async def _check_positions(self, interval: float) -> None:
-        """Every ``interval`` s, fill any room whose stored stream is ahead of this process.
+        while True:
+            await asyncio.sleep(interval)
+            await self.check_positions()
+
+    async def check_positions(self) -> None:
+        """Fill the rooms whose stored stream is ahead of this process (every POSITION_CHECK_SECS).
 
         Pub/sub is at-most-once: a publish made while this process's subscription was down
         (Redis restarting) is gone, and if no later message arrives nothing exposes the
         gap. Like Centrifugo's periodic position check, compare each room with the
         database, one query per POSITION_CHECK_BATCH rooms, and fill what is missing.
+
+        A message stored but still on its way through the layer is not missing: only seqs
+        that were already stored at the previous check and have still not arrived are
+        filled. So a lost message arrives between one and two intervals late, and a busy
+        room is not read back from the database for nothing.
         """
-        while True:
-            await asyncio.sleep(interval)
-            names = [name for name, room in self._rooms.items() if room.ready]
-            for start in range(0, len(names), POSITION_CHECK_BATCH):
-                batch = names[start : start + POSITION_CHECK_BATCH]
-                try:
-                    stored = await self.loader.last_seqs(batch)
-                except Exception:
-                    logger.exception("Checking room positions failed; retrying next time")
-                    break
-                for name, last_seq in stored.items():
-                    room = self._rooms.get(name)
-                    if room is None or not room.ready or not room.members:
-                        continue
-                    if room.filling:
-                        room.target = max(room.target, last_seq)
-                    elif last_seq > room.last_seq:
-                        logger.warning(
-                            "Room %r: seqs %d..%d never arrived on the channel layer; "
-                            "reading them from the database",
-                            name,
-                            room.last_seq + 1,
-                            last_seq,
-                        )
-                        self._start_fill(room, last_seq)
+        names = [name for name, room in self._rooms.items() if room.ready]
+        for start in range(0, len(names), POSITION_CHECK_BATCH):
+            batch = names[start : start + POSITION_CHECK_BATCH]
+            try:
+                stored = await self.loader.last_seqs(batch)
+            except Exception:
+                logger.exception("Checking room positions failed; retrying next time")
+                break
+            for name, last_seq in stored.items():
+                room = self._rooms.get(name)
+                if room is None or not room.ready or not room.members:
+                    continue
+                overdue, room.behind = room.behind, last_seq
+                if last_seq <= room.last_seq:
+                    room.behind = 0
+                elif room.filling:
+                    room.target = max(room.target, last_seq)
+                elif overdue > room.last_seq:
+                    logger.warning(
+                        "Room %r: seqs %d..%d never arrived on the channel layer; "
+                        "reading them from the database",
+                        name,
+                        room.last_seq + 1,
+                        overdue,
+                    )
+                    self._start_fill(room, last_seq)
 
     async def _refresh_groups(self) -> None:
         while True:

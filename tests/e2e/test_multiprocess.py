@@ -175,7 +175,7 @@ async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
         assert info.value.rcvd.code == 1011
     finally:
         redis_server.start()
-    frames = await watcher.messages(3, timeout=30)
+    frames = await watcher.messages(3, timeout=30)  # within two position checks (5 s)
     assert [(f["seq"], f["message"]) for f in frames] == [
         (2, "during 0"),
         (3, "during 1"),
