@@ -1,27 +1,29 @@
-"""Transport: the WebSocket consumer. Accept, close with named codes, hand frames on.
+"""Transport: the room WebSocket. Accept, close with named codes, hand frames on.
 
 Layer: consumer. Calls ``protocol`` to read frames and ``services`` to act on them;
 never touches ``Model.objects`` or the channel layer. Only ``routing`` imports it.
 
-Outgoing frames never pass through Channels' per-message dispatch: the hub writes
-them to the socket's buffer directly (Channels 4.2+ runs ``aclose_old_connections``,
-a thread round trip, before every handler call; paying that per member per message was
-a third of the tutorial's server time).
+``RoomConsumer`` is a plain ASGI application, not a Channels consumer class: it needs
+none of a consumer's machinery (a layer channel per socket, handler dispatch, a task per
+receive source), and that machinery is what an idle socket pays for in memory. Traced
+with tracemalloc at 1,000 idle sockets, the Channels consumer, its dispatch tasks and
+its scope copies held about a third of the server's per-socket memory. Outgoing room
+frames never pass through per-message dispatch either: the hub writes them to the
+socket's buffer directly (Channels 4.2+ runs ``aclose_old_connections``, a thread round
+trip, before every handler call; paying that per member per message was a third of the
+tutorial's server time). It still runs behind Channels' ``URLRouter`` and middleware.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, cast
-
-from channels.generic.websocket import AsyncWebsocketConsumer
+from typing import Any
 
 from . import services
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError
-from .fanout import NO_LAYER_ALIAS
-from .hub import Member, Send
+from .hub import Member
 from .protocol import PROTOCOL_V1, CloseCode, ProtocolError, codec
 from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
 
@@ -32,19 +34,51 @@ logger = logging.getLogger(__name__)
 SERVER_SEND = "roomcast.server_send"
 
 
-class RoomConsumer(AsyncWebsocketConsumer):
-    """One WebSocket in one room: ``/ws/chat/<room>/`` (the seed's URL)."""
+class RoomConsumer:
+    """One WebSocket in one room: ``/ws/chat/<room>/`` (the seed's URL).
 
-    # No layer channel per socket: the hub receives for the whole process.
-    channel_layer_alias = NO_LAYER_ALIAS
+    ``RoomConsumer.as_asgi()`` is the ASGI application, as with Channels' consumers; one
+    instance serves one connection.
+    """
 
-    member: Member | None = None
-    room: str = ""
+    __slots__ = ("member", "room", "scope", "send", "v1")
+
+    def __init__(self, scope: dict[str, Any], send: Any) -> None:
+        self.scope = scope
+        # The server's own send when routing put it in the scope (fewer wrappers per
+        # frame, see routing.server_send_in_scope), else the middleware-wrapped one.
+        self.send = scope.get(SERVER_SEND) or send
+        self.room = ""
+        self.member: Member | None = None
+        self.v1 = PROTOCOL_V1 in (scope.get("subprotocols") or ())
+
+    @classmethod
+    def as_asgi(cls) -> Callable[..., Awaitable[None]]:
+        """The ASGI application for ``websocket`` scopes."""
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await cls(scope, send).run(receive)
+
+        return app
+
+    async def run(self, receive: Any) -> None:
+        """Serve the connection until the client goes away."""
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    await self.receive(message.get("text"), message.get("bytes"))
+                elif kind == "websocket.connect":
+                    await self.connect()
+                elif kind == "websocket.disconnect":
+                    return
+        finally:
+            self.disconnect()
 
     async def connect(self) -> None:
         """Validate the URL, accept, then join the room (catch-up first, then live)."""
-        offered = self.scope.get("subprotocols") or []
-        v1 = PROTOCOL_V1 in offered
+        subprotocol = PROTOCOL_V1 if self.v1 else None
         try:
             raw_room = self.scope["url_route"]["kwargs"]["room_name"]
             self.room = codec.validate_room_name(
@@ -54,30 +88,29 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except ProtocolError as exc:
             # Accept, then close with the code and reason, so the client can tell why
             # (a refusal before accept reaches a browser as a bare HTTP 403).
-            await self.accept(PROTOCOL_V1 if v1 else None)
-            await self.close(code=exc.close_code, reason=exc.detail[:120])
+            await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
+            await self._close(exc.close_code or CloseCode.BAD_REQUEST, exc.detail[:120])
             return
-        await self.accept(PROTOCOL_V1 if v1 else None)
+        await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
         try:
             self.member = await services.join_room(
-                self.room,
-                send=cast(Send, self.scope.get(SERVER_SEND) or self.base_send),
-                since=since,
-                v1=v1,
-                user=self.scope.get("user"),
+                self.room, send=self.send, since=since, v1=self.v1, user=self.scope.get("user")
             )
         except Exception:
             # The layer or the database is down: tell the client to come back (1011 is a
             # reconnect code) instead of leaving a socket that will never get a message.
             logger.exception("Joining room %r failed", self.room)
-            await self.close(code=CloseCode.INTERNAL_ERROR, reason="could not join; reconnect")
+            await self._close(CloseCode.INTERNAL_ERROR, "could not join; reconnect")
 
-    async def disconnect(self, code: int) -> None:
+    def disconnect(self) -> None:
         """Leave the room."""
         if self.member is not None:
             self.member.closed = True
             services.leave_room(self.member)
             self.member = None
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.send({"type": "websocket.close", "code": int(code), "reason": reason})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Parse one client frame and act on it; bad frames get an error event or a close."""
@@ -122,7 +155,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         member.send_frame(codec.encode(codec.pong_event()))
 
     # Client frames dispatch on their type (like Channels' get_handler_name for events).
-    _handlers: ClassVar[dict[str, Callable[..., Awaitable[None]]]] = {
+    _handlers: dict[str, Callable[..., Awaitable[None]]] = {
         "message": _on_message,
         "history": _on_history,
         "ping": _on_ping,

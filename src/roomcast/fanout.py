@@ -43,11 +43,6 @@ GROUP_PREFIX = "chat_"
 # A plain name never starts with ".", so "chat_." + hash cannot collide with one.
 _PLAIN_ROOM = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,89}")
 
-#: Consumers use this CHANNEL_LAYERS alias, which is never configured, so Channels gives
-#: them no layer channel of their own: the hub receives for them (one subscription per
-#: room per process instead of one per socket).
-NO_LAYER_ALIAS = "roomcast.no-layer"
-
 
 def room_group(room: str) -> str:
     """The channel-layer group of ``room``: always a valid Channels group name.
