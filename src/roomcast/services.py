@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -171,9 +172,20 @@ def post_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     return stored
 
 
+#: Threads that store messages for async posters, each with its own database connection.
+#: Not Channels' one thread-sensitive thread: on PostgreSQL a store is a round trip or two
+#: of waiting, so stores from many sockets overlap; SQLite writers still take turns on
+#: its write lock (IMMEDIATE transactions). Bounded: posts beyond it queue in the pool.
+STORE_THREADS = 4
+_store_executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="roomcast-store")
+_astore_message = database_sync_to_async(
+    store_message, thread_sensitive=False, executor=_store_executor
+)
+
+
 async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     """Store a message, then publish it (async twin of :func:`post_message`)."""
-    stored = await database_sync_to_async(store_message)(room, text, **kwargs)
+    stored = await _astore_message(room, text, **kwargs)
     await fanout.publish_stored(room, layer_message(stored))
     return stored
 
