@@ -362,6 +362,20 @@ class Hub:
         if not room.members:
             self._spawn(self._unsubscribe_if_empty(room))
 
+    def dispatch(self, room: str, message: dict[str, Any]) -> None:
+        """Handle a layer message for ``room`` now, as if it had come through the layer.
+
+        For the in-memory layer, where the layer is this process: see ``fanout.publish``.
+        A room still subscribing keeps it for when it is ready, like a layer message.
+        """
+        state = self._rooms.get(room)
+        if state is None:
+            return  # no local members: nobody to deliver to
+        if state.ready:
+            self._handle(state, message)
+        else:
+            state.early.append(message)
+
     def members(self, room: str) -> list[Member]:
         """The local members of ``room`` (for tests and diagnostics)."""
         state = self._rooms.get(room)
