@@ -39,6 +39,8 @@ PACKAGES = (
     "httptools",
     "websockets",
     "psycopg",
+    "daphne",
+    "Twisted",
 )
 
 
@@ -61,6 +63,29 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def _set_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` now (VmRSS, in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -86,11 +111,7 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far (all threads), from /proc."""
-        try:
-            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        return pid_cpu_seconds(self.popen.pid)
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the process's log."""
@@ -106,9 +127,16 @@ class Processes:
     logs: dict[str, list[str]] = field(default_factory=dict)  # "name:port" -> log lines
 
     def start(
-        self, name: str, argv: list[str], *, port: int, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> Proc:
-        """Start ``argv`` and wait until it listens on ``port``."""
+        """Start ``argv`` and wait until it listens on ``port``; ``nofile``: its own
+        open-file limit (raised in the child before exec, as ``ulimit -n`` would)."""
         log = self.workdir / f"{name}-{port}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
@@ -118,6 +146,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C reaches the benchmark, which stops them
+                preexec_fn=(lambda: _set_nofile(nofile)) if nofile else None,
             )
         proc = Proc(name, port, popen, log)
         self.procs.append(proc)
@@ -127,14 +156,39 @@ class Processes:
             raise RuntimeError(f"{name} did not start: {exc}\n{proc.log_tail()}") from None
         return proc
 
-    def roomcast(self, name: str, data_dir: Path, env: dict[str, str]) -> Proc:
+    def roomcast(
+        self, name: str, data_dir: Path, env: dict[str, str], *, nofile: int | None = None
+    ) -> Proc:
         """``roomcast serve`` on a free port, its data dir and settings from ``env``."""
         port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         env = {"ROOMCAST_DATA_DIR": str(data_dir), "ROOMCAST_LOG_LEVEL": "WARNING", **env}
         os.environ.pop("DJANGO_SETTINGS_MODULE", None)
         argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
-        return self.start(name, argv, port=port, env=env)
+        return self.start(name, argv, port=port, env=env, nofile=nofile)
+
+    def seed(self, name: str, redis: Proc, *, nofile: int | None = None) -> Proc:
+        """The seed tutorial's project (``benchmarks/seed_project``) on daphne, its channel
+        layer on ``redis``; its SQLite database (sessions, users) migrated first."""
+        data_dir = self.workdir / f"{name}-data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "SEED_REDIS_PORT": str(redis.port),
+            "SEED_DATA_DIR": str(data_dir),
+            "DJANGO_SETTINGS_MODULE": "benchmarks.seed_project.settings",
+            "PYTHONPATH": str(REPO),
+        }
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "-v", "0"],
+            env={**os.environ, **env},
+            cwd=self.workdir,
+            check=True,
+            timeout=120,
+        )
+        port = free_port()
+        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
+        argv += ["benchmarks.seed_project.asgi:application"]
+        return self.start(name, argv, port=port, env=env, nofile=nofile)
 
     def redis(self) -> Proc:
         """A private redis-server: no persistence, loopback only."""
@@ -230,7 +284,8 @@ class Sample:
     """CPU counters at one instant."""
 
     wall: float
-    client: float  # this process (all the benchmark's clients), CPU s
+    client: float  # this process (the publisher), CPU s
+    client_procs: dict[int, float]  # client process pid -> CPU s (the members)
     procs: dict[str, float]  # child name -> CPU s
     machine_busy: float  # all CPUs, s (user+nice+system+irq+softirq)
     machine_steal: float  # all CPUs, s taken by the hypervisor
@@ -242,13 +297,14 @@ def _machine() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
-def sample(procs: list[Proc]) -> Sample:
+def sample(procs: list[Proc], client_pids: list[int] | None = None) -> Sample:
     """Read every CPU counter now."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     busy, steal = _machine()
     return Sample(
         wall=time.monotonic(),
         client=usage.ru_utime + usage.ru_stime,
+        client_procs={pid: pid_cpu_seconds(pid) for pid in client_pids or []},
         procs={p.name: p.cpu_seconds() for p in procs},
         machine_busy=busy,
         machine_steal=steal,
@@ -259,6 +315,10 @@ def cpu_between(a: Sample, b: Sample) -> dict[str, float]:
     """CPU use between two samples, in cores (CPU s per wall s)."""
     wall = max(b.wall - a.wall, 1e-9)
     out = {"client": (b.client - a.client) / wall}
+    # The member processes: their sum, and the busiest (near 1.00: a saturated client).
+    members = [(v - a.client_procs.get(pid, 0.0)) / wall for pid, v in b.client_procs.items()]
+    out["members"] = sum(members)
+    out["members_max"] = max(members, default=0.0)
     for name, value in b.procs.items():
         out[name] = (value - a.procs.get(name, 0.0)) / wall
     out["machine"] = (b.machine_busy - a.machine_busy) / wall

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-PERCENTILES = (0.50, 0.95, 0.99)
+PERCENTILES = (0.50, 0.90, 0.95, 0.99)
 #: Lines of each server's log shown in the report (the first: a traceback starts there).
 LOG_LINES_SHOWN = 12
 #: Keys of PhaseResult.cpu that are not processes serving the room.
-_NOT_SERVING = ("client", "machine", "steal")
+_NOT_SERVING = ("client", "members", "members_max", "machine", "steal")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class PhaseResult:
     latency_by_side_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # process name -> cores
     cpu_wall: float = 0.0  # seconds the CPU figures cover
+    client_procs: int = 1  # processes holding the members
 
     @property
     def server_cpu_secs(self) -> float:
@@ -58,7 +59,7 @@ class PhaseResult:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    """p50/p95/p99/max (nearest rank) of seconds, in ms."""
+    """p50/p90/p95/p99/max (nearest rank) of seconds, in ms."""
     if not values:
         return {}
     values = sorted(values)
@@ -109,14 +110,16 @@ def report(
 
     out += ["## Delivery: publisher's send -> each member's receipt", ""]
     out += _table(
-        "members|msgs|deliveries|lost|dup|out of order|deliveries/s|p50 ms|p95 ms|p99 ms|max ms"
+        "members|msgs|deliveries|lost|dup|out of order|deliveries/s"
+        "|p50 ms|p90 ms|p95 ms|p99 ms|max ms"
     )
     for r in results:
         lat = r.latency_ms
         out.append(
             _name(r) + f" {r.members:,} | {r.messages} | {r.deliveries:,} | {r.lost} "
             f"| {r.duplicates} | {r.out_of_order} | {r.deliveries_per_sec:,.0f} "
-            f"| {_ms(lat, 'p50')} | {_ms(lat, 'p95')} | {_ms(lat, 'p99')} | {_ms(lat, 'max')} |"
+            f"| {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p95')} | {_ms(lat, 'p99')} "
+            f"| {_ms(lat, 'max')} |"
         )
     for r in results:
         errors = r.publisher_errors
@@ -140,8 +143,8 @@ def report(
 
     out += ["", "## CPU during each phase (cores = CPU seconds per wall second)", ""]
     out += _table(
-        "clients (this process)|server(s)|redis|whole machine|steal"
-        "|server+redis CPU µs per delivery"
+        "publisher (this process)|member procs (sum)|busiest member proc|server(s)|redis"
+        "|whole machine|steal|server+redis CPU µs per delivery"
     )
     for r in results:
         servers = " + ".join(
@@ -149,7 +152,9 @@ def report(
         )
         redis = f"{r.cpu['redis']:.2f}" if "redis" in r.cpu else "-"
         out.append(
-            _name(r) + f" {r.cpu['client']:.2f} | {servers} | {redis} | {r.cpu['machine']:.2f} "
+            _name(r) + f" {r.cpu['client']:.2f} | {r.cpu.get('members', 0):.2f} "
+            f"({r.client_procs}) | {r.cpu.get('members_max', 0):.2f} | {servers} | {redis} "
+            f"| {r.cpu['machine']:.2f} "
             f"| {r.cpu['steal']:.2f} | {r.server_us_per_delivery:.1f} |"
         )
 
@@ -168,7 +173,7 @@ def report(
     out += _table(
         "deliveries/s|p50 latency|p99 latency|first-receipt p50|server+redis CPU per delivery"
     )
-    for x, y in (("roomcast", "baseline"), ("pubsub", "core")):
+    for x, y in (("roomcast", "seed"), ("roomcast", "baseline"), ("pubsub", "core")):
         for rx in results:
             ry = _counterpart(results, rx, y) if rx.target == x else None
             if ry is None:

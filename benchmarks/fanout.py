@@ -3,21 +3,23 @@
 Scenarios (``--scenarios``; both by default):
 
 ``embedded``
-    One ``roomcast serve`` on the embedded default (SQLite, in-memory layer) with
-    ``--members`` members in one room; and, in the same run, the same clients against a
-    bare ``websockets`` broadcast server (``baseline``, started from this file), so that
-    the cost of the clients themselves is measured beside roomcast's.
+    ``--targets``, one after the other, each with ``--members`` members in one room:
+    ``roomcast`` (one ``roomcast serve`` on the embedded default: SQLite, in-memory layer);
+    ``baseline`` (a bare ``websockets`` broadcast server, started from this file), which
+    measures what the clients themselves can take; ``seed`` (the seed tutorial's consumer
+    on daphne and channels_redis, ``benchmarks/seed_project``).
 ``redis``
     Two ``roomcast serve`` processes on one PostgreSQL database and a private Redis, half
-    the members on each, the publisher on the first: once with ``ROOMCAST_LAYER=pubsub``
-    (RedisPubSubChannelLayer) and once with ``core`` (RedisChannelLayer).
+    the members on each, the publisher on the first, per ``--layers``: ``pubsub``
+    (RedisPubSubChannelLayer) and ``core`` (RedisChannelLayer).
 
 Each target runs two phases on the same connections: ``paced`` (``--rate`` messages/s)
-and ``burst`` (``--messages`` sent back to back). Latency is the publisher's send to a
-member's receipt, both read from this process's ``time.monotonic()`` (every client lives
-in this one process). Every member must get every seq exactly once and in order;
-anything else is counted and printed. Servers listen on 127.0.0.1 only and are stopped
-at the end, also after an error, Ctrl-C or ``--time-limit``.
+and ``burst`` (``--messages`` sent back to back). The members live in ``--client-procs``
+client processes (``_clients.py``); the publisher lives in this one. Latency is the
+publisher's send to a member's receipt, both read from ``time.monotonic()``, one clock for
+the whole host on Linux. Every member must get every message exactly once and in order;
+anything else is counted and printed. Servers listen on 127.0.0.1 only and are stopped at
+the end, also after an error, Ctrl-C or ``--time-limit``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -32,74 +35,27 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import _harness as h
-import websockets
+from _clients import SUBPROTOCOL, MemberPool, MemberRecord, default_procs, loop_factory, open_ws
 from _report import PhaseResult, percentiles, report
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-#: Clients opening at once: enough to fill the server's accept queue without overflowing it.
-CONNECT_CONCURRENCY = 50
-#: Seconds to open one connection and get its ``joined`` frame.
-OPEN_TIMEOUT_SECS = 30.0
-SUBPROTOCOL = "roomcast.v1"
 THIS_FILE = Path(__file__).resolve()
+TARGETS = ("roomcast", "baseline", "seed")
 
 
-# -- clients --------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Client:
-    """One connection; its reader keeps every frame with its receipt time."""
-
-    ws: ClientConnection
-    side: str  # which server it is connected to ("A", "B")
-    frames: list[tuple[float, str]] = field(default_factory=list)
-    cursor: int = 0  # frames before this index belong to earlier phases
-    joined_seq: int = 0
-    reader: asyncio.Task[None] | None = None
-
-
-class Progress:
-    """Counts members that have all the message frames expected so far."""
-
-    def __init__(self) -> None:
-        self.target = 0
-        self.remaining = 0
-        self.done = asyncio.Event()
-
-    def expect(self, messages: int, members: int) -> None:
-        """Each of ``members`` will now get ``messages`` more message frames."""
-        self.target += messages
-        self.remaining = members
-        self.done.clear()
-
-
-async def _read_member(client: Client, progress: Progress) -> None:
-    # Parsing waits until the phase is over: here, only a timestamp and a substring test.
-    count = 0
-    frames = client.frames
-    with contextlib.suppress(ConnectionClosed):
-        async for raw in client.ws:
-            frames.append((time.monotonic(), str(raw)))
-            if '"type":"message"' in raw:
-                count += 1
-                if count == progress.target:
-                    progress.remaining -= 1
-                    if progress.remaining == 0:
-                        progress.done.set()
+# -- the publisher ----------------------------------------------------------------------------
 
 
 @dataclass
 class Publisher:
-    """The connection that posts; its reader collects acks and error frames."""
+    """The connection that posts, in this process; its reader collects acks and errors."""
 
     ws: ClientConnection
     acks: dict[str, tuple[int, float]] = field(default_factory=dict)  # client_id -> seq, time
@@ -120,45 +76,20 @@ class Publisher:
                 elif '"type":"error"' in raw:
                     self.errors.append(str(raw))
 
-
-async def _open(url: str) -> tuple[ClientConnection, dict[str, Any]]:
-    ws = await websockets.connect(
-        url,
-        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-        compression=None,  # roomcast serve turns permessage-deflate off
-        open_timeout=OPEN_TIMEOUT_SECS,
-        ping_interval=None,
-        max_size=2**20,
-    )
-    joined = json.loads(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT_SECS))
-    if joined.get("type") != "joined":
-        raise RuntimeError(f"expected a joined frame first, got {joined!r}")
-    return ws, joined
+    async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.ws.close()
+        self.ws.transport.abort()
+        if self.reader is not None:
+            self.reader.cancel()
 
 
-async def _connect_members(urls: list[tuple[str, str]], progress: Progress) -> list[Client]:
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def one(side: str, url: str) -> Client:
-        async with gate:
-            ws, joined = await _open(url)
-        client = Client(ws, side, joined_seq=int(joined["seq"]))
-        client.reader = asyncio.create_task(_read_member(client, progress))
-        return client
-
-    return list(await asyncio.gather(*(one(side, url) for side, url in urls)))
-
-
-async def _close(clients: list[Client], publisher: Publisher) -> None:
-    connections = [c.ws for c in clients] + [publisher.ws]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(20):
-            await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
-    for ws in connections:
-        ws.transport.abort()
-    for task in [c.reader for c in clients] + [publisher.reader]:
-        if task is not None:
-            task.cancel()
+def post_frame(dialect: str, text: str, client_id: str) -> str:
+    """What the publisher sends: roomcast.v1 with a client_id, or the seed's frame."""
+    if dialect == "seed":
+        return json.dumps({"message": text})  # as the seed's room.html sends it
+    return json.dumps({"type": "message", "message": text, "client_id": client_id})
 
 
 # -- one phase ------------------------------------------------------------------------------
@@ -166,10 +97,10 @@ async def _close(clients: list[Client], publisher: Publisher) -> None:
 
 async def _run_phase(
     result: PhaseResult,
-    clients: list[Client],
+    pool: MemberPool,
     publisher: Publisher,
-    progress: Progress,
     *,
+    dialect: str,
     rate: float,
     size: int,
     timeout: float,
@@ -177,107 +108,120 @@ async def _run_phase(
 ) -> PhaseResult:
     tag = f"{result.phase}{result.round}"
     texts = [f"{tag}#{i:06d} ".ljust(size, "x") for i in range(result.messages)]
-    sent: dict[str, float] = {}
-    progress.expect(result.messages, len(clients))
-    publisher.waiting = result.messages
+    sent: list[float] = []
+    await pool.arm(f"{tag}#", result.messages)
+    publisher.waiting = result.messages if dialect == "v1" else 0
     publisher.all_acked.clear()
-    for client in clients:
-        client.cursor = len(client.frames)
+    if dialect != "v1":
+        publisher.all_acked.set()  # the seed acknowledges nothing
     errors_before = len(publisher.errors)
 
-    before = h.sample(procs)
+    before = h.sample(procs, pool.pids)
     start = time.monotonic()
     for i, text in enumerate(texts):
         if rate > 0:
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        frame = json.dumps({"type": "message", "message": text, "client_id": f"{tag}-{i}"})
-        sent[text] = time.monotonic()
+        frame = post_frame(dialect, text, f"{tag}-{i}")
+        sent.append(time.monotonic())
         await publisher.ws.send(frame)
+    done = await pool.wait_done(timeout - (time.monotonic() - start))
     try:
-        async with asyncio.timeout(timeout):
-            await progress.done.wait()
+        async with asyncio.timeout(max(1.0, timeout - (time.monotonic() - start))):
             await publisher.all_acked.wait()
     except TimeoutError:
-        result.timed_out = True
-    after = h.sample(procs)
+        done = False
+    result.timed_out = not done
+    after = h.sample(procs, pool.pids)
     result.cpu, result.cpu_wall = h.cpu_between(before, after), after.wall - before.wall
     result.publisher_errors = publisher.errors[errors_before:]
-    _analyse(result, clients, publisher.acks, texts, sent)
+    records = await pool.collect(tag)
+    acks = None
+    if dialect == "v1":
+        acks = {
+            int(cid.rsplit("-", 1)[1]): ack
+            for cid, ack in publisher.acks.items()
+            if cid.startswith(f"{tag}-")
+        }
+    analyse(result, records, acks, texts, sent)
     return result
 
 
-def _analyse(
+def analyse(
     result: PhaseResult,
-    clients: list[Client],
-    all_acks: dict[str, tuple[int, float]],
+    records: list[MemberRecord],
+    acks: dict[int, tuple[int, float]] | None,
     texts: list[str],
-    sent: dict[str, float],
+    sent: list[float],
 ) -> None:
-    """Check every member's frames of the phase against the acked seqs; fill ``result``."""
-    tag = texts[0].split("#", 1)[0]
-    acks = {
-        int(cid.rsplit("-", 1)[1]): ack
-        for cid, ack in all_acks.items()
-        if cid.startswith(f"{tag}-")
-    }
-    result.acked = len(acks)
-    seq_text = {seq: texts[i] for i, (seq, _) in acks.items()}
-    expected = set(seq_text)
-    first_send = min(sent.values())
-    if acks:
-        last_ack = max(t for _, t in acks.values())
-        result.stored_per_sec = len(acks) / max(last_ack - first_send, 1e-9)
-        result.ack_ms = percentiles([t - sent[texts[i]] for i, (_, t) in acks.items()])
+    """Check every member's receipts of the phase; fill ``result``.
+
+    ``acks`` (message number -> seq, ack time) is None for the seed, which acks nothing and
+    sends no seq: its members are checked by message number (the text) alone.
+    """
+    first_send = min(sent)
+    if acks is not None:
+        result.acked = len(acks)
+        if acks:
+            last_ack = max(t for _, t in acks.values())
+            result.stored_per_sec = len(acks) / max(last_ack - first_send, 1e-9)
+            result.ack_ms = percentiles([t - sent[i] for i, (_, t) in acks.items()])
+        seq_index = {seq: i for i, (seq, _) in acks.items()}
+        expected = set(seq_index)
     latencies: list[float] = []
     by_side: dict[str, list[float]] = {}
-    first_receipt: dict[str, float] = {}
+    first_receipt: dict[int, float] = {}
     last_receipt = first_send
-    for client in clients:
-        seqs: list[int] = []
-        side = by_side.setdefault(client.side, [])
-        for received, raw in client.frames[client.cursor :]:
-            frame = json.loads(raw)
-            if frame.get("type") != "message":
-                result.other_frames += 1
-                continue
-            text = frame.get("message", "")
-            if not text.startswith(f"{tag}#"):
-                continue  # a straggler of an earlier phase
-            seq = int(frame["seq"])
-            if seq in seq_text and seq_text[seq] != text:
+    for rec in records:
+        side = by_side.setdefault(rec.side, [])
+        result.other_frames += rec.other_frames
+        seen: set[int] = set()
+        previous = -1
+        for index, seq, received in zip(rec.index, rec.seq, rec.received, strict=True):
+            key = seq if acks is not None else index  # what must be unique and increasing
+            if acks is not None and seq in seq_index and seq_index[seq] != index:
                 result.wrong_text += 1
-            if seqs and seq <= seqs[-1]:
-                if seq in seqs:
-                    result.duplicates += 1
-                    continue
+            if key in seen:
+                result.duplicates += 1
+                continue
+            if key < previous:
                 result.out_of_order += 1
-            seqs.append(seq)
-            latency = received - sent[text]
+            seen.add(key)
+            previous = max(previous, key)
+            latency = received - sent[index]
             latencies.append(latency)
             side.append(latency)
             last_receipt = max(last_receipt, received)
-            first_receipt[text] = min(first_receipt.get(text, received), received)
-        # Unacked messages have no known seq: each counts as lost for every member.
-        result.lost += len(expected - set(seqs)) + (result.messages - len(expected))
-        if client.ws.close_code is not None:
+            first_receipt[index] = min(first_receipt.get(index, received), received)
+        if acks is not None:
+            # Unacked messages have no known seq: each counts as lost for every member.
+            result.lost += len(expected - seen) + (result.messages - len(expected))
+        else:
+            result.lost += result.messages - len(seen)
+        if rec.closed:
             result.closed_members += 1
+    result.lost += (result.members - len(records)) * result.messages  # never opened
     result.deliveries = len(latencies)
     result.deliveries_per_sec = len(latencies) / max(last_receipt - first_send, 1e-9)
     result.latency_ms = percentiles(latencies)
-    result.first_ms = percentiles([t - sent[text] for text, t in first_receipt.items()])
+    result.first_ms = percentiles([t - sent[i] for i, t in first_receipt.items()])
     if len(by_side) > 1:
         result.latency_by_side_ms = {s: percentiles(v) for s, v in sorted(by_side.items())}
 
 
-async def _run_target(
+async def run_target(
     scenario: str,
     target: str,
     round_: int,
     sides: list[tuple[str, h.Proc, int]],
     args: argparse.Namespace,
     procs: list[h.Proc],
+    *,
+    dialect: str = "v1",
+    phases: list[tuple[str, float]] | None = None,
+    messages: int | None = None,
 ) -> list[PhaseResult]:
-    """Open the members (``sides``: name, server, count), publish from the first server."""
+    """Open the members (``sides``: name, server, count) in the client processes, publish
+    from this process through the first server, phase by phase."""
     room = f"bench-{uuid.uuid4().hex[:10]}"
     urls = [
         (name, f"ws://127.0.0.1:{proc.port}/ws/chat/{room}/")
@@ -285,25 +229,33 @@ async def _run_target(
         for _ in range(count)
     ]
     members = len(urls)
-    progress = Progress()
-    started = time.monotonic()
-    clients = await _connect_members(urls, progress)
-    ws, _ = await _open(urls[0][1])
-    connect_secs = time.monotonic() - started
-    publisher = Publisher(ws)
-    publisher.reader = asyncio.create_task(publisher.read())
-    phases = [("paced", args.rate), ("burst", 0.0)]
+    pool = MemberPool(urls, dialect, args.client_procs)
+    pool.start()
     results = []
+    publisher: Publisher | None = None
     try:
-        for phase, rate in phases:
-            result = PhaseResult(
-                scenario, target, round_, phase, members, args.messages, connect_secs
+        opened = await pool.open(timeout=args.phase_timeout)
+        started = min(s.started for s in opened)
+        ws, _ = await open_ws(urls[0][1], dialect)
+        connect_secs = max(s.finished for s in opened) - started
+        failed = [s for s in opened if s.failed]
+        if failed:
+            print(
+                f"  {sum(s.failed for s in failed)} members did not open: {failed[0].first_error}",
+                file=sys.stderr,
             )
+        publisher = Publisher(ws)
+        publisher.reader = asyncio.create_task(publisher.read())
+        for phase, rate in phases or [("paced", args.rate), ("burst", 0.0)]:
+            result = PhaseResult(
+                scenario, target, round_, phase, members, messages or args.messages, connect_secs
+            )
+            result.client_procs = pool.nprocs
             await _run_phase(
                 result,
-                clients,
+                pool,
                 publisher,
-                progress,
+                dialect=dialect,
                 rate=rate,
                 size=args.size,
                 timeout=args.phase_timeout,
@@ -312,7 +264,9 @@ async def _run_target(
             results.append(result)
             print(_progress_line(result), file=sys.stderr, flush=True)
     finally:
-        await _close(clients, publisher)
+        if publisher is not None:
+            await publisher.close()
+        await pool.stop()
     return results
 
 
@@ -328,21 +282,40 @@ def _progress_line(r: PhaseResult) -> str:
 # -- scenarios ------------------------------------------------------------------------------
 
 
-async def _embedded(procs: h.Processes, args: argparse.Namespace, round_: int) -> list[PhaseResult]:
+async def _embedded(
+    procs: h.Processes, args: argparse.Namespace, round_: int, redis: h.Proc | None
+) -> list[PhaseResult]:
     results: list[PhaseResult] = []
-    order = ["baseline", "roomcast"] if round_ % 2 else ["roomcast", "baseline"]
+    order = list(args.targets) if round_ % 2 else list(reversed(args.targets))
     for target in order:
         print(f"embedded/{target}, round {round_}: {args.members} members", file=sys.stderr)
+        dialect, phases, messages = "v1", None, None
         if target == "baseline":
             port = h.free_port()
             argv = [sys.executable, str(THIS_FILE), "--baseline-server", str(port)]
             server = procs.start("baseline", argv, port=port)
+        elif target == "seed":
+            assert redis is not None  # started by _main when seed is a target
+            server = procs.seed("seed", redis)
+            dialect, messages = "seed", args.seed_messages or args.messages
+            phases = [(name, args.rate if name == "paced" else 0.0) for name in args.seed_phases]
         else:
             data_dir = procs.workdir / f"embedded-{round_}"
             server = procs.roomcast("roomcast", data_dir, {})
+        serving = [server, redis] if target == "seed" and redis is not None else [server]
         try:
             sides = [("A", server, args.members)]
-            results += await _run_target("embedded", target, round_, sides, args, [server])
+            results += await run_target(
+                "embedded",
+                target,
+                round_,
+                sides,
+                args,
+                serving,
+                dialect=dialect,
+                phases=phases,
+                messages=messages,
+            )
         finally:
             procs.stop(server)
     return results
@@ -352,7 +325,7 @@ async def _redis(
     procs: h.Processes, args: argparse.Namespace, round_: int, redis: h.Proc, database: str
 ) -> list[PhaseResult]:
     results: list[PhaseResult] = []
-    order = ["pubsub", "core"] if round_ % 2 else ["core", "pubsub"]
+    order = list(args.layers) if round_ % 2 else list(reversed(args.layers))
     half = args.members // 2
     for layer in order:
         print(f"redis/{layer}, round {round_}: {args.members} members on 2", file=sys.stderr)
@@ -368,7 +341,7 @@ async def _redis(
         b = procs.roomcast(f"{layer}-B", data_dir, env)
         try:
             sides = [("A", a, half), ("B", b, args.members - half)]
-            results += await _run_target("redis", layer, round_, sides, args, [a, b, redis])
+            results += await run_target("redis", layer, round_, sides, args, [a, b, redis])
         finally:
             procs.stop(b)
             procs.stop(a)
@@ -379,13 +352,14 @@ async def _main(args: argparse.Namespace, procs: h.Processes, results: list[Phas
     redis: h.Proc | None = None
     database: str | None = None
     try:
-        if "redis" in args.scenarios:
+        if "redis" in args.scenarios or "seed" in args.targets:
             redis = procs.redis()
+        if "redis" in args.scenarios:
             database = h.create_database(args.postgres)
         for round_ in range(1, args.rounds + 1):
             if "embedded" in args.scenarios:
-                results += await _embedded(procs, args, round_)
-            if redis is not None and database is not None:
+                results += await _embedded(procs, args, round_, redis)
+            if "redis" in args.scenarios and redis is not None and database is not None:
                 results += await _redis(procs, args, round_, redis, database)
     finally:
         procs.stop_all()
@@ -455,7 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         default="embedded,redis",
-        help="comma-separated: embedded (roomcast vs bare websockets), redis (pubsub vs core)",
+        help="comma-separated: embedded (one process: --targets), redis (two processes: --layers)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="roomcast,baseline,seed",
+        help="embedded scenario's targets, comma-separated: roomcast, baseline (bare "
+        "websockets), seed (the tutorial on daphne + channels_redis; needs redis-server)",
+    )
+    parser.add_argument(
+        "--layers", default="pubsub,core", help="redis scenario's layers: pubsub, core"
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=default_procs(),
+        help=f"processes holding the members (default: CPUs available, {default_procs()})",
+    )
+    parser.add_argument(
+        "--seed-messages",
+        type=int,
+        help="messages per phase for the seed target (default: --messages); it is slow",
+    )
+    parser.add_argument(
+        "--seed-phases", default="burst", help="phases of the seed target (default burst)"
     )
     parser.add_argument("--members", type=int, default=1000, help="members per room (default 1000)")
     parser.add_argument(
@@ -483,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL server to create the run's database on (dropped at the end)",
     )
     parser.add_argument("--output", type=Path, help="also write the Markdown results here")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     parser.add_argument(
         "--baseline-server",
@@ -494,29 +492,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop  # as roomcast serve: the clients get the same loop
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every message reached every member."""
     args = build_parser().parse_args(argv)
     if args.baseline_server:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_baseline_server(args.baseline_server))
         return 0
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(args.scenarios) - {"embedded", "redis"}
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    args.scenarios, args.targets = split(args.scenarios), split(args.targets)
+    args.layers, args.seed_phases = split(args.layers), split(args.seed_phases)
+    unknown = (set(args.scenarios) - {"embedded", "redis"}) | (set(args.targets) - set(TARGETS))
+    unknown |= set(args.layers) - {"pubsub", "core"}
+    unknown |= set(args.seed_phases) - {"paced", "burst"}
     if unknown or args.members < 2 or args.messages < 1 or args.rounds < 1:
-        build_parser().error(f"bad arguments (unknown scenarios: {sorted(unknown)})")
+        build_parser().error(f"bad arguments (unknown: {sorted(unknown)})")
+    if "embedded" not in args.scenarios:
+        args.targets = []
     h.raise_fd_limit(args.members + 1024)
     command = " ".join([".venv/bin/python benchmarks/fanout.py", *sys.argv[1:]])
     facts = h.machine_facts(args.postgres if "redis" in args.scenarios else None)
-    facts["client event loop"] = _loop_factory().__module__.split(".")[0]
+    facts["client event loop"] = loop_factory().__module__.split(".")[0]
+    facts["client processes"] = f"{args.client_procs} (members), plus this one (publisher)"
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-bench-"))
     procs = h.Processes(workdir)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up
@@ -524,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     timed_out = False
     failed = True  # until shown otherwise: keep the logs of a run that went wrong
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(asyncio.wait_for(_main(args, procs, results), args.time_limit))
     except TimeoutError:
         timed_out = True
@@ -551,6 +548,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
+    if args.json:
+        data = {
+            "command": command,
+            "facts": facts,
+            "failed": failed,
+            "timed_out": timed_out,
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(data, indent=1))
     return 1 if failed else 0
 
 

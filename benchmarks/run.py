@@ -1,0 +1,306 @@
+"""The standard benchmark set, one command: issue 3's scenarios (a)-(e) and its targets.
+
+    .venv/bin/python benchmarks/run.py            # or scripts/bench; about 8 minutes
+
+Runs each step below as its own process (``fanout.py``, ``idle.py``, ``ingest.py``, each
+bounded by its ``--time-limit`` and stopping its own servers), then writes
+``benchmarks/results/YYYY-MM-DD-<commit>.md``: the machine, a table of issue 3's targets
+with the measured values, ratios and pass/fail, and every step's own report. Only
+measured values are printed; the targets' ratios are taken within one step (one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import _harness as h
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark process of the standard set."""
+
+    name: str
+    title: str
+    argv: list[str]
+    time_limit: int  # seconds, passed as --time-limit; the process is killed 60 s later
+
+
+STEPS = (
+    Step(
+        "a",
+        "(a) fan-out: 1,000 members, one process: roomcast vs bare websockets vs seed",
+        "fanout.py --scenarios embedded --targets roomcast,baseline,seed --members 1000 "
+        "--messages 200 --rate 10 --seed-messages 50".split(),
+        240,
+    ),
+    Step(
+        "b",
+        "(b) two roomcast processes through Redis (pubsub), 10 msgs/s into 1,000 members",
+        "fanout.py --scenarios redis --layers pubsub --members 1000 --messages 200 "
+        "--rate 10".split(),
+        150,
+    ),
+    Step(
+        "c",
+        "(c) 10,000 idle connections, one process: roomcast vs seed",
+        "idle.py --connections 10000 --rooms 100".split(),
+        200,
+    ),
+    Step(
+        "d",
+        "(d) ingest: 50 publishers in 50 rooms, SQLite and PostgreSQL",
+        "ingest.py --publishers 50 --rooms 50 --messages 100".split(),
+        200,
+    ),
+    Step(
+        "e",
+        "(e) a large room: 5,000 members, one process: roomcast vs bare websockets",
+        "fanout.py --scenarios embedded --targets roomcast,baseline --members 5000 "
+        "--messages 50 --rate 2".split(),
+        200,
+    ),
+)
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+def _phase(data: dict[str, Any], target: str, phase: str) -> dict[str, Any] | None:
+    for r in data.get("results", []):
+        if r["target"] == target and r["phase"] == phase:
+            return dict(r)
+    return None
+
+
+Row = tuple[str, str, str, str, str]  # target, wanted, measured, ratio or detail, verdict
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("pass" if ok else "**fail**")
+
+
+def _targets_a(data: dict[str, Any]) -> list[Row]:
+    rc, seed = _phase(data, "roomcast", "burst"), _phase(data, "seed", "burst")
+    bare = _phase(data, "baseline", "burst")
+    rows = []
+    for other, name, wanted in ((seed, "seed", 20.0), (bare, "bare websockets", 0.5)):
+        if rc and other and other["deliveries_per_sec"]:
+            ratio = rc["deliveries_per_sec"] / other["deliveries_per_sec"]
+            ok = ratio >= wanted and not rc["lost"]
+            measured = f"{rc['deliveries_per_sec']:,.0f} vs {other['deliveries_per_sec']:,.0f}/s"
+            rows.append(
+                (
+                    f"(a) roomcast / {name}, flat out",
+                    f">= {wanted}x",
+                    measured,
+                    f"{ratio:.2f}x",
+                    _verdict(ok),
+                )
+            )
+        else:
+            rows.append(
+                (
+                    f"(a) roomcast / {name}, flat out",
+                    f">= {wanted}x",
+                    "not measured",
+                    "-",
+                    _verdict(False),
+                )
+            )
+    return rows
+
+
+def _targets_b(data: dict[str, Any]) -> list[Row]:
+    r = _phase(data, "pubsub", "paced")
+    if not r or not r["latency_ms"]:
+        return [
+            (
+                "(b) 2 processes via Redis, p99 at 10,000/s",
+                "<= 25 ms, 0 lost",
+                "not measured",
+                "-",
+                _verdict(False),
+            )
+        ]
+    p99, lost = r["latency_ms"]["p99"], r["lost"]
+    lat = r["latency_ms"]
+    measured = (
+        f"{r['deliveries_per_sec']:,.0f}/s; p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
+        f"p99 {p99:.1f}, max {lat['max']:.1f} ms; lost {lost}"
+    )
+    ok = p99 <= 25 and lost == 0 and not r["timed_out"]
+    return [
+        (
+            "(b) 2 processes via Redis, p99 at 10,000/s",
+            "<= 25 ms, 0 lost",
+            measured,
+            f"p99 / 25 ms = {p99 / 25:.2f}",
+            _verdict(ok),
+        )
+    ]
+
+
+def _targets_c(data: dict[str, Any]) -> list[Row]:
+    by = {r["target"]: r for r in data.get("results", [])}
+    rc, seed = by.get("roomcast"), by.get("seed")
+    rows = []
+    if rc:
+        kb = rc["kb_per_connection"]
+        rows.append(
+            (
+                "(c) memory per idle connection",
+                "<= 20 KB",
+                f"{kb:.1f} KB ({rc['opened']:,} open)",
+                f"vs seed {seed['kb_per_connection']:.1f} KB" if seed else "-",
+                _verdict(kb <= 20 and rc["opened"] == rc["connections"]),
+            )
+        )
+    if rc and seed and seed["connections_per_sec"]:
+        ratio = rc["connections_per_sec"] / seed["connections_per_sec"]
+        rows.append(
+            (
+                "(c) connections accepted per second / seed",
+                ">= 3x",
+                f"{rc['connections_per_sec']:,.0f} vs {seed['connections_per_sec']:,.0f}/s",
+                f"{ratio:.2f}x",
+                _verdict(ratio >= 3 and not rc["failed"]),
+            )
+        )
+    return rows or [("(c) idle connections", "-", "not measured", "-", _verdict(False))]
+
+
+def _targets_d(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    for r in data.get("results", []):
+        wanted = 1000 if r["database"] == "sqlite" else 2000
+        ok = (
+            r["stored_per_sec"] >= wanted
+            and r["acked"] == r["messages"]
+            and r["in_database"] == r["acked"]
+            and not r["duplicate_seqs"]
+        )
+        rows.append(
+            (
+                f"(d) stored messages/s, {r['database']}",
+                f">= {wanted:,}",
+                f"{r['stored_per_sec']:,.0f}/s; {r['acked']:,} acked, "
+                f"{r['in_database']:,} in the database",
+                f"{r['stored_per_sec'] / wanted:.2f}x the target",
+                _verdict(ok),
+            )
+        )
+    return rows or [("(d) ingest", "-", "not measured", "-", _verdict(False))]
+
+
+def _targets_e(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    for phase in ("paced", "burst"):
+        rc, bare = _phase(data, "roomcast", phase), _phase(data, "baseline", phase)
+        if rc:
+            lat = rc["latency_ms"]
+            ratio = (
+                f"{rc['deliveries_per_sec'] / bare['deliveries_per_sec']:.2f}x bare"
+                if bare and bare["deliveries_per_sec"]
+                else "-"
+            )
+            rows.append(
+                (
+                    f"(e) 5,000 members, {phase}",
+                    "no target; 0 lost",
+                    f"{rc['deliveries_per_sec']:,.0f}/s, p99 {lat.get('p99', 0):,.1f} ms, "
+                    f"lost {rc['lost']}",
+                    ratio,
+                    _verdict(rc["lost"] == 0),
+                )
+            )
+    return rows or [("(e) 5,000 members", "-", "not measured", "-", _verdict(False))]
+
+
+TARGETS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "a": _targets_a,
+    "b": _targets_b,
+    "c": _targets_c,
+    "d": _targets_d,
+    "e": _targets_e,
+}
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def _run_step(step: Step, tmp: Path) -> tuple[dict[str, Any], str, int, float]:
+    out_json, out_md = tmp / f"{step.name}.json", tmp / f"{step.name}.md"
+    argv = [PY, str(HERE / step.argv[0]), *step.argv[1:]]
+    argv += ["--time-limit", str(step.time_limit), "--json", str(out_json)]
+    argv += ["--output", str(out_md)]
+    print(f"== {step.title}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=step.time_limit + 60)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        code = -1
+    secs = time.monotonic() - started
+    data = json.loads(out_json.read_text()) if out_json.exists() else {}
+    text = out_md.read_text() if out_md.exists() else f"(no report: exit status {code})\n"
+    return data, text, code, secs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the standard set; 0 when every step delivered and stored everything."""
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__)
+    parser.add_argument("--steps", default="abcde", help="which of a-e to run (default all)")
+    parser.add_argument("--output", type=Path, help="results file (default: see above)")
+    args = parser.parse_args(argv)
+    steps = [s for s in STEPS if s.name in args.steps]
+    facts = h.machine_facts(None)
+    commit = facts["commit"].split()[0] or "unknown"
+    output = args.output or HERE / "results" / f"{date.today():%Y-%m-%d}-{commit}.md"
+    started = time.monotonic()
+    parts: list[str] = []
+    rows: list[Row] = []
+    codes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="roomcast-run-") as tmp:
+        for step in steps:
+            data, text, code, secs = _run_step(step, Path(tmp))
+            rows += TARGETS[step.name](data)
+            codes.append(f"{step.name}: exit {code} in {secs:.0f} s")
+            # Each step's report, its headings one level down.
+            body = "\n".join(
+                "#" + line if line.startswith("## ") else line for line in text.splitlines()
+            )
+            parts += [f"## {step.title}", "", body, ""]
+    facts["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    facts["src/ digest at end"] = h.source_digest()
+    out = [f"# Benchmarks, {date.today():%Y-%m-%d}, commit {commit}", ""]
+    out += ["Written by `benchmarks/run.py`: every number below was measured in this run.", ""]
+    out += ["## Machine", ""] + [f"- {k}: {v}" for k, v in facts.items()]
+    out += [f"- steps: {'; '.join(codes)}; total {time.monotonic() - started:.0f} s", ""]
+    if facts["src/ digest at end"] != facts["src/ digest at start"]:
+        out += ["src/ changed during the run: steps started later ran other code.", ""]
+    out += ["## Issue 3's targets", ""]
+    out += ["| target | wanted | measured | ratio | verdict |", "| --- | --- | --- | --- | --- |"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += ["", *parts]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(out))
+    print(f"wrote {output}", file=sys.stderr)
+    return 0 if all(c.split()[2] == "0" for c in codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

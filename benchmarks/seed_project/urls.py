@@ -1,0 +1,5 @@
+"""No HTTP views: the benchmark only opens WebSockets."""
+
+from __future__ import annotations
+
+urlpatterns: list[object] = []
