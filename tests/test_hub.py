@@ -269,3 +269,35 @@ async def test_position_check_leaves_messages_in_transit_alone(unchecked_hub, ca
     await asyncio.sleep(0.05)
     assert socket.seqs == [1, 2]
     assert "never arrived" not in caplog.text
+
+
+async def test_recent_frames_answer_joins_exactly_as_the_database_would(unchecked_hub):
+    """The hub's recent frames give the same catch-up as ``read_catch_up``, and defer to
+    the database for anything older than they hold or ahead of this process."""
+    socket = await joined(unchecked_hub, "recent")
+    for i in range(60):
+        await services.apost_message("recent", f"m{i}")
+    await socket.wait_for(60)
+    read = database_sync_to_async(services.read_catch_up)
+    answered = []
+    for since in (None, 10, 11, 30, 59, 60):
+        cached = unchecked_hub.recent("recent", since, replay_limit=500)
+        assert cached == await read("recent", since), since
+        answered.append(since)
+    # Seqs 11..60 are kept (HISTORY_COUNT 50): since=9 needs seq 10, from the database.
+    for since in (0, 9, 61):
+        assert unchecked_hub.recent("recent", since, replay_limit=500) is None, since
+    assert unchecked_hub.recent("recent", 30, replay_limit=20) is None  # past the limit
+    assert unchecked_hub.recent("elsewhere", None, replay_limit=500) is None
+
+
+async def test_recent_frames_stay_contiguous_through_a_gap_fill(unchecked_hub):
+    """Messages filled from the database join the recent frames in order."""
+    socket = await joined(unchecked_hub, "recent gap")
+    await services.apost_message("recent gap", "live 1")
+    for i in range(3):
+        await store("recent gap", f"lost {i}")  # stored, never published
+    await services.apost_message("recent gap", "live 5")  # seq 5 exposes the gap 2..4
+    await socket.wait_for(5)
+    last_seq, frames, _ = unchecked_hub.recent("recent gap", None, replay_limit=500)
+    assert last_seq == 5 and [seq for seq, _ in frames] == [1, 2, 3, 4, 5]

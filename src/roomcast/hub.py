@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,8 +73,8 @@ class CatchUp:
 class Loader(Protocol):
     """Database reads the hub needs; implemented by ``services``."""
 
-    async def last_seq(self, room: str) -> int:
-        """Seq of the room's latest stored message (0 if none)."""
+    async def latest(self, room: str, count: int) -> tuple[int, list[tuple[int, str]]]:
+        """The room's last seq (0 if none) and its latest ``count`` frames, ascending."""
         ...
 
     async def last_seqs(self, rooms: list[str]) -> dict[str, int]:
@@ -292,11 +293,16 @@ class _Room:
         "name",
         "ready",
         "receiver",
+        "recent",
         "target",
     )
 
-    def __init__(self, name: str, group: str) -> None:
+    def __init__(self, name: str, group: str, recent_count: int) -> None:
         self.name = name
+        # The room's latest frames, contiguous up to last_seq: most joins and short
+        # reconnects are answered from here, without a database read (Centrifugo keeps
+        # a room's recent history for the same reason).
+        self.recent: deque[tuple[int, str]] = deque(maxlen=recent_count)
         self.group = group
         self.members: dict[Member, None] = {}  # insertion-ordered set
         self.channel: str | None = None
@@ -320,8 +326,10 @@ class Hub:
         group_name: Callable[[str], str],
         *,
         position_check_secs: float = 5.0,
+        recent_count: int = 50,
     ) -> None:
         self.layer = layer
+        self.recent_count = recent_count
         self.loader = loader
         self._group_name = group_name
         self._rooms: dict[str, _Room] = {}
@@ -344,7 +352,9 @@ class Hub:
         """Add ``member`` to its room and start it with the catch-up ``catch_up()`` returns."""
         room = self._rooms.get(member.room)
         if room is None:
-            room = self._rooms[member.room] = _Room(member.room, self._group_name(member.room))
+            room = self._rooms[member.room] = _Room(
+                member.room, self._group_name(member.room), self.recent_count
+            )
         room.members[member] = None  # from here on it holds live frames
         try:
             await self._ensure_subscribed(room)
@@ -376,6 +386,36 @@ class Hub:
         else:
             state.early.append(message)
 
+    def recent(
+        self, room: str, since: int | None, *, replay_limit: int
+    ) -> tuple[int, list[tuple[int, str]], bool | None] | None:
+        """A joining member's catch-up from the room's recent frames, if they hold it.
+
+        Returns ``(last_seq, frames, recovered)`` as ``services.read_catch_up`` would, or
+        None when only the database can answer (the room is not subscribed, the history
+        asked for is older than what is kept, or ``since`` is ahead of this process,
+        e.g. a message still on its way here that the client saw from another process).
+        Call it between :meth:`join`'s subscription and the member's start, with no
+        await in between, so the frames and the live stream meet at ``last_seq``.
+        """
+        state = self._rooms.get(room)
+        if state is None or not state.ready:
+            return None
+        last, recent = state.last_seq, state.recent
+        if recent and recent[-1][0] != last:
+            return None
+        if since is None:
+            wanted = min(self.recent_count, last)
+            if len(recent) < wanted:
+                return None
+            return last, list(recent)[len(recent) - wanted :], None
+        if since > last or last - since > replay_limit:
+            return None
+        first = recent[0][0] if recent else last + 1
+        if since + 1 < first:
+            return None
+        return last, [item for item in recent if item[0] > since], True
+
     def members(self, room: str) -> list[Member]:
         """The local members of ``room`` (for tests and diagnostics)."""
         state = self._rooms.get(room)
@@ -393,7 +433,9 @@ class Hub:
             await self.layer.group_add(room.group, room.channel)
             # Read after joining the group: every seq up to this is in the database, every
             # later one will come through the channel (or be filled as a gap).
-            room.last_seq = await self.loader.last_seq(room.name)
+            room.last_seq, frames = await self.loader.latest(room.name, self.recent_count)
+            room.recent.clear()
+            room.recent.extend(frames)
             room.ready = True
             early, room.early = room.early, []
             for message in early:
@@ -460,6 +502,7 @@ class Hub:
             return
         room.last_seq = seq
         frame = message["frame"]
+        room.recent.append((seq, frame))
         for member in room.members:
             member.deliver(seq, frame)
 
@@ -521,7 +564,9 @@ class Hub:
                         room.target,
                     )
                     room.last_seq = room.target
+                    room.recent.clear()  # no longer contiguous: joins read the database
                     break
+                room.recent.extend(rows)
                 for seq, frame in rows:
                     room.last_seq = seq
                     for member in room.members:

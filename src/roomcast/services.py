@@ -261,9 +261,17 @@ async def ahistory_frame(room: str, before: int | None, limit: int) -> str:
 class DatabaseLoader:
     """The hub's window on the database (see :class:`roomcast.hub.Loader`)."""
 
-    async def last_seq(self, room: str) -> int:
-        row = await database_sync_to_async(_room_row)(room)
-        return row[1] if row else 0
+    async def latest(self, room: str, count: int) -> tuple[int, list[tuple[int, str]]]:
+        def read() -> tuple[int, list[tuple[int, str]]]:
+            row = _room_row(room)
+            if row is None:
+                return 0, []
+            latest = Message.objects.filter(room_id=row[0], seq__lte=row[1]).order_by("-seq")
+            frames = _frames(latest[:count], room)
+            frames.reverse()
+            return row[1], frames
+
+        return await database_sync_to_async(read)()
 
     async def last_seqs(self, rooms: list[str]) -> dict[str, int]:
         def read() -> dict[str, int]:
@@ -291,6 +299,7 @@ def _make_hub() -> Hub:
         DatabaseLoader(),
         fanout.room_group,
         position_check_secs=roomcast_settings.POSITION_CHECK_SECS,
+        recent_count=roomcast_settings.HISTORY_COUNT,
     )
 
 
@@ -311,12 +320,17 @@ async def join_room(
         send, room=room, max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES, v1=v1, user_id=user_id
     )
 
+    the_hub = hub()
+
     async def catch_up() -> CatchUp:
-        last_seq, frames, recovered = await database_sync_to_async(read_catch_up)(room, since)
+        cached = the_hub.recent(room, since, replay_limit=roomcast_settings.REPLAY_LIMIT)
+        if cached is None:
+            cached = await database_sync_to_async(read_catch_up)(room, since)
+        last_seq, frames, recovered = cached
         preface = [codec.encode(codec.joined_event(room=room, seq=last_seq, recovered=recovered))]
         return CatchUp(preface=preface if v1 else [], frames=frames, last_seq=last_seq)
 
-    await hub().join(member, catch_up)
+    await the_hub.join(member, catch_up)
     return member
 
 
