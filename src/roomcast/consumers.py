@@ -26,12 +26,9 @@ from .exceptions import PermissionDeniedError
 from .hub import Member
 from .protocol import PROTOCOL_V1, CloseCode, ProtocolError, codec
 from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
+from .security import SERVER_SEND
 
 logger = logging.getLogger(__name__)
-
-#: Scope key of the server's unwrapped ``send`` (``routing.server_send_in_scope``). When
-#: present, the room's frames are written with it; else through the consumer's ``send``.
-SERVER_SEND = "roomcast.server_send"
 
 
 class RoomConsumer:
@@ -45,8 +42,8 @@ class RoomConsumer:
 
     def __init__(self, scope: dict[str, Any], send: Any) -> None:
         self.scope = scope
-        # The server's own send when routing put it in the scope (fewer wrappers per
-        # frame, see routing.server_send_in_scope), else the middleware-wrapped one.
+        # The server's own send when the middleware put it in the scope (fewer wrappers
+        # per frame, see security.RoomcastMiddleware), else the one it was given.
         self.send = scope.get(SERVER_SEND) or send
         self.room = ""
         self.member: Member | None = None
