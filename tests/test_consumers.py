@@ -265,9 +265,10 @@ async def test_seed_style_group_send_reaches_the_room(room_of):
 
 async def test_origin_check_refuses_cross_site_browsers(app):
     """A browser page from another site cannot open a socket; same-site and no-Origin can."""
-    evil = RoomCommunicator(app, "lobby", headers=[(b"origin", b"https://evil.example")])
-    connected, _ = await evil.connect()
-    assert not connected
+    for origin in (b"https://evil.example", b"http://[::1"):  # the second is unparsable
+        evil = RoomCommunicator(app, "lobby", headers=[(b"origin", origin)])
+        connected, _ = await evil.connect()
+        assert not connected, origin
     for headers in ([(b"origin", b"http://localhost:8000")], []):
         ok = RoomCommunicator(app, "lobby", headers=headers)
         await ok.join()
@@ -290,6 +291,9 @@ async def test_anonymous_cannot_post_when_disallowed_but_users_can(room_of):
     anonymous = await room_of("members")
     await anonymous.say("hi")
     assert (await anonymous.receive_event("error"))["code"] == "forbidden"
+    stale = await room_of("members", headers=[(b"cookie", b"sessionid=no-such-session")])
+    await stale.say("hi")
+    assert (await stale.receive_event("error"))["code"] == "forbidden"
     alice = await room_of("members", headers=[await _session_cookie("alice")])
     await alice.say("hi from alice")
     frame = await alice.receive_event("message")

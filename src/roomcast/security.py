@@ -1,8 +1,7 @@
 """The room socket's middleware: origin check, session user, the server's send.
 
-Origin checks against cross-site WebSocket hijacking.
-
-A browser sends ``Origin`` with every WebSocket handshake, and a page on another site
+Layer: transport. Origins are checked against cross-site WebSocket hijacking. A browser
+sends ``Origin`` with every WebSocket handshake, and a page on another site
 could otherwise open a socket with the visitor's session cookie. Browsers' origins are
 checked against ``ROOMCAST['ALLOWED_ORIGINS']`` (default: the hosts of ``ALLOWED_HOSTS``,
 any scheme and port). A handshake without ``Origin`` does not come from a browser
