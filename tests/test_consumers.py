@@ -9,14 +9,16 @@ import asyncio
 import json
 
 import pytest
+from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
+from channels.routing import URLRouter
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from roomcast import fanout, hub, services
 from roomcast.models import Message, Room
 from roomcast.protocol import CloseCode
-from roomcast.routing import websocket_application
+from roomcast.routing import websocket_application, websocket_urlpatterns
 from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -313,3 +315,19 @@ async def test_disconnected_member_leaves_and_room_unsubscribes(room_of):
         await asyncio.sleep(0.01)
     assert not layer.groups.get(fanout.room_group("brief"))
     assert hub.running_hub().members("brief") == []
+
+
+async def test_urlpatterns_work_inside_a_projects_own_channels_stack(app):
+    """Mounted the Channels way, ``AuthMiddlewareStack(URLRouter(websocket_urlpatterns))``,
+    the rooms work too: the session user comes from Channels, frames go through its send."""
+    own_stack = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+    alice = RoomCommunicator(own_stack, "own stack", headers=[await _session_cookie("carol")])
+    bob = RoomCommunicator(own_stack, "own stack")
+    for member in (alice, bob):
+        await member.join()
+    await alice.say("hello")
+    for member in (alice, bob):
+        frame = await member.receive_event("message")
+        assert (frame["message"], frame["user"]) == ("hello", "carol")
+    for member in (alice, bob):
+        await member.disconnect()
