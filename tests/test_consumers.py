@@ -331,3 +331,24 @@ async def test_urlpatterns_work_inside_a_projects_own_channels_stack(app):
         assert (frame["message"], frame["user"]) == ("hello", "carol")
     for member in (alice, bob):
         await member.disconnect()
+
+
+async def test_a_resent_client_id_is_stored_once(room_of):
+    """A client that sends again (after a reconnect, not knowing whether its message was
+    stored) gets the first message's seq back; nobody sees a second copy."""
+    sender = await room_of("idempotent")
+    watcher = await room_of("idempotent")
+    for _ in range(2):
+        await sender.send_to(
+            text_data=json.dumps({"type": "message", "message": "once", "client_id": "c-42"})
+        )
+        while (frame := await sender.receive_event())["type"] != "ack":
+            assert frame["seq"] == 1  # its own message, once
+        assert frame["seq"] == 1
+    await sender.say("next")  # a new client_id: the next seq, no gap
+    assert [(await watcher.receive_event("message"))["seq"] for _ in range(2)] == [1, 2]
+    assert await watcher.receive_nothing(0.1)
+    rows = await database_sync_to_async(list)(
+        Message.objects.filter(room__name="idempotent").values_list("seq", "client_id")
+    )
+    assert rows[0] == (1, "c-42") and len(rows) == 2

@@ -49,6 +49,12 @@ class Message(models.Model):
         ordering = ("room", "seq")
         constraints = [
             models.UniqueConstraint(fields=("room", "seq"), name="roomcast_message_room_seq"),
+            # A client's message is stored once, however often it is sent.
+            models.UniqueConstraint(
+                fields=("room", "client_id"),
+                condition=~models.Q(client_id=""),
+                name="roomcast_message_room_client_id",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -19,7 +19,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.utils import timezone
 
 from . import fanout
@@ -39,6 +46,9 @@ class StoredMessage:
     room: str
     seq: int
     frame: str
+    #: True when ``client_id`` matched a message already stored in the room: this is that
+    #: message, and nothing new was stored or is to be published.
+    duplicate: bool = False
 
 
 # -- storing and publishing -------------------------------------------------------------------
@@ -56,6 +66,11 @@ def store_message(
 
     Runs in its own transaction, or joins the caller's. Does not publish: see
     :func:`post_message`.
+
+    Idempotent per ``client_id``: a client that sends again after a reconnect, not
+    knowing whether its message was stored, gets the stored one back (``duplicate``)
+    instead of a second copy. Checked in the storing statement itself, and backed by a
+    unique index on (room, client_id) for two sends racing each other.
     """
     using = router.db_for_write(Message)
     connection = connections[using]
@@ -76,14 +91,27 @@ def store_message(
     # One statement is atomic by itself: a transaction would only add BEGIN and COMMIT
     # round trips (inside the caller's transaction it joins that one anyway).
     atomic = transaction.atomic(using=using) if len(statements) > 1 else nullcontext()
-    with atomic, connection.cursor() as cursor:
-        for _ in range(2):
-            for sql, params in statements:
-                cursor.execute(sql, params)
-            result = cursor.fetchone()
-            if result is not None:
-                break
-            Room.objects.using(using).get_or_create(name=room)  # the room's first message
+    try:
+        with atomic, connection.cursor() as cursor:
+            for _ in range(2):
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                result = cursor.fetchone()
+                if result is not None:
+                    break
+                # No row: a duplicate client_id, or the room's first message.
+                if client_id and (stored := _stored_with_client_id(room, client_id, using)):
+                    return stored
+                Room.objects.using(using).get_or_create(name=room)
+    except IntegrityError:
+        # Two sends with one client_id raced past the check; the index kept one. Inside
+        # the caller's own transaction (not the ingest path) the error is theirs to see.
+        if not client_id or connection.in_atomic_block:
+            raise
+        stored = _stored_with_client_id(room, client_id, using)
+        if stored is None:
+            raise
+        return stored
     seq = int(result[0])
     frame = codec.encode(
         codec.message_event(
@@ -99,9 +127,23 @@ def store_message(
     return StoredMessage(room=room, seq=seq, frame=frame)
 
 
+def _stored_with_client_id(room: str, client_id: str, using: str) -> StoredMessage | None:
+    message = (
+        Message.objects.using(using)
+        .filter(room__name=room, client_id=client_id)
+        .only("seq", "kind", "username", "text", "client_id", "created_at")
+        .first()
+    )
+    if message is None:
+        return None
+    return StoredMessage(
+        room=room, seq=message.seq, frame=message_frame(message, room), duplicate=True
+    )
+
+
 def _store_statements(connection: Any, room: str, fields: list[Any]) -> list[tuple[str, list[Any]]]:
     """The statements that store a message: the last returns its seq, or no row when the
-    room does not exist yet.
+    room does not exist yet or already has a message with this client_id.
 
     The UPDATE takes the room's row lock and its next seq, so concurrent posters to one
     room queue there, and seqs are dense and commit in order. PostgreSQL does it all in
@@ -110,9 +152,10 @@ def _store_statements(connection: Any, room: str, fields: list[Any]) -> list[tup
     """
     vendor = connection.vendor
     sql = _STORE_SQL.get(vendor) or _STORE_SQL.setdefault(vendor, _build_store_sql(connection))
+    client_id = fields[4]
     if vendor == "postgresql":
-        return [(sql[0], [room, *fields])]
-    return [(sql[0], [room]), (sql[1], [*fields, room])]
+        return [(sql[0], [room, client_id, *fields])]
+    return [(sql[0], [room, client_id]), (sql[1], [*fields, room])]
 
 
 _STORE_SQL: dict[str, tuple[str, ...]] = {}
@@ -125,16 +168,24 @@ def _build_store_sql(connection: Any) -> tuple[str, ...]:
     column = {field.name: field.column for field in Message._meta.concrete_fields}
     columns = ", ".join(q(column[name]) for name in names)
     values = ", ".join(["%s"] * 6)  # kind, user, username, text, client_id, created_at
+    room_id, client_id = q(column["room"]), q(column["client_id"])
+    # The room's seq is taken only if no message of the room has this client_id ('' is
+    # no client_id): a taken seq with no message would be a gap in the stream.
+    update = (
+        f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s AND NOT EXISTS "
+        f"(SELECT 1 FROM {messages} m WHERE m.{room_id} = {rooms}.id "
+        f"AND m.{client_id} = %s AND m.{client_id} <> '')"
+    )
     if connection.vendor == "postgresql":
         return (
-            f"WITH r AS (UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s "
-            f"RETURNING id, last_seq) INSERT INTO {messages} ({columns}) "
+            f"WITH r AS ({update} RETURNING id, last_seq) INSERT INTO {messages} ({columns}) "
             f"SELECT r.id, r.last_seq, {values} FROM r RETURNING {q('seq')}",
         )
     return (
-        f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s",
+        update,
+        # changes(): rows the UPDATE just changed, 0 for a duplicate client_id.
         f"INSERT INTO {messages} ({columns}) SELECT id, last_seq, {values} "
-        f"FROM {rooms} WHERE name = %s RETURNING {q('seq')}",
+        f"FROM {rooms} WHERE name = %s AND changes() = 1 RETURNING {q('seq')}",
     )
 
 
@@ -169,7 +220,8 @@ def post_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     ``transaction.atomic()`` the message is published only if the block commits.
     """
     stored = store_message(room, text, **kwargs)
-    fanout.publish_on_commit(room, layer_message(stored), using=router.db_for_write(Message))
+    if not stored.duplicate:
+        fanout.publish_on_commit(room, layer_message(stored), using=router.db_for_write(Message))
     return stored
 
 
@@ -205,7 +257,8 @@ _astore_message = sync_to_async(
 async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     """Store a message, then publish it (async twin of :func:`post_message`)."""
     stored = await _astore_message(room, text, **kwargs)
-    await fanout.publish_stored(room, layer_message(stored))
+    if not stored.duplicate:
+        await fanout.publish_stored(room, layer_message(stored))
     return stored
 
 

@@ -76,6 +76,30 @@ async def test_reconnect_to_the_other_process_with_since(cluster, clients):
     assert [f["seq"] for f in await back.messages(1)] == [11]
 
 
+async def test_a_message_resent_to_the_other_process_is_stored_once(cluster, clients):
+    """On PostgreSQL: a client that sent on one process and resends the same client_id on
+    another (its ack never came) gets the first seq back; the room has one copy, no gap."""
+    a, b = cluster(2)
+    room = unique("resend")
+    watcher = await clients(a.ws_url(room))
+    await watcher.recv_type("joined")
+    for server in (a, b):
+        sender = await clients(server.ws_url(room))
+        await sender.recv_type("joined")
+        await sender.send({"type": "message", "message": "only once", "client_id": "resend-1"})
+        while (frame := await sender.recv())["type"] != "ack":
+            pass
+        assert frame["seq"] == 1
+        await sender.ws.close()
+    sender = await clients(b.ws_url(room))
+    await sender.recv_type("joined")
+    await sender.send({"message": "after"})
+    assert [(f["seq"], f["message"]) for f in await watcher.messages(2)] == [
+        (1, "only once"),
+        (2, "after"),
+    ]
+
+
 async def test_roomcast_push_reaches_members_of_both_processes(cluster, clients):
     """`roomcast push` (through Redis, and over HTTP) reaches members on both processes."""
     a, b = cluster(2)
