@@ -167,6 +167,15 @@ class Processes:
         argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
         return self.start(name, argv, port=port, env=env, nofile=nofile)
 
+    def bare_uvicorn(self, name: str, *, nofile: int | None = None) -> Proc:
+        """``bare_asgi.py`` on uvicorn with the options ``roomcast serve`` uses: the floor."""
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--port", str(port)]
+        argv += ["--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio"]
+        argv += ["--ws-per-message-deflate", "false", "--log-level", "warning"]
+        env = {"PYTHONPATH": str(REPO / "benchmarks")}
+        return self.start(name, argv, port=port, env=env, nofile=nofile)
+
     def seed(self, name: str, redis: Proc, *, nofile: int | None = None) -> Proc:
         """The seed tutorial's project (``benchmarks/seed_project``) on daphne, its channel
         layer on ``redis``; its SQLite database (sessions, users) migrated first."""

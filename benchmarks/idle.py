@@ -1,7 +1,8 @@
 """Idle-connection benchmark: server memory per open connection, and connections per second.
 
 For each of ``--targets`` (``roomcast``: one ``roomcast serve`` on the embedded default;
-``seed``: the seed tutorial's consumer on daphne and channels_redis), one server process
+``seed``: the seed tutorial's consumer on daphne and channels_redis; ``uvicorn``: the
+floor, ``bare_asgi.py`` on uvicorn with roomcast's options), one server process
 with its open-file limit raised (``setrlimit`` in the child before exec), then
 ``--connections`` WebSockets opened by ``--client-procs`` client processes at once
 (``_clients.py``, 50 at a time each), spread over ``--rooms`` rooms, and left idle.
@@ -34,7 +35,7 @@ from pathlib import Path
 import _harness as h
 from _clients import MemberPool, default_procs, loop_factory, open_ws
 
-TARGETS = ("roomcast", "seed")
+TARGETS = ("roomcast", "seed", "uvicorn")
 
 
 @dataclass
@@ -59,7 +60,7 @@ class IdleResult:
 async def _measure(
     target: str, round_: int, server: h.Proc, args: argparse.Namespace
 ) -> IdleResult:
-    dialect = "v1" if target == "roomcast" else "seed"
+    dialect = "seed" if target == "seed" else "v1"
     run = uuid.uuid4().hex[:8]
     ws, _ = await open_ws(f"ws://127.0.0.1:{server.port}/ws/chat/idle-{run}-w/", dialect)
     await ws.close()  # the warm-up connection
@@ -111,6 +112,8 @@ async def _main(args: argparse.Namespace, procs: h.Processes, results: list[Idle
                 print(f"idle/{target}, round {round_}: {args.connections}", file=sys.stderr)
                 if target == "seed" and redis is not None:
                     server = procs.seed("seed", redis, nofile=nofile)
+                elif target == "uvicorn":
+                    server = procs.bare_uvicorn("uvicorn", nofile=nofile)
                 else:
                     data_dir = procs.workdir / f"idle-{round_}"
                     server = procs.roomcast("roomcast", data_dir, {}, nofile=nofile)
@@ -160,6 +163,18 @@ def report(results: list[IdleResult], facts: dict[str, str], command: str) -> st
             rate = r.connections_per_sec / other.connections_per_sec if other.opened else 0
             mem = r.kb_per_connection / other.kb_per_connection if other.kb_per_connection else 0
             out.append(f"| {r.round} | {rate:.2f}x | {mem:.2f}x |")
+    floors = [
+        (r, o)
+        for r in results
+        for o in results
+        if r.target == "roomcast" and o.target == "uvicorn" and o.round == r.round
+    ]
+    if floors:
+        out += ["", "## roomcast above the server's floor (a bare ASGI app, same uvicorn)", ""]
+        out += ["| round | KB per connection: roomcast - floor | floor KB |", "| --- | --- | --- |"]
+        for r, o in floors:
+            extra = r.kb_per_connection - o.kb_per_connection
+            out.append(f"| {r.round} | {extra:+.1f} | {o.kb_per_connection:.1f} |")
     return "\n".join(out) + "\n"
 
 
@@ -170,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0]
         + " Starts its own servers on 127.0.0.1 and stops them; prints Markdown results.",
     )
-    parser.add_argument("--targets", default="roomcast,seed", help="roomcast, seed")
+    parser.add_argument(
+        "--targets",
+        default="roomcast,seed,uvicorn",
+        help="roomcast, seed, uvicorn (bare_asgi.py: the server's own floor)",
+    )
     parser.add_argument(
         "--connections", type=int, default=10_000, help="idle connections (default 10000)"
     )
