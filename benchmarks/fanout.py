@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
-from _clients import SUBPROTOCOL, MemberPool, MemberRecord, default_procs, loop_factory, open_ws
+from _clients import (
+    CLIENTS,
+    SUBPROTOCOL,
+    MemberPool,
+    MemberRecord,
+    default_procs,
+    loop_factory,
+    open_ws,
+)
 from _report import PhaseResult, percentiles, report
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -229,7 +237,7 @@ async def run_target(
         for _ in range(count)
     ]
     members = len(urls)
-    pool = MemberPool(urls, dialect, args.client_procs)
+    pool = MemberPool(urls, dialect, args.client_procs, args.client)
     pool.start()
     results = []
     publisher: Publisher | None = None
@@ -441,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", default="pubsub,core", help="redis scenario's layers: pubsub, core"
     )
     parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="picows",
+        help="members' WebSocket library (default picows; websockets costs ~4x per frame)",
+    )
+    parser.add_argument(
         "--client-procs",
         type=int,
         default=default_procs(),
@@ -513,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([".venv/bin/python benchmarks/fanout.py", *sys.argv[1:]])
     facts = h.machine_facts(args.postgres if "redis" in args.scenarios else None)
     facts["client event loop"] = loop_factory().__module__.split(".")[0]
+    facts["member client"] = args.client
     facts["client processes"] = f"{args.client_procs} (members), plus this one (publisher)"
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-bench-"))
     procs = h.Processes(workdir)

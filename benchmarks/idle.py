@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _harness as h
-from _clients import MemberPool, default_procs, loop_factory, open_ws
+from _clients import CLIENTS, MemberPool, default_procs, loop_factory, open_ws
 
 TARGETS = ("roomcast", "seed", "uvicorn")
 
@@ -68,7 +68,7 @@ async def _measure(
         ("A", f"ws://127.0.0.1:{server.port}/ws/chat/idle-{run}-{i % args.rooms}/")
         for i in range(args.connections)
     ]
-    pool = MemberPool(urls, dialect, args.client_procs)
+    pool = MemberPool(urls, dialect, args.client_procs, args.client)
     pool.start()
     try:
         await pool.ready()
@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rooms", type=int, default=100, help="rooms they join (default 100)")
     parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="picows",
+        help="members' WebSocket library (default picows; websockets costs ~4x per frame)",
+    )
+    parser.add_argument(
         "--client-procs",
         type=int,
         default=default_procs(),
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     h.raise_fd_limit(1024 + 64)
     command = " ".join([".venv/bin/python benchmarks/idle.py", *sys.argv[1:]])
     facts = h.machine_facts(None)
+    facts["member client"] = args.client
     facts["client processes"] = str(args.client_procs)
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-idle-"))
     procs = h.Processes(workdir)
