@@ -22,7 +22,7 @@ from typing import Any
 
 from . import services
 from .conf import roomcast_settings
-from .exceptions import PermissionDeniedError
+from .exceptions import RefusedError
 from .hub import Member
 from .protocol import PROTOCOL_V1, CloseCode, ProtocolError, codec
 from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
@@ -124,14 +124,19 @@ class RoomConsumer:
             else:
                 self._error(member, exc.code, exc.detail)
             return
+        client_id = frame.get("client_id")
+        client_id = client_id if isinstance(client_id, str) else None
         try:
             await self._handlers[frame["type"]](self, member, frame)
-        except PermissionDeniedError as exc:
-            self._error(member, exc.code, exc.detail)
+        except RefusedError as exc:
+            self._error(member, exc.code, exc.detail, client_id)
         except Exception:
             logger.exception("Handling a %r frame in room %r failed", frame["type"], self.room)
             self._error(
-                member, "internal_error", "The server could not handle this frame; try again."
+                member,
+                "internal_error",
+                "The server could not handle this frame; try again.",
+                client_id,
             )
 
     async def _on_message(self, member: Member, frame: SendMessageFrame) -> None:
@@ -159,6 +164,6 @@ class RoomConsumer:
     }
 
     @staticmethod
-    def _error(member: Member, code: str, detail: str) -> None:
-        event = codec.error_event(code=code, detail=detail, seed=not member.v1)
+    def _error(member: Member, code: str, detail: str, client_id: str | None = None) -> None:
+        event = codec.error_event(code=code, detail=detail, seed=not member.v1, client_id=client_id)
         member.send_frame(codec.encode(event))

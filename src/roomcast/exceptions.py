@@ -42,7 +42,9 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "PushError",
+    "RefusedError",
     "RoomcastError",
+    "StoreBusyError",
     "SynchronousCallError",
     "UnknownTypeError",
     "UnsupportedDataError",
@@ -61,11 +63,23 @@ class SynchronousCallError(RoomcastError, RuntimeError):
     """A synchronous roomcast function was called from a thread running an event loop."""
 
 
-class PermissionDeniedError(RoomcastError):
-    """The user may not do this in this room; sent to the client as an error event."""
+class RefusedError(RoomcastError):
+    """A client's request was refused; sent to the client as an error event with ``code``."""
 
-    code = "forbidden"
+    code = "refused"
 
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
+
+
+class PermissionDeniedError(RefusedError):
+    """The user may not do this in this room."""
+
+    code = "forbidden"
+
+
+class StoreBusyError(RefusedError):
+    """Too many messages are waiting to be stored (``stream.QUEUE_LIMIT``); send again."""
+
+    code = "busy"

@@ -22,7 +22,7 @@ from . import fanout, services
 from .conf import roomcast_settings
 from .models import Message
 from .protocol import CloseCode, codec
-from .services import StoredMessage
+from .stream import StoredMessage
 
 __all__ = ["adisconnect", "asend_to_room", "disconnect", "send_to_room"]
 

@@ -100,6 +100,46 @@ async def test_a_message_resent_to_the_other_process_is_stored_once(cluster, cli
     ]
 
 
+async def test_concurrent_posters_share_rooms_on_postgres(cluster, clients):
+    """30 posters on two processes send back to back into 3 new rooms, each also
+    resending one of its messages: batches pipelined on PostgreSQL store each message
+    once, every room's seqs are dense, each poster's messages keep their order, and a
+    watcher on each room sees the stream in seq order."""
+    a, b = cluster(2)
+    rooms = [unique(f"batch {i}") for i in range(3)]
+    watchers = [await clients(a.ws_url(room)) for room in rooms]
+    for watcher in watchers:
+        await watcher.recv_type("joined")
+    posters = [await clients((a, b)[n % 2].ws_url(rooms[n % 3])) for n in range(30)]
+    for poster in posters:
+        await poster.recv_type("joined")
+
+    async def post(n: int, poster) -> list[tuple[str, int]]:
+        for i in range(10):
+            frame = {"type": "message", "message": f"p{n} m{i}", "client_id": f"p{n}-{i}"}
+            await poster.send(frame)
+        await poster.send({"type": "message", "message": "again", "client_id": f"p{n}-4"})
+        acks: list[tuple[str, int]] = []
+        while len(acks) < 11:
+            frame = await poster.recv(timeout=30)
+            assert frame["type"] in ("message", "ack"), frame
+            if frame["type"] == "ack":
+                acks.append((frame["client_id"], frame["seq"]))
+        return acks
+
+    acked = await asyncio.gather(*(post(n, p) for n, p in enumerate(posters)))
+    for acks in acked:
+        assert [cid for cid, _ in acks[:10]] == [f"{acks[0][0][:-2]}-{i}" for i in range(10)]
+        seqs = [seq for _, seq in acks[:10]]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 10
+        assert acks[10] == acks[4]  # the resend gets the stored message's seq back
+    for r, watcher in enumerate(watchers):
+        frames = await watcher.messages(100, timeout=30)
+        assert [f["seq"] for f in frames] == list(range(1, 101))
+        by_seq = {seq: cid for n, acks in enumerate(acked) if n % 3 == r for cid, seq in acks}
+        assert {f["seq"]: f["client_id"] for f in frames} == by_seq
+
+
 async def test_roomcast_push_reaches_members_of_both_processes(cluster, clients):
     """`roomcast push` (through Redis, and over HTTP) reaches members on both processes."""
     a, b = cluster(2)

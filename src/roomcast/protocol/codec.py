@@ -220,13 +220,20 @@ def ack_event(*, client_id: str | None, seq: int) -> AckEvent:
     return AckEvent(type="ack", client_id=client_id, seq=seq)
 
 
-def error_event(*, code: str, detail: str, seed: bool = False) -> ErrorEvent:
+def error_event(
+    *, code: str, detail: str, seed: bool = False, client_id: str | None = None
+) -> ErrorEvent:
     """A refused frame; the connection stays open.
+
+    ``client_id``: that of the refused message frame, so the client knows which to send
+    again.
 
     ``seed``: the client speaks the seed's dialect, which shows ``data["message"]`` of
     every frame; the detail goes there too, so its user reads the error, not "undefined".
     """
     event = ErrorEvent(type="error", code=code, detail=detail)
+    if client_id:
+        event["client_id"] = client_id
     if seed:
         event["message"] = detail
     return event

@@ -77,6 +77,7 @@ class ErrorEvent(TypedDict):
     type: Literal["error"]
     code: str
     detail: str
+    client_id: NotRequired[str]  # the refused message's, when it had one
     message: NotRequired[str]  # the detail again, for seed-dialect clients
 
 

@@ -1,0 +1,107 @@
+"""The stored stream's batches and writer threads, on the test database (SQLite).
+
+PostgreSQL's batch path (one pipelined ``executemany``) runs in
+``e2e/test_multiprocess.py::test_concurrent_posters_share_rooms_on_postgres``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.db import IntegrityError
+
+from roomcast import stream
+from roomcast.exceptions import StoreBusyError
+from roomcast.models import Message
+from roomcast.routing import websocket_application
+from roomcast.testing import RoomCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(room: str, text: str, *, client_id: str = "", user_id: int | None = None):
+    p = stream._post(room, text, None, Message.Kind.CHAT, client_id)
+    p.user_id = user_id
+    return p
+
+
+def stored_texts(room: str) -> list[tuple[int, str]]:
+    return list(Message.objects.filter(room__name=room).order_by("seq").values_list("seq", "text"))
+
+
+def test_a_batch_keeps_each_rooms_order_with_new_rooms_and_a_resend():
+    """New rooms (no row for the batch statement) and a resent client_id are stored
+    alone after the batch; every room's seqs stay dense and in the order given."""
+    first = stream.store_batch([post("zeta", "z0"), post("alpha", "a0", client_id="c1")])
+    assert [(r.room, r.seq) for r in first] == [("zeta", 1), ("alpha", 1)]  # type: ignore[union-attr]
+    posts = [
+        post("zeta", "z1"),
+        post("beta", "b1"),  # a new room, between two of an old one
+        post("alpha", "a1"),
+        post("alpha", "a0 again", client_id="c1"),  # resent: the stored one comes back
+        post("beta", "b2"),
+        post("zeta", "z2"),
+    ]
+    results = stream.store_batch(posts)
+    assert [(r.room, r.seq, r.duplicate) for r in results] == [  # type: ignore[union-attr]
+        ("zeta", 2, False),
+        ("beta", 1, False),
+        ("alpha", 2, False),
+        ("alpha", 1, True),
+        ("beta", 2, False),
+        ("zeta", 3, False),
+    ]
+    assert stored_texts("zeta") == [(1, "z0"), (2, "z1"), (3, "z2")]
+    assert stored_texts("beta") == [(1, "b1"), (2, "b2")]
+    assert stored_texts("alpha") == [(1, "a0"), (2, "a1")]
+    assert '"message":"a0"' in results[3].frame  # type: ignore[union-attr]
+
+
+def test_a_failing_post_fails_alone():
+    """A post the database refuses (here a user that does not exist, caught at commit)
+    fails the batch's transaction; every post is then stored alone and only it fails."""
+    stream.store_batch([post("fk", "seed")])
+    results = stream.store_batch(
+        [post("fk", "one"), post("fk", "bad", user_id=987654), post("fk", "two")]
+    )
+    assert isinstance(results[1], IntegrityError)
+    assert [r.seq for r in (results[0], results[2])] == [2, 3]  # type: ignore[union-attr]
+    assert stored_texts("fk") == [(1, "seed"), (2, "one"), (3, "two")]
+
+
+async def test_the_writer_stores_concurrent_posts_in_batches():
+    """200 posts at once from async code: stored in fewer batches than posts, every
+    room's seqs dense, each poster's messages in the order it sent them."""
+    writer = stream.StreamWriter()
+    rooms = [f"busy {i}" for i in range(5)]
+
+    async def poster(n: int) -> list[int]:
+        return [(await writer.store(rooms[n % 5], f"p{n} m{i}")).seq for i in range(4)]
+
+    seqs = await asyncio.gather(*(poster(n) for n in range(50)))
+    assert all(s == sorted(s) for s in seqs)
+    for room in rooms:
+        got = await asyncio.to_thread(stored_texts, room)
+        assert [seq for seq, _ in got] == list(range(1, 41))
+    assert writer.posts == 200
+    assert writer.batches < 200
+
+
+async def test_a_full_queue_refuses_the_post_with_busy(monkeypatch):
+    """Over QUEUE_LIMIT waiting posts, a post is refused at once: the socket's client gets
+    a ``busy`` error for it and stays connected; nothing is stored."""
+    monkeypatch.setattr(stream, "QUEUE_LIMIT", 0)
+    with pytest.raises(StoreBusyError):
+        await stream.writer.store("full", "refused")
+    client = RoomCommunicator(websocket_application(), "full")
+    await client.join()
+    await client.say("refused", client_id="x1")
+    error = await client.receive_event("error")
+    assert (error["code"], error.get("client_id")) == ("busy", "x1")
+    monkeypatch.setattr(stream, "QUEUE_LIMIT", 10)
+    await client.say("sent again", client_id="x1")
+    frames = {f["type"]: f for f in [await client.receive_event() for _ in range(2)]}
+    assert frames["ack"] == {"type": "ack", "client_id": "x1", "seq": 1}
+    assert (frames["message"]["seq"], frames["message"]["message"]) == (1, "sent again")
+    await client.disconnect()
