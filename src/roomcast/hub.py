@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
+from . import direct
 from .protocol import CloseCode
 from .protocol.codec import encode, message_event
 
@@ -103,6 +104,7 @@ class Member:
     __slots__ = (
         "__weakref__",
         "_buffer",
+        "_direct",
         "_held",
         "_loop",
         "_send",
@@ -119,6 +121,9 @@ class Member:
         self, send: Send, *, room: str, max_frames: int, v1: bool, user_id: int | None = None
     ) -> None:
         self._send = send
+        # uvicorn's websockets-sansio protocol when frames can be written to it directly
+        # (serialised once per message for the whole room, see direct.py), else None.
+        self._direct = direct.protocol_of(send)
         self.room = room
         self.max_frames = max_frames
         self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
@@ -191,8 +196,11 @@ class Member:
         """Write the buffer now, as far as the server's send allows without waiting."""
         if self._writer is not None or self.closed:
             return  # a writer task is draining, or the socket is gone
-        buffer, send = self._buffer, self._send
+        buffer, send, protocol = self._buffer, self._send, self._direct
         while buffer:
+            if protocol is not None and direct.try_write(protocol, buffer[0]):
+                del buffer[0]
+                continue
             coro = send({"type": "websocket.send", "text": buffer.pop(0)})
             try:
                 awaiting = coro.send(None)

@@ -1,0 +1,71 @@
+"""Writing a frame serialised once straight to the sockets of uvicorn's websockets-sansio.
+
+Layer: delivery (used by ``hub.Member``). A server frame is not masked (RFC 6455 5.1), so
+a message's WebSocket frame is the same bytes for every member of a room. Going through
+ASGI, each member's send builds a dict and a coroutine, encodes the text to UTF-8 and has
+``websockets`` build and serialise a frame: about two thirds of the server's CPU per
+delivery (py-spy, 1,000 members flat out). ``websockets``' own ``broadcast()`` serialises
+once and writes the bytes to every connection's transport; this does the same for
+sockets served by uvicorn's ``WebSocketsSansIOProtocol`` (``roomcast serve``'s).
+
+A direct write happens only where the ASGI send would write at once: the handshake is
+done, the connection is OPEN (no close sent or received), the transport is writable
+(uvicorn's own flow-control flag) and no extension (permessage-deflate) was negotiated.
+Anywhere else, or under another server or a wrapped ``send``, the member goes through the
+ASGI send as before. The frame bytes go whole and in order into the same transport
+uvicorn writes pings and closes to, so frames never interleave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:  # uvicorn and websockets come with roomcast[server]; without them, no direct path
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+except ImportError:  # pragma: no cover
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+
+__all__ = ["protocol_of", "try_write"]
+
+
+def protocol_of(send: Any) -> Any:
+    """The uvicorn protocol behind an ASGI ``send``, if frames can be written to it
+    directly; else None."""
+    protocol = getattr(send, "__self__", None)
+    if (
+        WebSocketsSansIOProtocol is None
+        or type(protocol) is not WebSocketsSansIOProtocol  # a subclass may change send()
+        or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send
+        or protocol.conn.extensions  # permessage-deflate: each socket compresses its own
+    ):
+        return None
+    return protocol
+
+
+#: Frames written directly (a test reads it to see that the direct path is taken).
+written = 0
+
+# The last frame serialised: the hub hands the same str to every member of a room, so
+# one message is encoded once however many members it reaches.
+_last_text: str = ""
+_last_frame: bytes = b"\x81\x00"
+
+
+def try_write(protocol: Any, text: str) -> bool:
+    """Write ``text`` as one text frame if the socket takes it now; False if the caller
+    must use the ASGI send instead (and learn from it why, e.g. the socket is gone)."""
+    global _last_text, _last_frame, written
+    if (
+        protocol.disconnected
+        or not protocol.writable.is_set()
+        or protocol.conn.state is not State.OPEN
+    ):
+        return False
+    if text is not _last_text:
+        _last_frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        _last_text = text
+    protocol.transport.write(_last_frame)
+    written += 1
+    return True
