@@ -167,12 +167,11 @@ class Processes:
         argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
         return self.start(name, argv, port=port, env=env, nofile=nofile)
 
-    def bare_uvicorn(self, name: str, *, nofile: int | None = None) -> Proc:
-        """``bare_asgi.py`` on uvicorn with the options ``roomcast serve`` uses: the floor."""
+    def bare_uvicorn(self, name: str, ws: str = "lean", *, nofile: int | None = None) -> Proc:
+        """``bare_asgi.py`` on uvicorn with the options ``roomcast serve`` uses: the floor.
+        ``ws``: ``lean`` (roomcast serve's protocol class) or ``websockets-sansio``."""
         port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--port", str(port)]
-        argv += ["--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio"]
-        argv += ["--ws-per-message-deflate", "false", "--log-level", "warning"]
+        argv = [sys.executable, str(REPO / "benchmarks" / "bare_asgi.py"), str(port), ws]
         env = {"PYTHONPATH": str(REPO / "benchmarks")}
         return self.start(name, argv, port=port, env=env, nofile=nofile)
 

@@ -1,13 +1,15 @@
 """The floor for scenario (c): an ASGI app that does nothing but hold a WebSocket.
 
-Served by ``idle.py`` on uvicorn with exactly the options ``roomcast serve`` uses, it
-answers like a roomcast.v1 room (accept with the subprotocol, one ``joined`` frame) and
-then only waits. Its memory per idle socket is uvicorn's own; roomcast's share is the
-difference.
+Served by ``idle.py`` on uvicorn with exactly the options ``roomcast serve`` uses
+(``python bare_asgi.py PORT WS``; WS ``lean`` is roomcast serve's protocol class,
+``websockets-sansio`` uvicorn's own), it answers like a roomcast.v1 room (accept with the
+subprotocol, one ``joined`` frame) and then only waits. Its memory per idle socket is the
+server's own; roomcast's share is the difference.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -28,3 +30,21 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "websocket.send", "text": '{"type":"joined","room":"idle","seq":0}'})
     while (await receive())["type"] != "websocket.disconnect":
         pass
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    from roomcast.server.lean_ws import protocol_class
+
+    port, ws = int(sys.argv[1]), sys.argv[2]
+    uvicorn.run(
+        "bare_asgi:app",
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws=protocol_class() if ws == "lean" else ws,
+        ws_per_message_deflate=False,
+        log_level="warning",
+    )

@@ -2,7 +2,8 @@
 
 For each of ``--targets`` (``roomcast``: one ``roomcast serve`` on the embedded default;
 ``seed``: the seed tutorial's consumer on daphne and channels_redis; ``uvicorn``: the
-floor, ``bare_asgi.py`` on uvicorn with roomcast's options), one server process
+floor, ``bare_asgi.py`` on uvicorn with roomcast's options; ``uvicorn-stock``: the same on
+uvicorn's own websockets-sansio class), one server process
 with its open-file limit raised (``setrlimit`` in the child before exec), then
 ``--connections`` WebSockets opened by ``--client-procs`` client processes at once
 (``_clients.py``, 50 at a time each), spread over ``--rooms`` rooms, and left idle.
@@ -35,7 +36,7 @@ from pathlib import Path
 import _harness as h
 from _clients import CLIENTS, MemberPool, default_procs, loop_factory, open_ws
 
-TARGETS = ("roomcast", "seed", "uvicorn")
+TARGETS = ("roomcast", "seed", "uvicorn", "uvicorn-stock")
 
 
 @dataclass
@@ -113,7 +114,9 @@ async def _main(args: argparse.Namespace, procs: h.Processes, results: list[Idle
                 if target == "seed" and redis is not None:
                     server = procs.seed("seed", redis, nofile=nofile)
                 elif target == "uvicorn":
-                    server = procs.bare_uvicorn("uvicorn", nofile=nofile)
+                    server = procs.bare_uvicorn("uvicorn", "lean", nofile=nofile)
+                elif target == "uvicorn-stock":
+                    server = procs.bare_uvicorn("uvicorn-stock", "websockets-sansio", nofile=nofile)
                 else:
                     data_dir = procs.workdir / f"idle-{round_}"
                     server = procs.roomcast("roomcast", data_dir, {}, nofile=nofile)
@@ -171,10 +174,18 @@ def report(results: list[IdleResult], facts: dict[str, str], command: str) -> st
     ]
     if floors:
         out += ["", "## roomcast above the server's floor (a bare ASGI app, same uvicorn)", ""]
-        out += ["| round | KB per connection: roomcast - floor | floor KB |", "| --- | --- | --- |"]
+        out += [
+            "| round | KB per connection: roomcast - floor | floor KB "
+            "| uvicorn's own protocol class KB |",
+            "| --- | --- | --- | --- |",
+        ]
         for r, o in floors:
             extra = r.kb_per_connection - o.kb_per_connection
-            out.append(f"| {r.round} | {extra:+.1f} | {o.kb_per_connection:.1f} |")
+            stock = next(
+                (x for x in results if x.target == "uvicorn-stock" and x.round == r.round), None
+            )
+            stock_kb = f"{stock.kb_per_connection:.1f}" if stock else "-"
+            out.append(f"| {r.round} | {extra:+.1f} | {o.kb_per_connection:.1f} | {stock_kb} |")
     return "\n".join(out) + "\n"
 
 
@@ -187,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--targets",
-        default="roomcast,seed,uvicorn",
-        help="roomcast, seed, uvicorn (bare_asgi.py: the server's own floor)",
+        default="roomcast,seed,uvicorn,uvicorn-stock",
+        help="roomcast, seed, uvicorn (bare_asgi.py on roomcast serve's protocol class: the "
+        "server's own floor), uvicorn-stock (the same on uvicorn's websockets-sansio)",
     )
     parser.add_argument(
         "--connections", type=int, default=10_000, help="idle connections (default 10000)"

@@ -56,7 +56,7 @@ STEPS = (
     ),
     Step(
         "c",
-        "(c) 10,000 idle connections, one process: roomcast vs seed vs bare uvicorn",
+        "(c) 10,000 idle connections, one process: roomcast vs seed vs bare uvicorn (lean, stock)",
         "idle.py --connections 10000 --rooms 100".split(),
         200,
     ),
@@ -157,12 +157,15 @@ def _targets_b(data: dict[str, Any]) -> list[Row]:
 def _targets_c(data: dict[str, Any]) -> list[Row]:
     by = {r["target"]: r for r in data.get("results", [])}
     rc, seed, floor = by.get("roomcast"), by.get("seed"), by.get("uvicorn")
+    stock = by.get("uvicorn-stock")
     rows = []
     if rc:
         kb = rc["kb_per_connection"]
         versus = [f"seed {seed['kb_per_connection']:.1f} KB"] if seed else []
         if floor:  # the server's own cost: a bare ASGI app on the same uvicorn
             versus.append(f"bare uvicorn {floor['kb_per_connection']:.1f} KB")
+        if stock:  # the same on uvicorn's own protocol class
+            versus.append(f"bare stock uvicorn {stock['kb_per_connection']:.1f} KB")
         rows.append(
             (
                 "(c) memory per idle connection",

@@ -1,8 +1,9 @@
-"""Frames written straight to uvicorn's websockets-sansio transport (``roomcast.direct``).
+"""``roomcast serve``'s socket layer: uvicorn's websockets-sansio protocol as
+``server.lean_ws`` slims it, and frames written straight to its transport (``direct``).
 
-A real uvicorn server in this process serves the room sockets (as ``roomcast serve``
-does), with real ``websockets`` clients, so both the direct path and the ASGI path it
-falls back to under flow control are the real ones.
+A real uvicorn server in this process serves the room sockets with roomcast serve's
+protocol class, to real ``websockets`` clients, so both the direct path and the ASGI
+path it falls back to under flow control are the real ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import websockets
 
 from roomcast import direct, services
 from roomcast.routing import websocket_application
+from roomcast.server import lean_ws
 
 from .conftest import free_port
 
@@ -31,7 +33,7 @@ async def server():
         websocket_application(),
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=lean_ws.protocol_class(),
         ws_per_message_deflate=False,
         lifespan="off",
         log_level="warning",
@@ -40,7 +42,8 @@ async def server():
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
         await asyncio.sleep(0.01)
-    yield f"ws://127.0.0.1:{port}/ws/chat/"
+    server.url = f"ws://127.0.0.1:{port}/ws/chat/"  # type: ignore[attr-defined]
+    yield server
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
@@ -66,7 +69,7 @@ async def messages(ws, count: int) -> list[dict]:
 async def test_a_room_gets_frames_written_directly(server):
     """Three members, twenty messages: every frame arrives whole and in order, and the
     message frames went the direct way (one serialisation per message)."""
-    members = [await connect(server + "direct/") for _ in range(3)]
+    members = [await connect(server.url + "direct/") for _ in range(3)]
     before = direct.written
     for i in range(20):
         await services.apost_message("direct", f"m{i} 你好")
@@ -84,8 +87,8 @@ async def test_a_member_that_stops_reading_falls_back_and_loses_nothing(server):
     """A member that does not read fills its socket: uvicorn pauses writing, frames go
     through the ASGI send and the member's buffer, then direct again; the member
     still gets every message in order, and a reading member is not held up."""
-    slow = await connect(server + "flow/")
-    fast = await connect(server + "flow/")
+    slow = await connect(server.url + "flow/")
+    fast = await connect(server.url + "flow/")
     # A small receive buffer, and no reading: the kernel's buffers fill, then uvicorn's.
     slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     slow.transport.pause_reading()
@@ -109,3 +112,60 @@ def test_only_uvicorns_websockets_sansio_send_qualifies():
 
     assert direct.protocol_of(send) is None
     assert direct.protocol_of(lambda message: None) is None
+
+
+async def test_sockets_are_served_by_the_lean_protocol(server):
+    """roomcast serve's class is in use, holds no handshake leftovers once open, and its
+    queue and event are the lazy ones; a socket closed by the client leaves nothing."""
+    ws = await connect(server.url + "lean/")
+    (protocol,) = server.server_state.connections
+    assert type(protocol) is lean_ws.LeanWebSocketsSansIOProtocol
+    assert protocol.request is None and protocol.response is None
+    assert isinstance(protocol.queue, lean_ws._Queue)
+    assert isinstance(protocol.writable, lean_ws._Event)
+    assert direct.protocol_of(protocol.send) is protocol
+    await ws.close()
+    for _ in range(100):
+        if not server.server_state.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert not server.server_state.connections
+
+
+async def test_lean_queue_hands_an_item_on_when_its_woken_getter_is_cancelled():
+    """As asyncio.Queue: a getter woken for an item but cancelled before it ran passes
+    the item to the next getter; items come out in order; get_nowait on empty raises."""
+    queue = lean_ws._Queue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("a")  # wakes first
+    first.cancel()
+    assert await asyncio.wait_for(second, 1) == "a"
+    assert first.cancelled()
+    for item in "bcd":
+        queue.put_nowait(item)
+    assert queue.qsize() == 3 and not queue.empty()
+    assert [await queue.get() for _ in range(3)] == ["b", "c", "d"]
+    assert queue.empty() and queue._items is None and queue._getters is None
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+
+
+async def test_lean_event_wakes_every_waiter_and_forgets_them():
+    event = lean_ws._Event()
+    waiters = [asyncio.create_task(event.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not event.is_set() and len(event._waiters or ()) == 3
+    event.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert event._waiters is None
+    event.clear()
+    cancelled = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert event._waiters is None
+    event.set()
+    assert await asyncio.wait_for(event.wait(), 1) is True

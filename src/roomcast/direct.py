@@ -6,7 +6,8 @@ ASGI, each member's send builds a dict and a coroutine, encodes the text to UTF-
 ``websockets`` build and serialise a frame: about two thirds of the server's CPU per
 delivery (py-spy, 1,000 members flat out). ``websockets``' own ``broadcast()`` serialises
 once and writes the bytes to every connection's transport; this does the same for
-sockets served by uvicorn's ``WebSocketsSansIOProtocol`` (``roomcast serve``'s).
+sockets served by uvicorn's ``WebSocketsSansIOProtocol`` or a subclass that keeps its
+``send`` (``roomcast serve``'s, ``server.lean_ws``).
 
 A direct write happens only where the ASGI send would write at once: the handshake is
 done, the connection is OPEN (no close sent or received), the transport is writable
@@ -36,7 +37,8 @@ def protocol_of(send: Any) -> Any:
     protocol = getattr(send, "__self__", None)
     if (
         WebSocketsSansIOProtocol is None
-        or type(protocol) is not WebSocketsSansIOProtocol  # a subclass may change send()
+        or not isinstance(protocol, WebSocketsSansIOProtocol)
+        # the stock send() (a subclass that changes it may do more than write a frame)
         or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send
         or protocol.conn.extensions  # permessage-deflate: each socket compresses its own
     ):
