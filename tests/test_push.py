@@ -119,11 +119,16 @@ def test_push_without_a_server_loop_uses_one_push_thread():
 
 
 def test_push_rejects_bad_input():
-    """A bad room name or empty text raises before anything is stored."""
+    """A bad room name, empty text, or text no client frame may carry (a lone surrogate,
+    NUL) raises before anything is stored."""
     with pytest.raises(InvalidRoomNameError):
         push.send_to_room("a/b", "x")
     with pytest.raises(ValueError, match="non-empty"):
         push.send_to_room("lobby", "  ")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        push.send_to_room("lobby", "bad \ud800")
+    with pytest.raises(ValueError, match="NUL"):
+        push.send_to_room("lobby", "bad \x00")
     assert Message.objects.count() == 0
 
 

@@ -70,6 +70,16 @@ def test_a_failing_post_fails_alone():
     assert stored_texts("fk") == [(1, "seed"), (2, "one"), (3, "two")]
 
 
+def test_a_post_that_fails_outside_the_database_fails_alone():
+    """Not only database errors: text that cannot be encoded (a lone surrogate, which
+    the protocol and the push API refuse before it gets here) fails only its post."""
+    results = stream.store_batch(
+        [post("enc", "one"), post("enc", "bad \ud800"), post("enc", "two")]
+    )
+    assert isinstance(results[1], UnicodeEncodeError)
+    assert stored_texts("enc") == [(1, "one"), (2, "two")]
+
+
 async def test_the_writer_stores_concurrent_posts_in_batches():
     """200 posts at once from async code: stored in fewer batches than posts, every
     room's seqs dense, each poster's messages in the order it sent them."""

@@ -22,6 +22,7 @@ from . import fanout, services
 from .conf import roomcast_settings
 from .models import Message
 from .protocol import CloseCode, codec
+from .protocol.errors import ProtocolError
 from .stream import StoredMessage
 
 __all__ = ["adisconnect", "asend_to_room", "disconnect", "send_to_room"]
@@ -34,6 +35,10 @@ def _room(room: str) -> str:
 def _text(text: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("A pushed message needs non-empty text.")
+    try:
+        codec.check_text(text, "text")  # what a client's frame is held to
+    except ProtocolError as exc:
+        raise ValueError(exc.detail) from None
     return text
 
 

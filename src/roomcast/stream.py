@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Sequence
@@ -34,7 +35,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import (
-    DatabaseError,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -200,8 +200,13 @@ def store_batch(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
     share rooms take the rooms' row locks in the same order and cannot deadlock. A post
     the batch statement stores nothing for (its room's first message, or a duplicate
     ``client_id``) is stored alone after the batch commits, by :func:`_store_one`,
-    which handles both. If the batch fails as a whole, each post is stored alone, so
-    one bad post fails only itself.
+    which handles both.
+
+    If the batch fails, its transaction rolled back, and each post is stored alone, so
+    that one bad post fails only itself; except when the commit itself failed with the
+    connection lost: the batch may have committed, so its posts fail (a client resends
+    with its ``client_id``, which finds the stored message) rather than risk storing
+    them twice.
     """
     if len(posts) == 1:
         return [_attempt(posts[0])]
@@ -209,21 +214,30 @@ def store_batch(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
     connection = connections[using]
     # sorted() is stable: posts to one room stay in the order given.
     order = sorted(range(len(posts)), key=lambda i: posts[i].room)
+    executed = False
     try:
         with transaction.atomic(using=using):
             seqs = _execute_batch(connection, [posts[i] for i in order])
-    except DatabaseError:
-        _close_if_broken(connection)
-        logger.warning("Storing a batch of %d posts failed; storing each alone", len(posts))
+            executed = True  # from here on, only the commit can fail
+    except Exception as exc:
+        lost = isinstance(exc, InterfaceError | OperationalError) and not _usable(connection)
+        if lost:
+            connection.close()  # the thread's next store opens a new connection
+        if executed and lost:
+            logger.error("The commit of a batch of %d posts was cut off: %s", len(posts), exc)
+            return [exc] * len(posts)
+        logger.warning(
+            "Storing a batch of %d posts failed (%s); storing each alone", len(posts), exc
+        )
         return [_attempt(post) for post in posts]
-    results: list[StoredMessage | BaseException] = [None] * len(posts)  # type: ignore[list-item]
+    results: list[StoredMessage | BaseException | None] = [None] * len(posts)
     for i, seq in zip(order, seqs, strict=True):
         if seq is not None:
             results[i] = _stored(posts[i], seq)
     for i, post in enumerate(posts):  # in the order given: a new room's posts keep theirs
         if results[i] is None:
             results[i] = _attempt(post)
-    return results
+    return results  # type: ignore[return-value]
 
 
 def _execute_batch(connection: Any, posts: list[_Post]) -> list[int | None]:
@@ -234,7 +248,9 @@ def _execute_batch(connection: Any, posts: list[_Post]) -> list[int | None]:
         # One round trip for the whole batch: psycopg pipelines executemany and keeps
         # each statement's RETURNING row as a result set of its own.
         connection.ensure_connection()
-        with connection.connection.cursor() as cursor:
+        # The raw psycopg cursor: Django's executemany() has no ``returning``. Its errors
+        # wrapped as Django's, as Django's own cursor would.
+        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
             cursor.executemany(params[0][0][0], [p[0][1] for p in params], returning=True)
             while True:
                 row = cursor.fetchone()
@@ -255,17 +271,20 @@ def _attempt(post: _Post) -> StoredMessage | BaseException:
     try:
         return _store_one(post)
     except Exception as exc:
-        _close_if_broken(connections[router.db_for_write(Message)], exc)
+        # A connection-level error: close the connection so that the thread's next store
+        # opens a new one. The failed store is not retried: it may have committed.
+        if isinstance(exc, InterfaceError | OperationalError):
+            connection = connections[router.db_for_write(Message)]
+            if not _usable(connection):
+                connection.close()
         return exc
 
 
-def _close_if_broken(connection: Any, exc: BaseException | None = None) -> None:
-    """Close a writer thread's connection after a connection-level error, so that its
-    next store opens a new one (the failed store is not retried: it may have committed)."""
-    if exc is None or isinstance(exc, InterfaceError | OperationalError):
-        with contextlib.suppress(Exception):
-            if exc is not None or not connection.is_usable():
-                connection.close()
+def _usable(connection: Any) -> bool:
+    try:
+        return connection.connection is not None and bool(connection.is_usable())
+    except Exception:
+        return False
 
 
 # -- the statements ---------------------------------------------------------------------------
@@ -368,6 +387,7 @@ class StreamWriter:
         self.batch_max = batch_max
         self._queue: queue.SimpleQueue[tuple[_Post, _Waiter]] = queue.SimpleQueue()
         self._started = 0
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         #: Batches stored, and posts in them (for tests and for watching the batch size).
         self.batches = 0
@@ -383,6 +403,8 @@ class StreamWriter:
         client_id: str = "",
     ) -> StoredMessage:
         """Store one message (see :func:`store_message`) on a writer thread."""
+        if self._pid != os.getpid():  # forked after threads started: they are not here
+            self._after_fork()
         if self._queue.qsize() >= QUEUE_LIMIT:
             raise StoreBusyError(
                 f"{QUEUE_LIMIT} messages are waiting to be stored; send again shortly."
@@ -393,6 +415,12 @@ class StreamWriter:
         if self._started < self.threads:
             self._start_threads()
         return await future
+
+    def _after_fork(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self._started = 0
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def _start_threads(self) -> None:
         with self._lock:
@@ -410,8 +438,9 @@ class StreamWriter:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < self.batch_max:
                     batch.append(self._queue.get_nowait())
-            self.batches += 1
-            self.posts += len(batch)
+            with self._lock:
+                self.batches += 1
+                self.posts += len(batch)
             try:
                 results = store_batch([post for post, _ in batch])
             except BaseException as exc:  # a bug: fail these posts, keep the thread

@@ -210,6 +210,61 @@ async def test_malformed_frame_storm_does_not_disturb_the_room(cluster, clients)
         assert "Traceback" not in server.log()
 
 
+async def test_lost_database_connections_are_replaced_and_resends_land_once(
+    cluster, clients, postgres_database
+):
+    """PostgreSQL drops every connection of the server (as on a database restart).
+    Posters keep sending, resending with the same client_id after an error frame: every
+    message is stored exactly once, the room's seqs stay dense, and a member joining
+    afterwards gets it all from the database."""
+    import psycopg
+
+    (server,) = cluster(1)
+    room = unique("db drop")
+    watcher = await clients(server.ws_url(room))
+    await watcher.recv_type("joined")
+    posters = [await clients(server.ws_url(room)) for _ in range(4)]
+    for poster in posters:
+        await poster.recv_type("joined")
+    await posters[0].send({"type": "message", "message": "before", "client_id": "before"})
+    while (frame := await posters[0].recv())["type"] != "ack":
+        pass
+    assert frame["seq"] == 1
+    name = postgres_database.rpartition("/")[2]
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+
+    async def post(n: int, poster) -> int:
+        errors = 0
+        for i in range(5):
+            cid = f"p{n}-{i}"
+            while True:
+                await poster.send({"type": "message", "message": cid, "client_id": cid})
+                while (frame := await poster.recv(timeout=30))["type"] == "message":
+                    pass
+                assert frame.get("client_id") == cid, frame
+                if frame["type"] == "ack":
+                    break
+                assert frame["type"] == "error" and frame["code"] == "internal_error", frame
+                errors += 1
+                assert errors <= 5, "the server did not recover its database connections"
+        return errors
+
+    await asyncio.gather(*(post(n, p) for n, p in enumerate(posters)))
+    late = await clients(server.ws_url(room))
+    await late.recv_type("joined")
+    history = await late.messages(21)
+    assert [f["seq"] for f in history] == list(range(1, 22))
+    assert sorted(f["client_id"] for f in history) == sorted(
+        ["before", *(f"p{n}-{i}" for n in range(4) for i in range(5))]
+    )
+
+
 async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
     """Messages posted while Redis is down are stored, acked, and reach all once it returns."""
     a, b = cluster(2)

@@ -96,7 +96,7 @@ def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
     message = obj["message"]
     if not isinstance(message, str):
         raise InvalidFrameError(f'"message" must be a string, not {_json_type(message)}.')
-    _check_text(message, "message")
+    check_text(message, "message")
     if not message.strip():
         raise InvalidFrameError('"message" must not be empty.')
     client_id = obj.get("client_id")
@@ -105,7 +105,7 @@ def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
             raise InvalidFrameError(
                 f'"client_id" must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.'
             )
-        _check_text(client_id, "client_id")
+        check_text(client_id, "client_id")
     return SendMessageFrame(type="message", message=message, client_id=client_id)
 
 
@@ -119,7 +119,8 @@ def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
     return HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
 
 
-def _check_text(value: str, field: str) -> None:
+def check_text(value: str, field: str) -> None:
+    """Raise :class:`InvalidFrameError` if ``value`` cannot be stored and sent as text."""
     # A lone surrogate ("\ud800" is valid JSON) cannot be encoded as UTF-8: stored, it
     # would break every later send of the frame; NUL cannot be stored by PostgreSQL.
     try:
