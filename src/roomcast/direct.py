@@ -49,25 +49,26 @@ def protocol_of(send: Any) -> Any:
 #: Frames written directly (a test reads it to see that the direct path is taken).
 written = 0
 
-# The last frame serialised: the hub hands the same str to every member of a room, so
-# one message is encoded once however many members it reaches.
-_last_text: str = ""
-_last_frame: bytes = b"\x81\x00"
+# The last frame serialised, with its text: the hub hands the same str to every member of
+# a room, so one message is encoded once however many members it reaches. One tuple,
+# replaced whole, so that hubs on loops in other threads never pair a text with another's
+# frame.
+_last: tuple[str, bytes] = ("", b"\x81\x00")
 
 
 def try_write(protocol: Any, text: str) -> bool:
     """Write ``text`` as one text frame if the socket takes it now; False if the caller
     must use the ASGI send instead (and learn from it why, e.g. the socket is gone)."""
-    global _last_text, _last_frame, written
+    global _last, written
     if (
         protocol.disconnected
         or not protocol.writable.is_set()
         or protocol.conn.state is not State.OPEN
     ):
         return False
-    if text is not _last_text:
-        _last_frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-        _last_text = text
-    protocol.transport.write(_last_frame)
+    last = _last
+    if last[0] is not text:
+        last = _last = (text, Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
+    protocol.transport.write(last[1])
     written += 1
     return True
