@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -64,6 +65,14 @@ BATCH_MAX = 100
 #: socket's poster gets a ``busy`` error event and sends again), nothing is dropped
 #: after it was accepted.
 QUEUE_LIMIT = 10_000
+#: On PostgreSQL, longest wait of a writer thread for a room's row lock held by another
+#: transaction (a push inside a long ``transaction.atomic()``, say), in milliseconds.
+#: Past it, that room's posts are set aside and the rest of the batch is stored; the set
+#: aside posts are tried again every ``LOCKED_RETRY_SECS``, and fail with ``busy`` after
+#: ``LOCKED_GIVE_UP_SECS``. Other processes' writers hold a room only for one batch.
+LOCK_TIMEOUT_MS = 1000
+LOCKED_RETRY_SECS = 1.0
+LOCKED_GIVE_UP_SECS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,6 +98,12 @@ class _Post:
     username: str
     client_id: str
     created_at: datetime = field(default_factory=timezone.now)
+    #: time.monotonic() when its room was first found locked (see LOCK_TIMEOUT_MS).
+    locked_since: float | None = None
+
+
+class RoomLocked(Exception):
+    """A post's room is locked by another transaction: set aside, to be tried again."""
 
 
 def _post(room: str, text: str, user: Any, kind: str, client_id: str) -> _Post:
@@ -209,7 +224,7 @@ def store_batch(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
     them twice.
     """
     if len(posts) == 1:
-        return [_attempt(posts[0])]
+        return _each_alone(posts)
     using = router.db_for_write(Message)
     connection = connections[using]
     # sorted() is stable: posts to one room stay in the order given.
@@ -229,15 +244,40 @@ def store_batch(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
         logger.warning(
             "Storing a batch of %d posts failed (%s); storing each alone", len(posts), exc
         )
-        return [_attempt(post) for post in posts]
+        return _each_alone(posts)
     results: list[StoredMessage | BaseException | None] = [None] * len(posts)
     for i, seq in zip(order, seqs, strict=True):
         if seq is not None:
             results[i] = _stored(posts[i], seq)
-    for i, post in enumerate(posts):  # in the order given: a new room's posts keep theirs
-        if results[i] is None:
-            results[i] = _attempt(post)
+    alone = [i for i, result in enumerate(results) if result is None]  # in the order given
+    for i, result in zip(alone, _each_alone([posts[i] for i in alone]), strict=True):
+        results[i] = result
     return results  # type: ignore[return-value]
+
+
+def _each_alone(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
+    """Store each post alone, in order. Once a room's lock wait times out, that room's
+    later posts are not tried: all are set aside (``RoomLocked``), keeping their order."""
+    locked: set[str] = set()
+    results: list[StoredMessage | BaseException] = []
+    for post in posts:
+        result: StoredMessage | BaseException
+        if post.room in locked:
+            result = RoomLocked(post.room)
+        else:
+            result = _attempt(post)
+            if _is_lock_timeout(result):
+                locked.add(post.room)
+                result = RoomLocked(post.room)
+        results.append(result)
+    return results
+
+
+def _is_lock_timeout(result: object) -> bool:
+    """A PostgreSQL lock_timeout (SQLSTATE 55P03, lock_not_available)."""
+    return isinstance(result, OperationalError) and (
+        getattr(result.__cause__, "sqlstate", None) == "55P03"
+    )
 
 
 def _execute_batch(connection: Any, posts: list[_Post]) -> list[int | None]:
@@ -389,6 +429,12 @@ class StreamWriter:
         self._started = 0
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # Rooms found locked by another transaction: room -> [next try, its posts in
+        # order]. One thread at a time tries them again (``_retrying``); the other keeps
+        # storing the rest, and new posts to such a room join its list.
+        self._locked: dict[str, list[Any]] = {}
+        self._retrying = False
+        self._local = threading.local()  # .raw: the connection given LOCK_TIMEOUT_MS
         #: Batches stored, and posts in them (for tests and for watching the batch size).
         self.batches = 0
         self.posts = 0
@@ -418,6 +464,8 @@ class StreamWriter:
 
     def _after_fork(self) -> None:
         self._queue = queue.SimpleQueue()
+        self._locked = {}
+        self._retrying = False
         self._started = 0
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -434,24 +482,100 @@ class StreamWriter:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < self.batch_max:
-                    batch.append(self._queue.get_nowait())
+            batch, locked_room = self._next_batch()
+            if locked_room is not None:
+                try:
+                    self._store(batch, retry=True)
+                finally:
+                    self._retrying = False
+            elif batch:
+                self._store(batch, retry=False)
+
+    def _store(self, batch: list[tuple[_Post, _Waiter]], *, retry: bool) -> None:
+        if not retry:
             with self._lock:
-                self.batches += 1
-                self.posts += len(batch)
-            try:
-                results = store_batch([post for post, _ in batch])
-            except BaseException as exc:  # a bug: fail these posts, keep the thread
-                logger.exception("The roomcast writer thread failed to store a batch")
-                results = [exc] * len(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-            for (_, (loop, future)), result in zip(batch, results, strict=True):
-                by_loop.setdefault(loop, []).append((future, result))
-            for loop, settled in by_loop.items():  # one wake-up per loop per batch
-                with contextlib.suppress(RuntimeError):  # that loop has closed
-                    loop.call_soon_threadsafe(_settle, settled)
+                # Posts to a room known to be locked wait with its posts set aside.
+                waiting = [item for item in batch if item[0].room in self._locked]
+                for item in waiting:
+                    self._locked[item[0].room][1].append(item)
+            if waiting:
+                batch = [item for item in batch if item[0].room not in self._locked]
+                if not batch:
+                    return
+        with self._lock:
+            self.batches += 1
+            self.posts += len(batch)
+        self._limit_lock_waits()
+        try:
+            posts = [post for post, _ in batch]
+            # Posts of a locked room are tried alone, the first only: see _each_alone.
+            results = _each_alone(posts) if retry else store_batch(posts)
+        except BaseException as exc:  # a bug: fail these posts, keep the thread
+            logger.exception("The roomcast writer thread failed to store a batch")
+            results = [exc] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        now = time.monotonic()
+        set_aside: dict[str, list[tuple[_Post, _Waiter]]] = {}
+        for (post, waiter), result in zip(batch, results, strict=True):
+            if isinstance(result, RoomLocked):
+                if post.locked_since is None:
+                    post.locked_since = now
+                if now - post.locked_since < LOCKED_GIVE_UP_SECS:
+                    set_aside.setdefault(post.room, []).append((post, waiter))
+                    continue
+                result = StoreBusyError(
+                    f"The room has been locked by another transaction for "
+                    f"{LOCKED_GIVE_UP_SECS:.0f} s; send again later."
+                )
+            by_loop.setdefault(waiter[0], []).append((waiter[1], result))
+        if set_aside:
+            with self._lock:
+                for room, items in set_aside.items():
+                    entry = self._locked.setdefault(room, [0.0, []])
+                    entry[0] = now + LOCKED_RETRY_SECS
+                    entry[1][:0] = items  # before posts that joined the room meanwhile
+        for loop, settled in by_loop.items():  # one wake-up per loop per batch
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _next_batch(self) -> tuple[list[tuple[_Post, _Waiter]], str | None]:
+        """The next posts to store, and the room when they are a locked room's posts
+        due to be tried again (one thread at a time does that). Empty when this thread
+        woke only because a locked room is due soon."""
+        now = time.monotonic()
+        next_due = None
+        with self._lock:
+            if not self._retrying and self._locked:
+                room, (due, _) = min(self._locked.items(), key=lambda kv: kv[1][0])
+                if due <= now:
+                    self._retrying = True
+                    return self._locked.pop(room)[1], room
+                next_due = due
+        batch: list[tuple[_Post, _Waiter]] = []
+        try:
+            timeout = None if next_due is None else max(0.0, next_due - now)
+            batch.append(self._queue.get(timeout=timeout))
+        except queue.Empty:
+            return [], None
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < self.batch_max:
+                batch.append(self._queue.get_nowait())
+        return batch, None
+
+    def _limit_lock_waits(self) -> None:
+        """Give this thread's PostgreSQL connection ``LOCK_TIMEOUT_MS`` (once per
+        connection: the setting lasts for its session)."""
+        connection = connections[router.db_for_write(Message)]
+        if connection.vendor != "postgresql":
+            return
+        try:
+            connection.ensure_connection()
+            if self._local.__dict__.get("raw") is not connection.connection:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+                self._local.raw = connection.connection
+        except Exception:  # the database is down: the batch will fail and say so
+            logger.debug("Could not set lock_timeout", exc_info=True)
 
 
 def _settle(settled: list[tuple[asyncio.Future[StoredMessage], Any]]) -> None:

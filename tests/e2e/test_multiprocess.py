@@ -265,6 +265,65 @@ async def test_lost_database_connections_are_replaced_and_resends_land_once(
     )
 
 
+async def test_a_room_locked_by_a_long_transaction_holds_up_only_itself(
+    cluster, clients, postgres_database
+):
+    """Another transaction (a push inside a long ``transaction.atomic()``) holds a room's
+    row lock. Posts to that room wait, set aside and tried again, while posts to other
+    rooms are stored; once the lock is released, the waiting posts are stored in order."""
+    import psycopg
+
+    (server,) = cluster(1)
+    locked, free = unique("locked"), unique("free")
+    watcher = await clients(server.ws_url(locked))
+    await watcher.recv_type("joined")
+    for room in (locked, free):  # both rooms exist, each with one message
+        first = await clients(server.ws_url(room))
+        await first.recv_type("joined")
+        await first.send({"message": "first"})
+        await first.messages(1)
+    await watcher.messages(1)
+    holder = psycopg.connect(postgres_database)  # a transaction, as in atomic()
+    try:
+        holder.execute("SELECT 1 FROM roomcast_room WHERE name = %s FOR UPDATE", (locked,))
+        waiting = [await clients(server.ws_url(locked)) for _ in range(3)]
+        for i, poster in enumerate(waiting):
+            await poster.recv_type("joined")
+            await poster.messages(1)  # the room's history: "first"
+            await poster.send({"type": "message", "message": f"w{i}", "client_id": f"w{i}"})
+            await asyncio.sleep(0.2)  # one batch each: both writer threads meet the lock
+        free_posters = [await clients(server.ws_url(free)) for _ in range(2)]
+        for poster in free_posters:
+            await poster.recv_type("joined")
+
+        async def post_free(n: int, poster) -> list[int]:
+            seqs = []
+            for i in range(5):
+                await poster.send({"type": "message", "message": "x", "client_id": f"f{n}-{i}"})
+                while (frame := await poster.recv(timeout=30))["type"] != "ack":
+                    pass
+                seqs.append(frame["seq"])
+            return seqs
+
+        done = await asyncio.gather(*(post_free(n, p) for n, p in enumerate(free_posters)))
+        assert sorted(done[0] + done[1]) == list(range(2, 12))
+        for poster in waiting:  # the lock is still held: nothing can have been stored
+            with pytest.raises(TimeoutError):
+                await poster.recv(timeout=0.2)
+    finally:
+        holder.rollback()
+        holder.close()
+    acks = []
+    for poster in waiting:
+        while (frame := await poster.recv(timeout=30))["type"] != "ack":
+            pass
+        acks.append((frame["client_id"], frame["seq"]))
+    assert sorted(seq for _, seq in acks) == [2, 3, 4]
+    frames = await watcher.messages(3)
+    assert [f["seq"] for f in frames] == [2, 3, 4]
+    assert {f["client_id"]: f["seq"] for f in frames} == dict(acks)
+
+
 async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
     """Messages posted while Redis is down are stored, acked, and reach all once it returns."""
     a, b = cluster(2)
