@@ -7,6 +7,7 @@ PostgreSQL's batch path (one pipelined ``executemany``) runs in
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from django.db import IntegrityError
@@ -115,3 +116,24 @@ async def test_a_full_queue_refuses_the_post_with_busy(monkeypatch):
     assert frames["ack"] == {"type": "ack", "client_id": "x1", "seq": 1}
     assert (frames["message"]["seq"], frames["message"]["message"]) == (1, "sent again")
     await client.disconnect()
+
+
+async def test_posts_to_a_room_set_aside_wait_together_and_are_stored_in_order():
+    """A room found locked keeps its posts aside; a new post to it joins them, a post to
+    another room is stored at once; when the room is due, its posts are stored in the
+    order they came and the room is forgotten."""
+    writer = stream.StreamWriter(threads=1)
+    loop = asyncio.get_running_loop()
+    earlier: asyncio.Future = loop.create_future()
+    entry = stream._LockedRoom()
+    entry.add([(post("aside", "first"), (loop, earlier))], time.monotonic())
+    entry.due = time.monotonic() + 0.5
+    writer._locked["aside"] = entry
+    later = asyncio.create_task(writer.store("aside", "second"))
+    other = await asyncio.wait_for(writer.store("elsewhere", "now"), 5)
+    assert other.seq == 1 and not earlier.done() and not later.done()
+    assert [p.text for p, _ in writer._locked["aside"].posts] == ["first", "second"]
+    first, second = await asyncio.wait_for(asyncio.gather(earlier, later), 5)
+    assert (first.seq, second.seq) == (1, 2)
+    assert await asyncio.to_thread(stored_texts, "aside") == [(1, "first"), (2, "second")]
+    assert writer._locked == {}

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -87,6 +90,9 @@ class StoredMessage:
     duplicate: bool = False
 
 
+_numbers = itertools.count()
+
+
 @dataclass(slots=True)
 class _Post:
     """One message to store, as its row's values (see ``_ROW``)."""
@@ -98,8 +104,10 @@ class _Post:
     username: str
     client_id: str
     created_at: datetime = field(default_factory=timezone.now)
-    #: time.monotonic() when its room was first found locked (see LOCK_TIMEOUT_MS).
+    #: time.monotonic() when it was first set aside, its room locked (LOCK_TIMEOUT_MS).
     locked_since: float | None = None
+    #: Arrival number: posts set aside for one room are kept and retried in this order.
+    number: int = field(default_factory=lambda: next(_numbers))
 
 
 class RoomLocked(Exception):
@@ -420,6 +428,11 @@ class StreamWriter:
     makes Django health-check the connection at its next use, a ``SELECT 1`` round trip
     per stored message (half of PostgreSQL ingest, measured). A connection that fails is
     closed instead, so the thread's next store opens a new one.
+
+    Rooms found locked (see ``LOCK_TIMEOUT_MS``) are kept in ``_locked``: room ->
+    ``_LockedRoom``. New posts to such a room join its list instead of a batch, one
+    thread at a time retries a due room (its first post alone), and the other threads
+    store everything else. All of ``_locked`` is read and changed under ``_lock``.
     """
 
     def __init__(self, threads: int = WRITER_THREADS, batch_max: int = BATCH_MAX) -> None:
@@ -427,17 +440,21 @@ class StreamWriter:
         self.batch_max = batch_max
         self._queue: queue.SimpleQueue[tuple[_Post, _Waiter]] = queue.SimpleQueue()
         self._started = 0
-        self._pid = os.getpid()
         self._lock = threading.Lock()
-        # Rooms found locked by another transaction: room -> [next try, its posts in
-        # order]. One thread at a time tries them again (``_retrying``); the other keeps
-        # storing the rest, and new posts to such a room join its list.
-        self._locked: dict[str, list[Any]] = {}
+        self._locked: dict[str, _LockedRoom] = {}
         self._retrying = False
         self._local = threading.local()  # .raw: the connection given LOCK_TIMEOUT_MS
         #: Batches stored, and posts in them (for tests and for watching the batch size).
         self.batches = 0
         self.posts = 0
+        # A child process does not have the parent's threads: start afresh there.
+        ref = weakref.ref(self)
+
+        def after_fork_in_child() -> None:
+            if (writer := ref()) is not None:
+                writer._reset()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
 
     async def store(
         self,
@@ -449,9 +466,11 @@ class StreamWriter:
         client_id: str = "",
     ) -> StoredMessage:
         """Store one message (see :func:`store_message`) on a writer thread."""
-        if self._pid != os.getpid():  # forked after threads started: they are not here
-            self._after_fork()
-        if self._queue.qsize() >= QUEUE_LIMIT:
+        waiting = self._queue.qsize()
+        if self._locked:
+            with self._lock:
+                waiting += sum(len(entry.posts) for entry in self._locked.values())
+        if waiting >= QUEUE_LIMIT:
             raise StoreBusyError(
                 f"{QUEUE_LIMIT} messages are waiting to be stored; send again shortly."
             )
@@ -462,13 +481,12 @@ class StreamWriter:
             self._start_threads()
         return await future
 
-    def _after_fork(self) -> None:
+    def _reset(self) -> None:
         self._queue = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
         self._locked = {}
         self._retrying = False
-        self._started = 0
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
 
     def _start_threads(self) -> None:
         with self._lock:
@@ -482,75 +500,34 @@ class StreamWriter:
 
     def _run(self) -> None:
         while True:
-            batch, locked_room = self._next_batch()
-            if locked_room is not None:
-                try:
-                    self._store(batch, retry=True)
-                finally:
-                    self._retrying = False
-            elif batch:
-                self._store(batch, retry=False)
-
-    def _store(self, batch: list[tuple[_Post, _Waiter]], *, retry: bool) -> None:
-        if not retry:
-            with self._lock:
-                # Posts to a room known to be locked wait with its posts set aside.
-                waiting = [item for item in batch if item[0].room in self._locked]
-                for item in waiting:
-                    self._locked[item[0].room][1].append(item)
-            if waiting:
-                batch = [item for item in batch if item[0].room not in self._locked]
-                if not batch:
-                    return
-        with self._lock:
-            self.batches += 1
-            self.posts += len(batch)
-        self._limit_lock_waits()
-        try:
-            posts = [post for post, _ in batch]
-            # Posts of a locked room are tried alone, the first only: see _each_alone.
-            results = _each_alone(posts) if retry else store_batch(posts)
-        except BaseException as exc:  # a bug: fail these posts, keep the thread
-            logger.exception("The roomcast writer thread failed to store a batch")
-            results = [exc] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        now = time.monotonic()
-        set_aside: dict[str, list[tuple[_Post, _Waiter]]] = {}
-        for (post, waiter), result in zip(batch, results, strict=True):
-            if isinstance(result, RoomLocked):
-                if post.locked_since is None:
-                    post.locked_since = now
-                if now - post.locked_since < LOCKED_GIVE_UP_SECS:
-                    set_aside.setdefault(post.room, []).append((post, waiter))
-                    continue
-                result = StoreBusyError(
-                    f"The room has been locked by another transaction for "
-                    f"{LOCKED_GIVE_UP_SECS:.0f} s; send again later."
-                )
-            by_loop.setdefault(waiter[0], []).append((waiter[1], result))
-        if set_aside:
-            with self._lock:
-                for room, items in set_aside.items():
-                    entry = self._locked.setdefault(room, [0.0, []])
-                    entry[0] = now + LOCKED_RETRY_SECS
-                    entry[1][:0] = items  # before posts that joined the room meanwhile
-        for loop, settled in by_loop.items():  # one wake-up per loop per batch
-            with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(_settle, settled)
+            try:
+                batch, room = self._next_batch()
+                if room is not None:
+                    try:
+                        self._store(batch, retry=room)
+                    finally:
+                        self._retry_done(room)
+                elif batch:
+                    self._store(batch)
+            except Exception:  # a bug: keep the thread, which the posts depend on
+                logger.exception("The roomcast writer thread failed")
+                time.sleep(0.1)
 
     def _next_batch(self) -> tuple[list[tuple[_Post, _Waiter]], str | None]:
-        """The next posts to store, and the room when they are a locked room's posts
-        due to be tried again (one thread at a time does that). Empty when this thread
-        woke only because a locked room is due soon."""
+        """The next posts to store, and the room when they are a locked room's posts due
+        to be tried again (one thread at a time does that). Empty when this thread woke
+        only because a locked room is due soon."""
         now = time.monotonic()
         next_due = None
         with self._lock:
             if not self._retrying and self._locked:
-                room, (due, _) = min(self._locked.items(), key=lambda kv: kv[1][0])
-                if due <= now:
+                room, entry = min(self._locked.items(), key=lambda kv: kv[1].due)
+                if entry.due <= now:
                     self._retrying = True
-                    return self._locked.pop(room)[1], room
-                next_due = due
+                    entry.due = math.inf  # being retried: posts still join its list
+                    posts, entry.posts = entry.posts, []
+                    return posts, room
+                next_due = entry.due
         batch: list[tuple[_Post, _Waiter]] = []
         try:
             timeout = None if next_due is None else max(0.0, next_due - now)
@@ -561,6 +538,65 @@ class StreamWriter:
             while len(batch) < self.batch_max:
                 batch.append(self._queue.get_nowait())
         return batch, None
+
+    def _retry_done(self, room: str) -> None:
+        with self._lock:
+            self._retrying = False
+            entry = self._locked.get(room)
+            if entry is not None and entry.due == math.inf:  # nothing was set aside again
+                if entry.posts:  # joined meanwhile: try them now, the lock may be gone
+                    entry.due = time.monotonic()
+                else:
+                    del self._locked[room]
+
+    def _store(self, batch: list[tuple[_Post, _Waiter]], retry: str | None = None) -> None:
+        now = time.monotonic()
+        if retry is None and self._locked:
+            with self._lock:  # posts to a room known to be locked join its list
+                kept = []
+                for item in batch:
+                    entry = self._locked.get(item[0].room)
+                    if entry is None:
+                        kept.append(item)
+                    else:
+                        entry.add([item], now)
+            batch = kept
+            if not batch:
+                return
+        with self._lock:
+            self.batches += 1
+            self.posts += len(batch)
+        self._limit_lock_waits()
+        try:
+            posts = [post for post, _ in batch]
+            # A locked room's posts are tried alone, in order: _each_alone stops at the
+            # first one that still meets the lock.
+            results = _each_alone(posts) if retry else store_batch(posts)
+        except Exception as exc:  # a bug: fail these posts, keep the thread
+            logger.exception("The roomcast writer thread failed to store a batch")
+            results = [exc] * len(batch)
+        now = time.monotonic()
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        set_aside: dict[str, list[tuple[_Post, _Waiter]]] = {}
+        for (post, waiter), result in zip(batch, results, strict=True):
+            if isinstance(result, RoomLocked):
+                if post.locked_since is None or now - post.locked_since < LOCKED_GIVE_UP_SECS:
+                    set_aside.setdefault(post.room, []).append((post, waiter))
+                    continue
+                result = StoreBusyError(
+                    f"The room has been locked by another transaction for "
+                    f"{LOCKED_GIVE_UP_SECS:.0f} s; send again later."
+                )
+            by_loop.setdefault(waiter[0], []).append((waiter[1], result))
+        if set_aside:
+            with self._lock:
+                for room, items in set_aside.items():
+                    entry = self._locked.setdefault(room, _LockedRoom())
+                    entry.add(items, now)
+                    entry.due = now + LOCKED_RETRY_SECS
+        for loop, settled in by_loop.items():  # one wake-up per loop per batch
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _limit_lock_waits(self) -> None:
         """Give this thread's PostgreSQL connection ``LOCK_TIMEOUT_MS`` (once per
@@ -576,6 +612,22 @@ class StreamWriter:
                 self._local.raw = connection.connection
         except Exception:  # the database is down: the batch will fail and say so
             logger.debug("Could not set lock_timeout", exc_info=True)
+
+
+class _LockedRoom:
+    """A room found locked: its posts set aside, in arrival order, and when to retry."""
+
+    __slots__ = ("due", "posts")
+
+    def __init__(self) -> None:
+        self.due = 0.0
+        self.posts: list[tuple[_Post, _Waiter]] = []
+
+    def add(self, items: list[tuple[_Post, _Waiter]], now: float) -> None:
+        for post, _ in items:
+            if post.locked_since is None:
+                post.locked_since = now  # its give-up clock starts when it is set aside
+        self.posts = sorted(self.posts + items, key=lambda item: item[0].number)
 
 
 def _settle(settled: list[tuple[asyncio.Future[StoredMessage], Any]]) -> None:
