@@ -95,7 +95,7 @@ _numbers = itertools.count()
 
 @dataclass(slots=True)
 class _Post:
-    """One message to store, as its row's values (see ``_ROW``)."""
+    """One message to store: its row's values (see ``_store_statements``) and bookkeeping."""
 
     room: str
     text: str
