@@ -9,7 +9,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from roomcast.conf import roomcast_settings
+from roomcast.conf import roomcast_settings, settings_from_environ
 from roomcast.fanout import room_group
 
 GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
@@ -58,6 +58,9 @@ def test_unknown_setting_is_reported_with_a_hint():
         ({"API_KEYS": ["short"]}, "roomcast.E006"),
         ({"PUBLISH_TIMEOUT_SECS": 0}, "roomcast.E007"),
         ({"CHANNEL_LAYER": "missing"}, "roomcast.E008"),
+        ({"STORE_QUEUE_LIMIT": 0}, "roomcast.E002"),
+        ({"STORE_LOCK_TIMEOUT_MS": 1.5}, "roomcast.E002"),
+        ({"STORE_LOCKED_GIVE_UP_SECS": -1}, "roomcast.E010"),
     ],
 )
 def test_bad_settings_fail_the_system_checks(setting, check_id):
@@ -71,3 +74,36 @@ def test_bad_settings_fail_the_system_checks(setting, check_id):
 def test_default_settings_pass_the_checks():
     """The defaults are valid."""
     assert [e for e in run_checks() if e.id.startswith("roomcast")] == []
+
+
+def test_settings_from_the_environment_are_parsed_by_type():
+    """roomcast serve's ROOMCAST_<KEY> variables: typed, unknown ones ignored."""
+    environ = {
+        "ROOMCAST_HISTORY_COUNT": " 20 ",
+        "ROOMCAST_ALLOW_ANONYMOUS": "off",
+        "ROOMCAST_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+        "ROOMCAST_POSITION_CHECK_SECS": "2.5",
+        "ROOMCAST_CHANNEL_LAYER": "chat",
+        "ROOMCAST_API_KEYS": "not-read-here-use-ROOMCAST_API_KEY",
+        "ROOMCAST_DATABASE_URL": "sqlite:///x",
+    }
+    assert settings_from_environ(environ) == {
+        "HISTORY_COUNT": 20,
+        "ALLOW_ANONYMOUS": False,
+        "ALLOWED_ORIGINS": ["https://a.example", "https://b.example"],
+        "POSITION_CHECK_SECS": 2.5,
+        "CHANNEL_LAYER": "chat",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ROOMCAST_HISTORY_COUNT", "many", "ROOMCAST_HISTORY_COUNT must be a whole number"),
+        ("ROOMCAST_ALLOW_ANONYMOUS", "maybe", "ROOMCAST_ALLOW_ANONYMOUS must be true or false"),
+        ("ROOMCAST_PUBLISH_TIMEOUT_SECS", "soon", "must be a number, not 'soon'"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(name, value, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        settings_from_environ({name: value})

@@ -99,10 +99,11 @@ async def test_the_writer_stores_concurrent_posts_in_batches():
     assert writer.batches < 200
 
 
-async def test_a_full_queue_refuses_the_post_with_busy(monkeypatch):
-    """Over QUEUE_LIMIT waiting posts, a post is refused at once: the socket's client gets
-    a ``busy`` error for it and stays connected; nothing is stored."""
-    monkeypatch.setattr(stream, "QUEUE_LIMIT", 0)
+async def test_a_full_queue_refuses_the_post_with_busy(settings):
+    """Over STORE_QUEUE_LIMIT waiting posts, a post is refused at once: the socket's client
+    gets a ``busy`` error for it and stays connected; nothing is stored."""
+    base = settings.ROOMCAST
+    settings.ROOMCAST = {**base, "STORE_QUEUE_LIMIT": 0}  # every queue is full
     with pytest.raises(StoreBusyError):
         await stream.writer.store("full", "refused")
     client = RoomCommunicator(websocket_application(), "full")
@@ -110,7 +111,7 @@ async def test_a_full_queue_refuses_the_post_with_busy(monkeypatch):
     await client.say("refused", client_id="x1")
     error = await client.receive_event("error")
     assert (error["code"], error.get("client_id")) == ("busy", "x1")
-    monkeypatch.setattr(stream, "QUEUE_LIMIT", 10)
+    settings.ROOMCAST = {**base, "STORE_QUEUE_LIMIT": 10}
     await client.say("sent again", client_id="x1")
     frames = {f["type"]: f for f in [await client.receive_event() for _ in range(2)]}
     assert frames["ack"] == {"type": "ack", "client_id": "x1", "seq": 1}

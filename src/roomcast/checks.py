@@ -20,6 +20,8 @@ _POSITIVE_INTS = (
     "REPLAY_LIMIT",
     "OUTBOUND_BUFFER_FRAMES",
     "ROOM_NAME_MAX_CHARS",
+    "STORE_QUEUE_LIMIT",
+    "STORE_LOCK_TIMEOUT_MS",
 )
 
 
@@ -84,6 +86,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for key, check_id in (
         ("PUBLISH_TIMEOUT_SECS", "roomcast.E007"),
         ("POSITION_CHECK_SECS", "roomcast.E009"),
+        ("STORE_LOCKED_GIVE_UP_SECS", "roomcast.E010"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

@@ -64,7 +64,13 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "each process keeps its own rooms, and members connected to one process would "
             "never see messages posted through another."
         )
-    _setup_django()
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        _setup_django()
+    except ImproperlyConfigured as exc:  # a bad ROOMCAST_* variable, a bad database URL
+        print(f"roomcast serve: {exc}", file=sys.stderr)
+        return 2
     from django.conf import settings
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError

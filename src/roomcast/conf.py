@@ -9,6 +9,7 @@ checks in ``checks.py`` (``roomcast.E001``...) before the server starts.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -44,7 +45,60 @@ DEFAULTS: dict[str, Any] = {
     # subscribed, a layer queue overflowed) and that no later message exposes as a gap
     # is delivered within two checks: this bounds how late such a message can be.
     "POSITION_CHECK_SECS": 5.0,
+    # Posts waiting to be stored in one process, at most; past it a post is refused with
+    # a "busy" error event (the client sends it again).
+    "STORE_QUEUE_LIMIT": 10_000,
+    # PostgreSQL: longest wait, in milliseconds, of a writer thread for a room's row
+    # lock held by another transaction; past it the room's posts are set aside and
+    # retried every second while the rest is stored.
+    "STORE_LOCK_TIMEOUT_MS": 1000,
+    # Seconds a post may stay set aside (its room locked) before it fails with "busy".
+    "STORE_LOCKED_GIVE_UP_SECS": 30.0,
 }
+
+#: Keys that ``settings_from_environ`` does not read (the server has its own variable).
+_NOT_FROM_ENVIRON = frozenset({"API_KEYS"})
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``ROOMCAST`` values from ``ROOMCAST_<KEY>`` variables, for ``roomcast serve``.
+
+    Each is parsed as its default's type: whole numbers, numbers, booleans
+    (``1/true/yes/on``, ``0/false/no/off``), comma-separated lists (``ALLOWED_ORIGINS``),
+    text. A value that does not parse raises ImproperlyConfigured naming the variable;
+    one that parses but is out of range is left to the system checks.
+    """
+    values: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        name = f"ROOMCAST_{key}"
+        raw = environ.get(name)
+        if raw is None or key in _NOT_FROM_ENVIRON:
+            continue
+        raw = raw.strip()
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in _TRUE + _FALSE:
+                    raise ValueError
+                values[key] = raw.lower() in _TRUE
+            elif isinstance(default, int):
+                values[key] = int(raw)
+            elif isinstance(default, float):
+                values[key] = float(raw)
+            elif key == "ALLOWED_ORIGINS":
+                values[key] = [origin.strip() for origin in raw.split(",") if origin.strip()]
+            else:
+                values[key] = raw
+        except ValueError:
+            kind = (
+                "true or false"
+                if isinstance(default, bool)
+                else "a whole number"
+                if isinstance(default, int)
+                else "a number"
+            )
+            raise ImproperlyConfigured(f"{name} must be {kind}, not {raw!r}.") from None
+    return values
 
 
 class RoomcastSettings:

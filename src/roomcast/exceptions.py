@@ -80,6 +80,7 @@ class PermissionDeniedError(RefusedError):
 
 
 class StoreBusyError(RefusedError):
-    """Too many messages are waiting to be stored (``stream.QUEUE_LIMIT``); send again."""
+    """Too many messages are waiting to be stored (``STORE_QUEUE_LIMIT``), or the room has
+    been locked by another transaction too long (``STORE_LOCKED_GIVE_UP_SECS``)."""
 
     code = "busy"

@@ -48,6 +48,7 @@ from django.db import (
 )
 from django.utils import timezone
 
+from .conf import roomcast_settings
 from .exceptions import StoreBusyError
 from .models import Message, Room
 from .protocol import codec
@@ -62,20 +63,17 @@ logger = logging.getLogger(__name__)
 WRITER_THREADS = 2
 #: Most posts stored in one transaction.
 BATCH_MAX = 100
-#: Posts waiting for a writer thread, at most. A socket has one post in flight at a time,
-#: so only a burst of async pushes from application code comes near it. Overflow policy:
-#: the post is refused at once with :class:`~roomcast.exceptions.StoreBusyError` (a
-#: socket's poster gets a ``busy`` error event and sends again), nothing is dropped
-#: after it was accepted.
-QUEUE_LIMIT = 10_000
-#: On PostgreSQL, longest wait of a writer thread for a room's row lock held by another
-#: transaction (a push inside a long ``transaction.atomic()``, say), in milliseconds.
-#: Past it, that room's posts are set aside and the rest of the batch is stored; the set
-#: aside posts are tried again every ``LOCKED_RETRY_SECS``, and fail with ``busy`` after
-#: ``LOCKED_GIVE_UP_SECS``. Other processes' writers hold a room only for one batch.
-LOCK_TIMEOUT_MS = 1000
+# Settings (conf.py): STORE_QUEUE_LIMIT, posts waiting for a writer thread, at most. A
+# socket has one post in flight at a time, so only a burst of async pushes from
+# application code comes near it. Overflow policy: the post is refused at once with
+# StoreBusyError (a socket's poster gets a ``busy`` error event and sends again);
+# nothing is dropped after it was accepted. STORE_LOCK_TIMEOUT_MS: on PostgreSQL, the
+# longest wait of a writer thread for a room's row lock held by another transaction (a
+# push inside a long ``transaction.atomic()``, say); past it, that room's posts are set
+# aside and the rest of the batch is stored; set-aside posts are tried again every
+# LOCKED_RETRY_SECS and fail with ``busy`` after STORE_LOCKED_GIVE_UP_SECS. Other
+# processes' writers hold a room only for one batch.
 LOCKED_RETRY_SECS = 1.0
-LOCKED_GIVE_UP_SECS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,7 +102,7 @@ class _Post:
     username: str
     client_id: str
     created_at: datetime = field(default_factory=timezone.now)
-    #: time.monotonic() when it was first set aside, its room locked (LOCK_TIMEOUT_MS).
+    #: time.monotonic() when it was first set aside, its room locked (STORE_LOCK_TIMEOUT_MS).
     locked_since: float | None = None
     #: Arrival number: posts set aside for one room are kept and retried in this order.
     number: int = field(default_factory=lambda: next(_numbers))
@@ -429,7 +427,7 @@ class StreamWriter:
     per stored message (half of PostgreSQL ingest, measured). A connection that fails is
     closed instead, so the thread's next store opens a new one.
 
-    Rooms found locked (see ``LOCK_TIMEOUT_MS``) are kept in ``_locked``: room ->
+    Rooms found locked (see ``STORE_LOCK_TIMEOUT_MS``) are kept in ``_locked``: room ->
     ``_LockedRoom``. New posts to such a room join its list instead of a batch, one
     thread at a time retries a due room (its first post alone), and the other threads
     store everything else. All of ``_locked`` is read and changed under ``_lock``.
@@ -443,7 +441,7 @@ class StreamWriter:
         self._lock = threading.Lock()
         self._locked: dict[str, _LockedRoom] = {}
         self._retrying = False
-        self._local = threading.local()  # .raw: the connection given LOCK_TIMEOUT_MS
+        self._local = threading.local()  # .raw: the connection given the lock timeout
         #: Batches stored, and posts in them (for tests and for watching the batch size).
         self.batches = 0
         self.posts = 0
@@ -470,10 +468,9 @@ class StreamWriter:
         if self._locked:
             with self._lock:
                 waiting += sum(len(entry.posts) for entry in self._locked.values())
-        if waiting >= QUEUE_LIMIT:
-            raise StoreBusyError(
-                f"{QUEUE_LIMIT} messages are waiting to be stored; send again shortly."
-            )
+        limit = roomcast_settings.STORE_QUEUE_LIMIT
+        if waiting >= limit:
+            raise StoreBusyError(f"{limit} messages are waiting to be stored; send again shortly.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredMessage] = loop.create_future()
         self._queue.put((_post(room, text, user, kind, client_id), (loop, future)))
@@ -578,14 +575,15 @@ class StreamWriter:
         now = time.monotonic()
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         set_aside: dict[str, list[tuple[_Post, _Waiter]]] = {}
+        give_up = roomcast_settings.STORE_LOCKED_GIVE_UP_SECS
         for (post, waiter), result in zip(batch, results, strict=True):
             if isinstance(result, RoomLocked):
-                if post.locked_since is None or now - post.locked_since < LOCKED_GIVE_UP_SECS:
+                if post.locked_since is None or now - post.locked_since < give_up:
                     set_aside.setdefault(post.room, []).append((post, waiter))
                     continue
                 result = StoreBusyError(
-                    f"The room has been locked by another transaction for "
-                    f"{LOCKED_GIVE_UP_SECS:.0f} s; send again later."
+                    f"The room has been locked by another transaction for {give_up:g} s; "
+                    "send again later."
                 )
             by_loop.setdefault(waiter[0], []).append((waiter[1], result))
         if set_aside:
@@ -599,7 +597,7 @@ class StreamWriter:
                 loop.call_soon_threadsafe(_settle, settled)
 
     def _limit_lock_waits(self) -> None:
-        """Give this thread's PostgreSQL connection ``LOCK_TIMEOUT_MS`` (once per
+        """Give this thread's PostgreSQL connection ``STORE_LOCK_TIMEOUT_MS`` (once per
         connection: the setting lasts for its session)."""
         connection = connections[router.db_for_write(Message)]
         if connection.vendor != "postgresql":
@@ -607,8 +605,9 @@ class StreamWriter:
         try:
             connection.ensure_connection()
             if self._local.__dict__.get("raw") is not connection.connection:
+                timeout = int(roomcast_settings.STORE_LOCK_TIMEOUT_MS)
                 with connection.cursor() as cursor:
-                    cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+                    cursor.execute(f"SET lock_timeout = {timeout}")
                 self._local.raw = connection.connection
         except Exception:  # the database is down: the batch will fail and say so
             logger.debug("Could not set lock_timeout", exc_info=True)

@@ -327,6 +327,37 @@ async def test_a_room_locked_by_a_long_transaction_holds_up_only_itself(
     assert {f["client_id"]: f["seq"] for f in frames} == dict(acks)
 
 
+async def test_a_post_to_a_room_locked_too_long_gets_busy_and_lands_when_resent(
+    serve, clients, postgres_database
+):
+    """Past STORE_LOCKED_GIVE_UP_SECS (set through roomcast serve's environment) a post
+    to a locked room fails with ``busy`` and its client_id; sent again once the lock is
+    gone, it is stored once."""
+    import psycopg
+
+    server = serve(
+        ROOMCAST_DATABASE_URL=postgres_database,
+        ROOMCAST_STORE_LOCK_TIMEOUT_MS="200",
+        ROOMCAST_STORE_LOCKED_GIVE_UP_SECS="1.5",
+    )
+    room = unique("held")
+    poster = await clients(server.ws_url(room))
+    await poster.recv_type("joined")
+    await poster.send({"message": "first"})
+    await poster.messages(1)
+    with psycopg.connect(postgres_database) as holder:
+        holder.execute("SELECT 1 FROM roomcast_room WHERE name = %s FOR UPDATE", (room,))
+        await poster.send({"type": "message", "message": "late", "client_id": "late-1"})
+        while (error := await poster.recv(timeout=30))["type"] == "ack":  # of "first"
+            pass
+        assert (error["type"], error["code"], error["client_id"]) == ("error", "busy", "late-1")
+        holder.rollback()
+    await poster.send({"type": "message", "message": "late", "client_id": "late-1"})
+    while (frame := await poster.recv(timeout=30))["type"] != "ack":
+        pass
+    assert frame["seq"] == 2
+
+
 async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
     """Messages posted while Redis is down are stored, acked, and reach all once it returns."""
     a, b = cluster(2)

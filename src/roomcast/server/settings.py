@@ -26,6 +26,8 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from roomcast.conf import settings_from_environ
+
 DATA_DIR = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -152,7 +154,11 @@ else:
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
-ROOMCAST = {"API_KEYS": [_kept_secret("api_key", "ROOMCAST_API_KEY")]}
+# Every other ROOMCAST key from ROOMCAST_<KEY> (docs/settings.md), e.g. ROOMCAST_HISTORY_COUNT.
+ROOMCAST = {
+    "API_KEYS": [_kept_secret("api_key", "ROOMCAST_API_KEY")],
+    **settings_from_environ(os.environ),
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
