@@ -263,18 +263,33 @@ def store_batch(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
 
 def _each_alone(posts: Sequence[_Post]) -> list[StoredMessage | BaseException]:
     """Store each post alone, in order. Once a room's lock wait times out, that room's
-    later posts are not tried: all are set aside (``RoomLocked``), keeping their order."""
+    later posts are not tried: all are set aside (``RoomLocked``), keeping their order.
+    After two connection-level failures in a row (the second on a new connection), the
+    rest fail with the same error without waiting on the database again."""
     locked: set[str] = set()
     results: list[StoredMessage | BaseException] = []
+    down: BaseException | None = None  # the database is unreachable: fail the rest fast
+    lost_in_a_row = 0
     for post in posts:
         result: StoredMessage | BaseException
-        if post.room in locked:
+        if down is not None:
+            result = down
+        elif post.room in locked:
             result = RoomLocked(post.room)
         else:
             result = _attempt(post)
             if _is_lock_timeout(result):
                 locked.add(post.room)
                 result = RoomLocked(post.room)
+            elif (
+                isinstance(result, InterfaceError | OperationalError)
+                and connections[router.db_for_write(Message)].connection is None  # closed
+            ):
+                lost_in_a_row += 1
+                if lost_in_a_row == 2:  # a new connection failed too: no use trying more
+                    down = result
+            else:
+                lost_in_a_row = 0
         results.append(result)
     return results
 

@@ -358,6 +358,49 @@ async def test_a_post_to_a_room_locked_too_long_gets_busy_and_lands_when_resent(
     assert frame["seq"] == 2
 
 
+async def test_posts_while_postgresql_refuses_connections_fail_and_land_when_resent(
+    serve, clients, postgres_database
+):
+    """The database goes away (connections cut, new ones refused): posts get an
+    ``internal_error`` with their client_id instead of hanging; once it is back, the
+    same posts sent again are stored once each, seqs dense."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL
+
+    server = serve(ROOMCAST_DATABASE_URL=postgres_database)
+    room = unique("outage")
+    posters = [await clients(server.ws_url(room)) for _ in range(3)]
+    for poster in posters:
+        await poster.recv_type("joined")
+    name = postgres_database.rpartition("/")[2]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+
+            async def refused(n: int, poster) -> dict:
+                await poster.send({"type": "message", "message": f"m{n}", "client_id": f"c{n}"})
+                return await poster.recv(timeout=30)
+
+            errors = await asyncio.gather(*(refused(n, p) for n, p in enumerate(posters)))
+            assert [(e["type"], e["code"], e["client_id"]) for e in errors] == [
+                ("error", "internal_error", f"c{n}") for n in range(3)
+            ]
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    seqs = []
+    for n, poster in enumerate(posters):
+        await poster.send({"type": "message", "message": f"m{n}", "client_id": f"c{n}"})
+        while (frame := await poster.recv(timeout=30))["type"] != "ack":
+            pass
+        seqs.append(frame["seq"])
+    assert sorted(seqs) == [1, 2, 3]
+
+
 async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
     """Messages posted while Redis is down are stored, acked, and reach all once it returns."""
     a, b = cluster(2)

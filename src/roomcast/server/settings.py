@@ -115,6 +115,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+else:
+    # Fail a connection attempt after 5 s (unless the URL says otherwise): libpq would
+    # wait for the OS, minutes for an unreachable host, while posts queue behind it.
+    _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
