@@ -352,3 +352,12 @@ async def test_a_resent_client_id_is_stored_once(room_of):
         Message.objects.filter(room__name="idempotent").values_list("seq", "client_id")
     )
     assert rows[0] == (1, "c-42") and len(rows) == 2
+
+
+async def test_the_testing_helpers_docstring_example_works():
+    """roomcast.testing's example, as a user would write it."""
+    alice = RoomCommunicator(websocket_application(), "docstring lobby")
+    await alice.join()
+    await alice.say("hi")
+    assert (await alice.receive_next("message"))["message"] == "hi"
+    await alice.disconnect()

@@ -97,3 +97,9 @@ async def test_example_project_chats_and_takes_a_push_from_its_shell(
         urllib.request.urlopen, f"http://127.0.0.1:{example_server}/chat/{path}/", timeout=10
     )
     assert page.status == 200 and room in page.read().decode()
+    script = await asyncio.to_thread(
+        urllib.request.urlopen,
+        f"http://127.0.0.1:{example_server}/static/roomcast/roomcast.js",
+        timeout=10,
+    )
+    assert script.status == 200 and b"roomcast.v1" in script.read()
