@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 #: uvicorn's own frame limit; roomcast's MAX_FRAME_BYTES (smaller) is checked in the app,
@@ -81,6 +82,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(exc, file=sys.stderr)
         return 2
     call_command("migrate", interactive=False, verbosity=0)
+    if os.environ.get("ROOMCAST_REDIS_URL"):
+        _announce_database()
 
     import uvicorn
 
@@ -155,6 +158,58 @@ def _room_path(room: str, action: str) -> str:
     return f"/api/rooms/{urllib.parse.quote(room, safe='')}/{action}"
 
 
+def _database_in_use() -> str:
+    """The default database as a URL without credentials: what a push would store into."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(str(params['NAME'])).resolve()}"
+    host, port = params.get("HOST") or "localhost", params.get("PORT") or 5432
+    return f"{connection.vendor}://{host}:{port}/{params['NAME']}"
+
+
+def _database_key() -> str:
+    return f"{os.environ.get('ROOMCAST_REDIS_PREFIX', 'roomcast')}:database"
+
+
+def _announce_database() -> None:
+    """Tell ``roomcast push`` run elsewhere which database this server's rooms live in
+    (a Redis key beside the channel layer's), so it refuses to store into another one."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5)
+        client.set(_database_key(), _database_in_use())
+        client.close()
+    except redis.RedisError as exc:
+        print(f"roomcast serve: could not write {_database_key()} to Redis: {exc}", file=sys.stderr)
+
+
+def _check_same_database() -> None:
+    """Refuse a push through Redis that would store into a database the servers do not
+    use (the message would be published, seen by nobody, and missing from history)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5, decode_responses=True
+        )
+        value = client.get(_database_key())
+        client.close()
+    except redis.RedisError:
+        return  # the push itself will report Redis being unreachable
+    theirs = value.decode() if isinstance(value, bytes) else value
+    ours = _database_in_use()
+    if theirs is not None and theirs != ours:
+        raise SystemExit(
+            f"roomcast: the servers on this Redis store their rooms in {theirs}, "
+            f"but this command would store the message in {ours}. Pass --database (or "
+            "ROOMCAST_DATABASE_URL) with the servers' database, or --server URL to push "
+            "through a server's HTTP API."
+        )
+
+
 def _direct(args: argparse.Namespace) -> bool:
     """Push in-process (through Redis) rather than over HTTP?"""
     _apply_service_flags(args)
@@ -164,6 +219,7 @@ def _direct(args: argparse.Namespace) -> bool:
 def _push(args: argparse.Namespace) -> int:
     if _direct(args):
         _setup_django()
+        _check_same_database()
         from .push import send_to_room
 
         stored = send_to_room(args.room, args.text)

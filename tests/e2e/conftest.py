@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,11 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run the ``roomcast`` command with this server's environment."""
+    def cli(self, *args: str, without: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """Run the ``roomcast`` command with this server's environment, minus ``without``."""
         env = {**os.environ, "ROOMCAST_DATA_DIR": str(self.data_dir), **self.env}
-        env.pop("DJANGO_SETTINGS_MODULE", None)
+        for name in ("DJANGO_SETTINGS_MODULE", *without):
+            env.pop(name, None)
         return subprocess.run(
             [ROOMCAST, *args],
             env=env,

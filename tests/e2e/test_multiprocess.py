@@ -166,6 +166,23 @@ async def test_roomcast_push_reaches_members_of_both_processes(cluster, clients)
         assert getattr(info.value, "rcvd", None) is not None and info.value.rcvd.code == 4000
 
 
+async def test_roomcast_push_through_redis_refuses_another_database(cluster, clients):
+    """`roomcast push` with the servers' Redis but not their database (it would store in
+    its own SQLite file, and the message would reach nobody) refuses, naming both."""
+    (server,) = cluster(1)
+    room = unique("wrong db")
+    member = await clients(server.ws_url(room))
+    await member.recv_type("joined")
+    wrong = await asyncio.to_thread(
+        server.cli, "push", room, "lost?", without=["ROOMCAST_DATABASE_URL"]
+    )
+    assert wrong.returncode != 0
+    assert "--database" in wrong.stderr and "postgresql://" in wrong.stderr, wrong.stderr
+    right = await asyncio.to_thread(server.cli, "push", room, "found")
+    assert right.returncode == 0, right.stderr
+    assert [(f["seq"], f["message"]) for f in await member.messages(1)] == [(1, "found")]
+
+
 async def test_malformed_frame_storm_does_not_disturb_the_room(cluster, clients):
     """One client floods bad frames while others chat on both processes: nothing is lost."""
     a, b = cluster(2)
