@@ -9,7 +9,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from roomcast.conf import roomcast_settings, settings_from_environ
+from roomcast.conf import roomcast_settings, settings_from_environ, unknown_environ
 from roomcast.fanout import room_group
 
 GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
@@ -107,3 +107,11 @@ def test_settings_from_the_environment_are_parsed_by_type():
 def test_a_bad_environment_value_names_the_variable(name, value, message):
     with pytest.raises(ImproperlyConfigured, match=message):
         settings_from_environ({name: value})
+
+
+def test_a_misspelt_environment_variable_is_reported_with_a_hint():
+    environ = {"ROOMCAST_HISTOR_COUNT": "5", "ROOMCAST_DATABASE_URL": "x", "HOME": "/"}
+    assert unknown_environ(environ) == [
+        "ROOMCAST_HISTOR_COUNT is not a roomcast variable and is ignored. "
+        "Did you mean ROOMCAST_HISTORY_COUNT?"
+    ]

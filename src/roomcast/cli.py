@@ -72,6 +72,10 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ImproperlyConfigured as exc:  # a bad ROOMCAST_* variable, a bad database URL
         print(f"roomcast serve: {exc}", file=sys.stderr)
         return 2
+    from .conf import unknown_environ
+
+    for line in unknown_environ(os.environ):
+        print(f"roomcast serve: warning: {line}", file=sys.stderr)
     from django.conf import settings
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
@@ -119,23 +123,33 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _api_key(args: argparse.Namespace) -> str:
+def _api_key(args: argparse.Namespace) -> tuple[str, str]:
+    """The HTTP push API key, and where it came from (for the error if it is refused)."""
     if args.api_key:
-        return str(args.api_key)
+        return str(args.api_key), "--api-key"
     if os.environ.get("ROOMCAST_API_KEY"):
-        return os.environ["ROOMCAST_API_KEY"]
-    _setup_django()  # the bundled site keeps its key in the data dir
-    from django.conf import settings
-
-    return str(settings.ROOMCAST["API_KEYS"][0])
+        return os.environ["ROOMCAST_API_KEY"], "ROOMCAST_API_KEY"
+    # The bundled site keeps its key in its data dir. Read, never created here: a new
+    # key would only be refused.
+    data_dir = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast")
+    path = data_dir.resolve() / "api_key"
+    try:
+        return path.read_text().strip(), str(path)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"roomcast: no API key: {path} does not exist. Pass --api-key (or set "
+            "ROOMCAST_API_KEY), or run this where the server's .roomcast/ is (or set "
+            "ROOMCAST_DATA_DIR to it)."
+        ) from None
 
 
 def _http(args: argparse.Namespace, path: str, body: dict[str, Any]) -> dict[str, Any]:
     url = args.server.rstrip("/") + path
+    key, source = _api_key(args)
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {_api_key(args)}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         method="POST",
     )
     try:
@@ -146,6 +160,8 @@ def _http(args: argparse.Namespace, path: str, body: dict[str, Any]) -> dict[str
             detail = json.load(exc).get("detail", exc.reason)
         except ValueError:
             detail = exc.reason
+        if exc.code == 401:
+            detail = f"{detail} (the key came from {source})"
         raise SystemExit(f"roomcast: {url} answered {exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
         raise SystemExit(

@@ -61,6 +61,27 @@ _NOT_FROM_ENVIRON = frozenset({"API_KEYS"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+#: roomcast serve's own variables (docs/settings.md), and the test suite's.
+SERVER_VARIABLES = frozenset(
+    f"ROOMCAST_{name}"
+    for name in (
+        "DATA_DIR", "DATABASE_URL", "REDIS_URL", "LAYER", "REDIS_PREFIX", "SECRET_KEY",
+        "API_KEY", "ALLOWED_HOSTS", "DEBUG", "LOG_LEVEL", "TEST_POSTGRES", "TEST_SQLITE",
+    )
+)  # fmt: skip
+
+
+def unknown_environ(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``ROOMCAST_*`` variable that nothing reads (a misspelling?)."""
+    known = SERVER_VARIABLES | {f"ROOMCAST_{key}" for key in DEFAULTS}
+    lines = []
+    for name in sorted(n for n in environ if n.startswith("ROOMCAST_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        lines.append(f"{name} is not a roomcast variable and is ignored.{hint}")
+    return lines
+
+
 def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     """``ROOMCAST`` values from ``ROOMCAST_<KEY>`` variables, for ``roomcast serve``.
 

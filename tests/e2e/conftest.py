@@ -85,9 +85,12 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str, without: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
-        """Run the ``roomcast`` command with this server's environment, minus ``without``."""
-        env = {**os.environ, "ROOMCAST_DATA_DIR": str(self.data_dir), **self.env}
+    def cli(
+        self, *args: str, without: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the ``roomcast`` command with this server's environment, minus ``without``,
+        plus ``env``."""
+        env = {**os.environ, "ROOMCAST_DATA_DIR": str(self.data_dir), **self.env, **(env or {})}
         for name in ("DJANGO_SETTINGS_MODULE", *without):
             env.pop(name, None)
         return subprocess.run(

@@ -486,6 +486,17 @@ async def test_embedded_default_push_and_cross_origin(serve, clients):
     )
     assert result.returncode == 0, result.stderr
     assert (await member.messages(1))[0]["message"] == "hello from the shell"
+    wrong = await asyncio.to_thread(
+        server.cli, "push", room, "x", "--server", server.http_url, "--api-key", "w" * 20
+    )
+    assert wrong.returncode != 0 and "401" in wrong.stderr and "--api-key" in wrong.stderr
+    elsewhere = await asyncio.to_thread(
+        server.cli,
+        *("push", room, "x", "--server", server.http_url),
+        env={"ROOMCAST_DATA_DIR": str(server.data_dir / "nowhere")},
+    )
+    assert elsewhere.returncode != 0 and "no API key" in elsewhere.stderr, elsewhere.stderr
+    assert not (server.data_dir / "nowhere").exists()  # nothing generated on the way
     with pytest.raises(Exception) as info:
         await clients(server.ws_url(room), additional_headers={"Origin": "https://evil.example"})
     assert "403" in str(info.value)
