@@ -106,6 +106,14 @@ except ValueError as exc:  # unknown scheme
         f"ROOMCAST_DATABASE_URL={_database_url!r} is not a database URL ({exc}); "
         "use sqlite:///path/to/db.sqlite3 or postgres://user@host:5432/dbname."
     ) from None
+if _database["ENGINE"] not in (
+    "django.db.backends.sqlite3",
+    "django.db.backends.postgresql",
+):
+    raise ImproperlyConfigured(
+        f"ROOMCAST_DATABASE_URL={_database_url!r}: roomcast serve runs on SQLite or "
+        "PostgreSQL; use sqlite:///path/to/db.sqlite3 or postgres://user@host:5432/dbname."
+    )
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["CONN_MAX_AGE"] = 0
     _database["OPTIONS"] = {
