@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -93,6 +94,13 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .server.lean_ws import protocol_class
 
+    try:  # say a taken port plainly, before announcing anything
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.create_server((args.host, args.port), family=family):
+            pass
+    except OSError as exc:
+        print(f"roomcast serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
     print(
         f"roomcast serving on http://{args.host}:{args.port}/chat/ "
         f"({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
