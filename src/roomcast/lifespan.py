@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import services
+from . import services, stream
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class Lifespan:
             if message["type"] == "lifespan.startup":
                 try:
                     services.hub()
+                    stream.writer.start()  # writer threads connect before the first post
                 except Exception as exc:
                     logger.exception("roomcast could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

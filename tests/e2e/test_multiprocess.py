@@ -418,6 +418,28 @@ async def test_posts_while_postgresql_refuses_connections_fail_and_land_when_res
     assert sorted(seqs) == [1, 2, 3]
 
 
+async def test_writer_threads_connect_at_start_up(serve, postgres_database):
+    """roomcast serve's writer threads open their PostgreSQL connections when it starts,
+    not on the first post (which would wait for them: tens of milliseconds)."""
+    import psycopg
+
+    name = postgres_database.rpartition("/")[2]
+    query = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = %s AND application_name = 'roomcast-writer'"
+    )
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        before = conn.execute(query, (name,)).fetchone()
+        serve(ROOMCAST_DATABASE_URL=postgres_database)  # no socket, no post
+        for _ in range(100):
+            now = conn.execute(query, (name,)).fetchone()
+            if now is not None and before is not None and now[0] - before[0] >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"writer connections: {before} before, {now} after start")
+
+
 async def test_redis_restart_loses_nothing(cluster, clients, redis_server):
     """Messages posted while Redis is down are stored, acked, and reach all once it returns."""
     a, b = cluster(2)

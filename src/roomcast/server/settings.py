@@ -127,6 +127,8 @@ else:
     # Fail a connection attempt after 5 s (unless the URL says otherwise): libpq would
     # wait for the OS, minutes for an unreachable host, while posts queue behind it.
     _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # So that pg_stat_activity tells roomcast's connections from others.
+    _database["OPTIONS"].setdefault("application_name", "roomcast")
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
