@@ -21,6 +21,7 @@ tutorial: nothing after the handshake, message frames ``{"message": TEXT}`` only
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -46,6 +47,22 @@ CLIENTS = ("picows", "websockets")
 def default_procs() -> int:
     """One client process per CPU this process may run on."""
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def add_member_arguments(parser: argparse.ArgumentParser, procs_help: str) -> None:
+    """``--client`` and ``--client-procs``, for scripts whose members live in a MemberPool."""
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="picows",
+        help="members' WebSocket library (default picows; websockets costs ~4x per frame)",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=default_procs(),
+        help=f"{procs_help} (default: CPUs available, {default_procs()})",
+    )
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -8,8 +8,12 @@ a ``finally``. Mirrors the test suite's fixtures (``tests/conftest.py``,
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -19,10 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOMCAST = str(Path(sys.executable).with_name("roomcast"))
 REPO = Path(__file__).resolve().parent.parent
@@ -394,3 +401,84 @@ def machine_facts(postgres_url: str | None) -> dict[str, str]:
     if postgres_url:
         facts["PostgreSQL"] = postgres_version(postgres_url)
     return facts
+
+
+# -- running a benchmark script ---------------------------------------------------------------
+
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, postgres: bool = False) -> None:
+    """The arguments every benchmark script takes (``--postgres`` where it uses one)."""
+    parser.add_argument(
+        "--time-limit", type=float, default=290.0, help="stop everything after this (default 290)"
+    )
+    if postgres:
+        parser.add_argument(
+            "--postgres",
+            default=DEFAULT_POSTGRES,
+            help="PostgreSQL server to create the run's database on (dropped at the end)",
+        )
+    parser.add_argument("--output", type=Path, help="also write the Markdown results here")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+
+
+def run_benchmark(
+    script: str,
+    args: argparse.Namespace,
+    facts: dict[str, str],
+    measure: Callable[[Processes], Awaitable[None]],
+    results: list[Any],
+    *,
+    failed: Callable[[list[Any]], bool],
+    report: Callable[[str, Processes], str],
+) -> int:
+    """Run ``measure`` within ``--time-limit``, stop every process it started (on an
+    error, Ctrl-C or SIGTERM too), then print and write the report; 0 unless ``failed``.
+
+    ``report(command, procs)`` turns ``results`` and ``facts`` into Markdown; the server
+    logs stay in the run's directory when the run failed or ``--keep-logs`` asks."""
+    from _clients import loop_factory
+
+    command = " ".join([f".venv/bin/python benchmarks/{script}", *sys.argv[1:]])
+    workdir = Path(tempfile.mkdtemp(prefix=f"roomcast-{Path(script).stem}-"))
+    procs = Processes(workdir)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up
+    timed_out = False
+    run_failed = True  # until shown otherwise: keep the logs of a run that went wrong
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(asyncio.wait_for(measure(procs), args.time_limit))
+    except TimeoutError:
+        timed_out = True
+        print(f"stopped: --time-limit {args.time_limit} s reached", file=sys.stderr)
+    else:
+        run_failed = failed(results)
+    finally:
+        procs.stop_all()
+        if args.keep_logs or run_failed:
+            print(f"server logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    facts["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    facts["src/ digest at end"] = source_digest()
+    text = report(command, procs)
+    if facts["src/ digest at end"] != facts["src/ digest at start"]:
+        text += "\nsrc/ changed during the run: servers started later ran other code.\n"
+    if timed_out:
+        text += f"\nStopped by --time-limit {args.time_limit} s: the tables are incomplete.\n"
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    if args.json:
+        data = {
+            "command": command,
+            "facts": facts,
+            "failed": run_failed,
+            "timed_out": timed_out,
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(data, indent=1))
+    return 1 if run_failed else 0

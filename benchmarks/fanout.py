@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,11 +39,10 @@ from typing import Any
 
 import _harness as h
 from _clients import (
-    CLIENTS,
     SUBPROTOCOL,
     MemberPool,
     MemberRecord,
-    default_procs,
+    add_member_arguments,
     loop_factory,
     open_ws,
 )
@@ -448,18 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layers", default="pubsub,core", help="redis scenario's layers: pubsub, core"
     )
-    parser.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="picows",
-        help="members' WebSocket library (default picows; websockets costs ~4x per frame)",
-    )
-    parser.add_argument(
-        "--client-procs",
-        type=int,
-        default=default_procs(),
-        help=f"processes holding the members (default: CPUs available, {default_procs()})",
-    )
+    add_member_arguments(parser, "processes holding the members")
     parser.add_argument(
         "--seed-messages",
         type=int,
@@ -485,17 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for every delivery of a phase (default 60)",
     )
-    parser.add_argument(
-        "--time-limit", type=float, default=290.0, help="stop everything after this (default 290)"
-    )
-    parser.add_argument(
-        "--postgres",
-        default="postgres://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL server to create the run's database on (dropped at the end)",
-    )
-    parser.add_argument("--output", type=Path, help="also write the Markdown results here")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    h.add_run_arguments(parser, postgres=True)
     parser.add_argument(
         "--baseline-server",
         type=int,
@@ -524,55 +499,23 @@ def main(argv: list[str] | None = None) -> int:
     if "embedded" not in args.scenarios:
         args.targets = []
     h.raise_fd_limit(args.members + 1024)
-    command = " ".join([".venv/bin/python benchmarks/fanout.py", *sys.argv[1:]])
     facts = h.machine_facts(args.postgres if "redis" in args.scenarios else None)
     facts["client event loop"] = loop_factory().__module__.split(".")[0]
     facts["member client"] = args.client
     facts["client processes"] = f"{args.client_procs} (members), plus this one (publisher)"
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-bench-"))
-    procs = h.Processes(workdir)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up
     results: list[PhaseResult] = []
-    timed_out = False
-    failed = True  # until shown otherwise: keep the logs of a run that went wrong
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(asyncio.wait_for(_main(args, procs, results), args.time_limit))
-    except TimeoutError:
-        timed_out = True
-        print(f"stopped: --time-limit {args.time_limit} s reached", file=sys.stderr)
-    else:
-        failed = any(
+    return h.run_benchmark(
+        "fanout.py",
+        args,
+        facts,
+        lambda procs: _main(args, procs, results),
+        results,
+        failed=lambda rs: any(
             r.lost or r.duplicates or r.out_of_order or r.timed_out or r.publisher_errors
-            for r in results
-        )
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"server logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    facts["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    facts["src/ digest at end"] = h.source_digest()
-    text = report(results, facts, command, procs.logs)
-    if facts["src/ digest at end"] != facts["src/ digest at start"]:
-        text += "\nsrc/ changed during the run: servers started later ran other code.\n"
-    if timed_out:
-        text += f"\nStopped by --time-limit {args.time_limit} s: the tables are incomplete.\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    if args.json:
-        data = {
-            "command": command,
-            "facts": facts,
-            "failed": failed,
-            "timed_out": timed_out,
-            "results": [dataclasses.asdict(r) for r in results],
-        }
-        args.json.write_text(json.dumps(data, indent=1))
-    return 1 if failed else 0
+            for r in rs
+        ),
+        report=lambda command, procs: report(results, facts, command, procs.logs),
+    )
 
 
 if __name__ == "__main__":

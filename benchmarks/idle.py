@@ -23,18 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
-import shutil
-import signal
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import _harness as h
-from _clients import CLIENTS, MemberPool, default_procs, loop_factory, open_ws
+from _clients import MemberPool, add_member_arguments, open_ws
 
 TARGETS = ("roomcast", "seed", "uvicorn", "uvicorn-stock")
 
@@ -206,18 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=int, default=10_000, help="idle connections (default 10000)"
     )
     parser.add_argument("--rooms", type=int, default=100, help="rooms they join (default 100)")
-    parser.add_argument(
-        "--client",
-        choices=CLIENTS,
-        default="picows",
-        help="members' WebSocket library (default picows; websockets costs ~4x per frame)",
-    )
-    parser.add_argument(
-        "--client-procs",
-        type=int,
-        default=default_procs(),
-        help=f"client processes (default: CPUs available, {default_procs()})",
-    )
+    add_member_arguments(parser, "client processes")
     parser.add_argument(
         "--settle", type=float, default=2.0, help="idle seconds before each RSS (default 2)"
     )
@@ -225,12 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--open-timeout", type=float, default=120.0, help="seconds to open them (default 120)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat, order reversed")
-    parser.add_argument(
-        "--time-limit", type=float, default=290.0, help="stop everything after this (default 290)"
-    )
-    parser.add_argument("--output", type=Path, help="also write the Markdown results here")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    h.add_run_arguments(parser)
     return parser
 
 
@@ -241,45 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.targets) - set(TARGETS) or args.connections < 1 or args.rounds < 1:
         build_parser().error("bad arguments")
     h.raise_fd_limit(1024 + 64)
-    command = " ".join([".venv/bin/python benchmarks/idle.py", *sys.argv[1:]])
     facts = h.machine_facts(None)
     facts["member client"] = args.client
     facts["client processes"] = str(args.client_procs)
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-idle-"))
-    procs = h.Processes(workdir)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up
     results: list[IdleResult] = []
-    timed_out, failed = False, True
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(asyncio.wait_for(_main(args, procs, results), args.time_limit))
-    except TimeoutError:
-        timed_out = True
-        print(f"stopped: --time-limit {args.time_limit} s reached", file=sys.stderr)
-    else:
-        failed = any(r.failed or r.opened < r.connections for r in results)
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"server logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    facts["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    facts["src/ digest at end"] = h.source_digest()
-    text = report(results, facts, command)
-    if facts["src/ digest at end"] != facts["src/ digest at start"]:
-        text += "\nsrc/ changed during the run: servers started later ran other code.\n"
-    if timed_out:
-        text += f"\nStopped by --time-limit {args.time_limit} s: the tables are incomplete.\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    if args.json:
-        data = {"command": command, "facts": facts, "failed": failed, "timed_out": timed_out}
-        data["results"] = [dataclasses.asdict(r) for r in results]
-        args.json.write_text(json.dumps(data, indent=1))
-    return 1 if failed else 0
+    return h.run_benchmark(
+        "idle.py",
+        args,
+        facts,
+        lambda procs: _main(args, procs, results),
+        results,
+        failed=lambda rs: any(r.failed or r.opened < r.connections for r in rs),
+        report=lambda command, _: report(results, facts, command),
+    )
 
 
 if __name__ == "__main__":

@@ -20,20 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
-import shutil
-import signal
 import sqlite3
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import _harness as h
-from _clients import loop_factory, open_ws
+from _clients import open_ws
 from _report import percentiles
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -267,17 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=120.0, help="seconds for every ack (default 120)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat, order reversed")
-    parser.add_argument(
-        "--time-limit", type=float, default=290.0, help="stop everything after this (default 290)"
-    )
-    parser.add_argument(
-        "--postgres",
-        default="postgres://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL server to create the run's database on (dropped at the end)",
-    )
-    parser.add_argument("--output", type=Path, help="also write the Markdown results here")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    h.add_run_arguments(parser, postgres=True)
     return parser
 
 
@@ -288,43 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.databases) - set(DATABASES) or min(args.publishers, args.rooms) < 1:
         build_parser().error("bad arguments")
     h.raise_fd_limit(args.publishers + 1024)
-    command = " ".join([".venv/bin/python benchmarks/ingest.py", *sys.argv[1:]])
     facts = h.machine_facts(args.postgres if "postgres" in args.databases else None)
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-ingest-"))
-    procs = h.Processes(workdir)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up
     results: list[IngestResult] = []
-    timed_out, failed = False, True
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(asyncio.wait_for(_main(args, procs, results), args.time_limit))
-    except TimeoutError:
-        timed_out = True
-        print(f"stopped: --time-limit {args.time_limit} s reached", file=sys.stderr)
-    else:
-        failed = any(_failed(r) for r in results)
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"server logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    facts["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    facts["src/ digest at end"] = h.source_digest()
-    text = report(results, facts, command)
-    if facts["src/ digest at end"] != facts["src/ digest at start"]:
-        text += "\nsrc/ changed during the run: servers started later ran other code.\n"
-    if timed_out:
-        text += f"\nStopped by --time-limit {args.time_limit} s: the tables are incomplete.\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    if args.json:
-        data = {"command": command, "facts": facts, "failed": failed, "timed_out": timed_out}
-        data["results"] = [dataclasses.asdict(r) for r in results]
-        args.json.write_text(json.dumps(data, indent=1))
-    return 1 if failed else 0
+    return h.run_benchmark(
+        "ingest.py",
+        args,
+        facts,
+        lambda procs: _main(args, procs, results),
+        results,
+        failed=lambda rs: any(_failed(r) for r in rs),
+        report=lambda command, _: report(results, facts, command),
+    )
 
 
 if __name__ == "__main__":
