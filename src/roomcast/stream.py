@@ -182,16 +182,8 @@ def _store_one(post: _Post) -> StoredMessage:
 
 
 def _stored(post: _Post, seq: int) -> StoredMessage:
-    frame = codec.encode(
-        codec.message_event(
-            room=post.room,
-            text=post.text,
-            kind=post.kind,  # type: ignore[arg-type]
-            user=post.username or None,
-            ts=_timestamp(post.created_at),
-            seq=seq,
-            client_id=post.client_id or None,
-        )
+    frame = _frame(
+        post.room, post.text, post.kind, post.username, post.created_at, seq, post.client_id
     )
     return StoredMessage(room=post.room, seq=seq, frame=frame)
 
@@ -427,15 +419,30 @@ def _timestamp(moment: datetime) -> str:
 
 def message_frame(message: Message, room: str) -> str:
     """The wire frame of a stored message: the same bytes live and when read back."""
+    return _frame(
+        room,
+        message.text,
+        message.kind,
+        message.username,
+        message.created_at,
+        message.seq,
+        message.client_id,
+    )
+
+
+def _frame(
+    room: str, text: str, kind: str, username: str, created_at: datetime, seq: int, client_id: str
+) -> str:
+    """One encoding for a message, from a post being stored or a row read back."""
     return codec.encode(
         codec.message_event(
             room=room,
-            text=message.text,
-            kind=message.kind,  # type: ignore[arg-type]
-            user=message.username or None,
-            ts=_timestamp(message.created_at),
-            seq=message.seq,
-            client_id=message.client_id or None,
+            text=text,
+            kind=kind,  # type: ignore[arg-type]
+            user=username or None,
+            ts=_timestamp(created_at),
+            seq=seq,
+            client_id=client_id or None,
         )
     )
 
