@@ -197,15 +197,21 @@ def _database_key() -> str:
     return f"{os.environ.get('ROOMCAST_REDIS_PREFIX', 'roomcast')}:database"
 
 
+def _redis_client() -> Any:
+    """A short-lived client of the servers' Redis, for the ``<prefix>:database`` key."""
+    import redis
+
+    return redis.Redis.from_url(os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5)
+
+
 def _announce_database() -> None:
     """Tell ``roomcast push`` run elsewhere which database this server's rooms live in
     (a Redis key beside the channel layer's), so it refuses to store into another one."""
     import redis
 
     try:
-        client = redis.Redis.from_url(os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5)
-        client.set(_database_key(), _database_in_use())
-        client.close()
+        with _redis_client() as client:
+            client.set(_database_key(), _database_in_use())
     except redis.RedisError as exc:
         print(f"roomcast serve: could not write {_database_key()} to Redis: {exc}", file=sys.stderr)
 
@@ -216,11 +222,8 @@ def _check_same_database() -> None:
     import redis
 
     try:
-        client = redis.Redis.from_url(
-            os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5, decode_responses=True
-        )
-        value = client.get(_database_key())
-        client.close()
+        with _redis_client() as client:
+            value = client.get(_database_key())
     except redis.RedisError:
         return  # the push itself will report Redis being unreachable
     theirs = value.decode() if isinstance(value, bytes) else value
