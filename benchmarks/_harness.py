@@ -169,7 +169,14 @@ class Processes:
         """``roomcast serve`` on a free port, its data dir and settings from ``env``."""
         port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = {"ROOMCAST_DATA_DIR": str(data_dir), "ROOMCAST_LOG_LEVEL": "WARNING", **env}
+        env = {
+            "ROOMCAST_DATA_DIR": str(data_dir),
+            "ROOMCAST_LOG_LEVEL": "WARNING",
+            # Every load client connects from 127.0.0.1: the per-address cap (1,000 by
+            # default) would refuse scenarios (c) and (e).
+            "ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS": "0",
+            **env,
+        }
         os.environ.pop("DJANGO_SETTINGS_MODULE", None)
         argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
         return self.start(name, argv, port=port, env=env, nofile=nofile)

@@ -83,10 +83,13 @@ async def test_a_room_gets_frames_written_directly(server):
         await ws.close()
 
 
-async def test_a_member_that_stops_reading_falls_back_and_loses_nothing(server):
+async def test_a_member_that_stops_reading_falls_back_and_loses_nothing(server, settings):
     """A member that does not read fills its socket: uvicorn pauses writing, frames go
     through the ASGI send and the member's buffer, then direct again; the member
     still gets every message in order, and a reading member is not held up."""
+    # Room for the whole backlog in the member's buffer (the default byte bound, 1 MiB,
+    # would close it with 1013: tests/e2e/test_limits.py).
+    settings.ROOMCAST = {**settings.ROOMCAST, "OUTBOUND_BUFFER_BYTES": 16 * 2**20}
     slow = await connect(server.url + "flow/")
     fast = await connect(server.url + "flow/")
     # A small receive buffer, and no reading: the kernel's buffers fill, then uvicorn's.

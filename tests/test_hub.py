@@ -128,6 +128,58 @@ async def test_slow_member_is_closed_with_1013_and_others_keep_going(the_hub):
     assert slow_socket.sent[-1]["type"] == "websocket.close"
 
 
+async def test_slow_member_is_closed_at_its_byte_bound(the_hub):
+    """Bytes bound the buffer too: frames under the frame bound but over max_bytes close
+    the socket with 1013, and nothing is sent after the close."""
+    socket = Socket()
+    member = Member(socket, room="bytes", max_frames=100, max_bytes=2_000, v1=True)
+
+    async def nothing() -> CatchUp:
+        return CatchUp(preface=[], frames=[], last_seq=0)
+
+    await the_hub.join(member, nothing)
+    socket.block()
+    text = "é" * 300  # 600 bytes of UTF-8 in 300 characters: bytes are what count
+    for i in range(6):
+        await services.apost_message("bytes", f"{i} {text}")
+    for _ in range(100):
+        if member.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert member.closed
+    assert socket.sent[-1]["type"] == "websocket.close"
+    assert socket.sent[-1]["code"] == CloseCode.TRY_AGAIN_LATER
+    assert len(socket.sent) < 6
+
+
+async def test_a_catch_up_larger_than_the_byte_bound_is_allowed(the_hub):
+    """A join's catch-up is allowed on top of max_bytes while it drains (else a replay
+    bigger than the bound would close every reconnecting socket, again and again)."""
+    socket = Socket()
+    member = Member(socket, room="replay", max_frames=100, max_bytes=1_000, v1=True)
+    frames = [
+        (seq, json.dumps({"type": "message", "seq": seq, "message": "x" * 500}))
+        for seq in range(1, 11)
+    ]
+
+    async def catch_up() -> CatchUp:
+        return CatchUp(preface=[], frames=frames, last_seq=10)
+
+    socket.block()
+    await the_hub.join(member, catch_up)
+    await asyncio.sleep(0.05)
+    assert not member.closed  # 5 KB of catch-up queued against a 1 KB bound
+    socket.open.set()
+    await socket.wait_for(10)
+    assert socket.seqs == list(range(1, 11))
+    # Once it is written, the allowance is gone: the bound is max_bytes again.
+    socket.block()
+    for i in range(4):
+        member.deliver(11 + i, json.dumps({"type": "message", "seq": 11 + i, "message": "y" * 500}))
+    await asyncio.sleep(0.05)
+    assert member.closed
+
+
 async def test_member_holding_too_long_is_closed(the_hub):
     """Frames held while joining count against the same bound."""
     socket = Socket()

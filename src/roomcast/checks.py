@@ -22,7 +22,10 @@ _POSITIVE_INTS = (
     "ROOM_NAME_MAX_CHARS",
     "STORE_QUEUE_LIMIT",
     "STORE_LOCK_TIMEOUT_MS",
+    "OUTBOUND_BUFFER_BYTES",
 )
+#: Whole numbers where 0 turns the limit off.
+_LIMIT_INTS = ("MAX_CONNECTIONS_PER_ADDRESS",)
 
 
 @register(Tags.compatibility)
@@ -44,6 +47,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="roomcast.E002",
                 )
             )
+    for key in _LIMIT_INTS:
+        value = getattr(roomcast_settings, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            errors.append(
+                Error(
+                    f"ROOMCAST[{key!r}] must be a whole number (0 for no limit), not {value!r}.",
+                    id="roomcast.E011",
+                )
+            )
+    value = roomcast_settings.MAX_CONNECTIONS
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        errors.append(
+            Error(
+                f"ROOMCAST['MAX_CONNECTIONS'] must be a positive whole number or None "
+                f"(90% of the open-file limit), not {value!r}.",
+                id="roomcast.E012",
+            )
+        )
     if not errors:
         replay = max(roomcast_settings.REPLAY_LIMIT, roomcast_settings.HISTORY_COUNT)
         if roomcast_settings.OUTBOUND_BUFFER_FRAMES <= replay:
@@ -87,6 +108,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("PUBLISH_TIMEOUT_SECS", "roomcast.E007"),
         ("POSITION_CHECK_SECS", "roomcast.E009"),
         ("STORE_LOCKED_GIVE_UP_SECS", "roomcast.E010"),
+        ("HANDSHAKE_TIMEOUT_SECS", "roomcast.E013"),
+        ("SEND_TIMEOUT_SECS", "roomcast.E013"),
+        ("CLOSE_TIMEOUT_SECS", "roomcast.E013"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

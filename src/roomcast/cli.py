@@ -115,7 +115,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools with roomcast's connection caps and deadlines (server.guard).
+        http="roomcast.server.guard:GuardedHttpToolsProtocol",
         # websockets-sansio waits for the socket to drain before each send, so a slow
         # client's backlog builds in roomcast's bounded buffer, where it is seen, and not
         # in the transport, where it is not; its close timer ends stuck closes.

@@ -54,11 +54,33 @@ DEFAULTS: dict[str, Any] = {
     "STORE_LOCK_TIMEOUT_MS": 1000,
     # Seconds a post may stay set aside (its room locked) before it fails with "busy".
     "STORE_LOCKED_GIVE_UP_SECS": 30.0,
+    # Bytes of frames queued for one socket before it counts as too slow (closed with
+    # 1013, like OUTBOUND_BUFFER_FRAMES; whichever is reached first). A join's catch-up
+    # (at most REPLAY_LIMIT frames) is allowed on top while it drains.
+    "OUTBOUND_BUFFER_BYTES": 1024 * 1024,
+    # roomcast serve's connection limits, per process (roomcast.server.guard). Open
+    # connections at most; None: 90% of the open-file limit. Over it: HTTP 503.
+    "MAX_CONNECTIONS": None,
+    # Open connections from one IP address at most (0: no cap). Behind a proxy every
+    # connection comes from the proxy: raise it or set 0 there, and limit in the proxy.
+    "MAX_CONNECTIONS_PER_ADDRESS": 1000,
+    # Seconds for a request (or a WebSocket handshake) to arrive whole and be answered
+    # by the application; a connection that sends nothing, or drips its headers, is
+    # closed after it.
+    "HANDSHAKE_TIMEOUT_SECS": 10.0,
+    # Seconds a socket may take no data while data waits for it (a client that stopped
+    # reading); past it the connection is reset and its buffers released.
+    "SEND_TIMEOUT_SECS": 30.0,
+    # Seconds the server waits for the client to answer its close frame before it
+    # resets the connection.
+    "CLOSE_TIMEOUT_SECS": 5.0,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
 _NOT_FROM_ENVIRON = frozenset({"API_KEYS"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+#: Keys whose default None means "work it out" (``auto`` in the environment).
+_INT_OR_AUTO = frozenset({"MAX_CONNECTIONS"})
 
 
 #: roomcast serve's own variables (docs/settings.md), and the test suite's.
@@ -106,6 +128,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[key] = int(raw)
             elif isinstance(default, float):
                 values[key] = float(raw)
+            elif key in _INT_OR_AUTO:
+                values[key] = None if raw.lower() in ("", "auto") else int(raw)
             elif key == "ALLOWED_ORIGINS":
                 values[key] = [origin.strip() for origin in raw.split(",") if origin.strip()]
             else:
@@ -116,6 +140,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
                 if isinstance(default, bool)
                 else "a whole number"
                 if isinstance(default, int)
+                else "a whole number or auto"
+                if key in _INT_OR_AUTO
                 else "a number"
             )
             raise ImproperlyConfigured(f"{name} must be {kind}, not {raw!r}.") from None

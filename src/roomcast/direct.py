@@ -38,12 +38,17 @@ def protocol_of(send: Any) -> Any:
     if (
         WebSocketsSansIOProtocol is None
         or not isinstance(protocol, WebSocketsSansIOProtocol)
-        # the stock send() (a subclass that changes it may do more than write a frame)
-        or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send
+        # the stock send(), or one that says it writes frames as the stock one does
+        # (server.lean_ws's): a subclass that changes it may do more than write a frame
+        or not _writes_like_stock(getattr(send, "__func__", None))
         or protocol.conn.extensions  # permessage-deflate: each socket compresses its own
     ):
         return None
     return protocol
+
+
+def _writes_like_stock(func: Any) -> bool:
+    return func is WebSocketsSansIOProtocol.send or getattr(func, "direct_write_safe", False)
 
 
 #: Frames written directly (a test reads it to see that the direct path is taken).

@@ -21,10 +21,14 @@ and no duplicate (docs/design.md walks through the argument).
 
 Bounded queues and their overflow policy:
 
-* Each member's outbound buffer holds at most ``OUTBOUND_BUFFER_FRAMES`` frames. A socket
-  that lets it fill (a client too slow for the room) is closed with 1013
-  TRY_AGAIN_LATER and its queued frames dropped: it reconnects with ``since=`` and
-  recovers them from the database. Nothing is dropped silently.
+* Each member's outbound buffer holds at most ``OUTBOUND_BUFFER_FRAMES`` frames and
+  ``OUTBOUND_BUFFER_BYTES`` bytes, whichever is reached first (a join's catch-up is
+  allowed on top of the bytes while it drains). A socket that lets it fill (a client
+  too slow for the room) is closed with 1013 TRY_AGAIN_LATER and its queued frames
+  dropped: it reconnects with ``since=`` and recovers them from the database. Nothing
+  is dropped silently. Under ``roomcast serve`` a close that cannot get through (the
+  client reads nothing) ends in a TCP reset after ``CLOSE_TIMEOUT_SECS``
+  (``server.lean_ws``), so the socket's kernel buffers are released too.
 * The frames a member holds while joining count against the same limit.
 * The layer's own queues are bounded by the layer's ``capacity``; what they drop shows up
   here as a gap and is read back from the database.
@@ -104,13 +108,16 @@ class Member:
     __slots__ = (
         "__weakref__",
         "_buffer",
+        "_bytes",
         "_direct",
         "_held",
         "_loop",
         "_send",
+        "_slack",
         "_writer",
         "closed",
         "last_seq",
+        "max_bytes",
         "max_frames",
         "room",
         "user_id",
@@ -118,7 +125,14 @@ class Member:
     )
 
     def __init__(
-        self, send: Send, *, room: str, max_frames: int, v1: bool, user_id: int | None = None
+        self,
+        send: Send,
+        *,
+        room: str,
+        max_frames: int,
+        v1: bool,
+        user_id: int | None = None,
+        max_bytes: int = 0,
     ) -> None:
         self._send = send
         # uvicorn's websockets-sansio protocol when frames can be written to it directly
@@ -126,6 +140,12 @@ class Member:
         self._direct = direct.protocol_of(send)
         self.room = room
         self.max_frames = max_frames
+        self.max_bytes = max_bytes  # 0: no byte bound
+        # Bytes of the frames in the buffer, counted only while a writer task drains it
+        # (frames written at once never wait, and sizing them would cost every delivery);
+        # and the catch-up's bytes, allowed on top of max_bytes until they are written.
+        self._bytes = 0
+        self._slack = 0
         self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
         self.user_id = user_id
         self.last_seq = 0
@@ -167,6 +187,8 @@ class Member:
         buffer.extend(catch_up.preface)
         last = catch_up.last_seq
         buffer.extend(frame for _, frame in catch_up.frames)
+        if self.max_bytes:
+            self._slack = sum(map(_size, buffer))
         for seq, frame in held:
             if seq is None or seq > last:
                 buffer.append(frame)
@@ -181,6 +203,10 @@ class Member:
         self.closed = True
         self._buffer.clear()
         self._held = None
+        if self._writer is not None:
+            # Its send waits for a socket that is not being read; the close goes
+            # instead (a frame sent after the close would be an ASGI error).
+            self._writer.cancel()
         task = self._loop.create_task(self._send_close(code, reason))
         _background.add(task)
         task.add_done_callback(_background.discard)
@@ -190,6 +216,11 @@ class Member:
         if len(self._buffer) > self.max_frames:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect with since=")
             return
+        if self._writer is not None and self.max_bytes:
+            self._bytes += _size(frame)
+            if self._bytes > self.max_bytes + self._slack:
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect with since=")
+            return  # the writer task drains it
         self._kick()
 
     def _kick(self) -> None:
@@ -198,6 +229,8 @@ class Member:
             return  # a writer task is draining, or the socket is gone
         buffer, send, protocol = self._buffer, self._send, self._direct
         while buffer:
+            if self._slack:  # a catch-up is being written: its allowance shrinks with it
+                self._slack = max(0, self._slack - _size(buffer[0]))
             if protocol is not None and direct.try_write(protocol, buffer[0]):
                 del buffer[0]
                 continue
@@ -214,6 +247,8 @@ class Member:
                 self._gone()
                 return
             # The send has to wait (flow control): a task finishes it and drains the rest.
+            if self.max_bytes:
+                self._bytes = sum(map(_size, buffer))
             pending = _Resumed(coro, awaiting)
             self._writer = self._loop.create_task(self._drain(pending))
             self._writer.add_done_callback(partial(self._writer_done, pending))
@@ -224,7 +259,13 @@ class Member:
         try:
             await pending
             while buffer:
-                await send({"type": "websocket.send", "text": buffer.pop(0)})
+                frame = buffer.pop(0)
+                if self.max_bytes:
+                    size = _size(frame)
+                    self._bytes -= size
+                    if self._slack:
+                        self._slack = max(0, self._slack - size)
+                await send({"type": "websocket.send", "text": frame})
         except OSError:
             self._gone()
         except Exception:
@@ -233,6 +274,7 @@ class Member:
 
     def _writer_done(self, pending: _Resumed, task: asyncio.Task[None]) -> None:
         self._writer = None
+        self._bytes = 0
         pending.close()  # a writer cancelled before it ran never finished the send
 
     def _gone(self) -> None:
@@ -243,7 +285,16 @@ class Member:
         try:
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
         except OSError:
-            pass
+            pass  # the socket is gone already
+        except RuntimeError:
+            # The server closed it first (a keepalive timeout, a parser error): ASGI
+            # servers refuse a second close with RuntimeError.
+            logger.debug("Socket of room %r was closed by the server first", self.room)
+
+
+def _size(frame: str) -> int:
+    """UTF-8 size of a frame's text (encoding only when it is not ASCII)."""
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
 class _Resumed:

@@ -183,7 +183,12 @@ async def join_room(
     """
     user_id = user.pk if user is not None and user.is_authenticated else None
     member = Member(
-        send, room=room, max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES, v1=v1, user_id=user_id
+        send,
+        room=room,
+        max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES,
+        max_bytes=roomcast_settings.OUTBOUND_BUFFER_BYTES,
+        v1=v1,
+        user_id=user_id,
     )
 
     the_hub = hub()

@@ -27,6 +27,8 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from . import guard
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LeanWebSocketsSansIOProtocol", "protocol_class"]
@@ -134,13 +136,33 @@ class _Event:
 
 class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with lazily allocated queue and flow-control
-    event, dropping the handshake's request and response once they are used."""
+    event, dropping the handshake's request and response once they are used; and with
+    ``roomcast serve``'s connection limits (:mod:`roomcast.server.guard`): the count
+    taken when the connection arrived, a deadline for the application to accept, and
+    an abort for a socket that takes no data for ``SEND_TIMEOUT_SECS`` or does not
+    complete its close within ``CLOSE_TIMEOUT_SECS``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _Queue()  # type: ignore[assignment]
         self.writable = _Event()  # type: ignore[assignment]
         self.writable.set()
+        self.close_timeout = guard.limits().close_timeout
+
+    # Class-level defaults, set on an instance only when used (an idle socket's
+    # attribute dict stays as it was).
+    _guard_address: str | None = None
+    # One timer at a time: the handshake deadline until the app answers, then the stall
+    # deadline while the transport is paused, or the abort after a close.
+    _timer: asyncio.TimerHandle | None = None
+    _timer_kind = ""
+
+    def adopt_guard(self, address: str) -> None:
+        """Take over the connection count of the HTTP protocol this socket was upgraded
+        from (released in :meth:`connection_lost`), and start the handshake deadline."""
+        self._guard_address = address
+        if not self.handshake_complete and not self.disconnected:
+            self._set_timer(guard.limits().handshake_timeout, self._handshake_timed_out)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -152,9 +174,128 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
 
+    async def send(self, message: Any) -> None:
+        if (
+            message["type"] == "websocket.close"
+            and not self.writable.is_set()
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+        ):
+            # The client reads nothing (the transport is paused): the stock send would
+            # wait for it to drain before even queueing the close, which for a client
+            # that never reads is forever (issue 6: 1013 closes that never left).
+            self._close_behind_backlog(message.get("code", 1000), message.get("reason") or "")
+            return
+        await super().send(message)
+        if self._timer is not None and self._timer_kind == "handshake" and self.handshake_complete:
+            self._cancel_timer()
+        if self.close_timer is not None:
+            # uvicorn ends an unanswered close with transport.close(), which waits for
+            # the buffer to drain: end it with a reset instead.
+            self.close_timer.cancel()
+            self.close_timer = None
+            self._set_timer(self.close_timeout, self._abort, "close")
+
+    # Roomcast's direct writes (roomcast.direct) may bypass this send: it writes frames
+    # as the parent's does and adds only what happens at a close.
+    send.direct_write_safe = True  # type: ignore[attr-defined]
+
+    def _close_behind_backlog(self, code: int, reason: str) -> None:
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._set_timer(self.close_timeout, self._abort, "close")
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        if not self.disconnected:  # its transport.close() would wait for the buffer
+            self._set_timer(self.close_timeout, self._abort, "close")
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._timer is None:
+            self._set_timer(guard.limits().send_timeout, self._stalled, "stall")
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._timer is not None and self._timer_kind == "stall":
+            self._cancel_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        super().connection_lost(exc)
+        if self._guard_address is not None:
+            guard.guard().release(self._guard_address)
+            self._guard_address = None
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                # The parent would log a traceback per frame (one client sent 158): a
+                # client's bad bytes are not the server's error. One line at DEBUG.
+                self.frames = []
+                logger.debug("%s - invalid UTF-8 in a text frame: closing with 1007", self.client)
+                self.conn.send_close(1007, "invalid UTF-8 in a text frame")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()  # sends the close frame, then transport.close()
+        if not self.disconnected:
+            self._set_timer(self.close_timeout, self._abort, "close")
+
+    def _set_timer(self, delay: float, callback: Any, kind: str = "handshake") -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, callback)
+        self._timer_kind = kind
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_kind = ""
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if not self.handshake_complete and not self.disconnected:
+            guard.guard().tally.add("closed: WebSocket not accepted within HANDSHAKE_TIMEOUT_SECS")
+            guard.abort(self.transport)
+
+    def _stalled(self) -> None:
+        self._timer = None
+        if not self.disconnected:
+            guard.guard().tally.add("aborted: read nothing for SEND_TIMEOUT_SECS")
+            guard.abort(self.transport)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if not self.disconnected:
+            guard.guard().tally.add("aborted: close not completed within CLOSE_TIMEOUT_SECS")
+            guard.abort(self.transport)
+
 
 #: What the subclass relies on in its parent (checked before it is used).
-_HOOKS = ("handle_connect", "start_keepalive", "send", "receive", "connection_lost")
+_HOOKS = (
+    "handle_connect",
+    "start_keepalive",
+    "send",
+    "receive",
+    "connection_lost",
+    "pause_writing",
+    "resume_writing",
+    "keepalive_timeout",
+    "send_receive_event_to_app",
+    "handle_parser_exception",
+)
 
 
 def protocol_class() -> str:
