@@ -74,7 +74,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
 
 def _set_nofile(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
+    if needed < 0:  # exactly -needed, soft and hard: a server that cannot raise it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (-needed, -needed))
+    elif soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
@@ -143,7 +145,8 @@ class Processes:
         nofile: int | None = None,
     ) -> Proc:
         """Start ``argv`` and wait until it listens on ``port``; ``nofile``: its own
-        open-file limit (raised in the child before exec, as ``ulimit -n`` would)."""
+        open-file limit (raised in the child before exec, as ``ulimit -n`` would; a
+        negative value sets both limits to exactly its absolute value)."""
         log = self.workdir / f"{name}-{port}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
