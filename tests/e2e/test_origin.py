@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import CHROMIUM, free_port
 from tests.e2e.conftest import Client, connect
+from tests.e2e.test_example import example_env, example_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -224,3 +225,14 @@ async def test_page_on_another_port_cannot_post_as_the_logged_in_user(browser, s
     assert [m["message"] for m in history] == ["posted by my page"]
     await reader.ws.close()
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.redis
+async def test_the_example_project_takes_its_own_pages_sockets_only(request):
+    """example/ (uvicorn, its own settings, DEBUG): a page it served connects, a page on
+    another port of the host is refused."""
+    port = request.getfixturevalue("example_server")  # imported from test_example.py
+    url = f"ws://127.0.0.1:{port}/ws/chat/lobby/"
+    client = await accepted(url, {"Origin": f"http://127.0.0.1:{port}"})
+    await client.ws.close()
+    await refused(url, {"Origin": f"http://127.0.0.1:{free_port()}"})
