@@ -43,11 +43,13 @@ class RoomcastMiddleware:
     ``http.response.start``, never for a WebSocket.
 
     Outermost only: the server made the scope for this connection alone. Inside your
-    own middleware stack, use ``roomcast.routing.websocket_urlpatterns`` instead.
+    own middleware stack, use ``roomcast.routing.websocket_urlpatterns`` instead, behind
+    :class:`OriginCheckMiddleware`.
     """
 
-    def __init__(self, application: Any, allowed_origins: list[str]) -> None:
-        """Wrap ``application``; ``allowed_origins`` as ``ROOMCAST['ALLOWED_ORIGINS']``.
+    def __init__(self, application: Any, allowed_origins: Any = None) -> None:
+        """Wrap ``application``; ``allowed_origins`` as ``ROOMCAST['ALLOWED_ORIGINS']``
+        (None: that setting).
 
         Raises:
             ImproperlyConfigured: an entry is not an origin, or SECURE_PROXY_SSL_HEADER
