@@ -1,7 +1,9 @@
 """System checks: a bad ROOMCAST setting stops the server at start-up with what to fix.
 
-Ids: ``roomcast.E001``... for errors. ``roomcast serve`` runs these checks before it
-binds a port; ``manage.py check`` runs them in a project that installs the app.
+Ids: ``roomcast.E001``... for errors, ``roomcast.W001``... for warnings (a setting that
+works but opens more than its author may mean). ``roomcast serve`` runs these checks
+before it binds a port and prints the warnings; ``manage.py check`` (and ``runserver``,
+``migrate``) runs them in a project that installs the app.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import roomcast_settings
+from .origins import ANY_ORIGIN, NULL_ORIGIN, OriginSettingError, parse_allowed
 
 _POSITIVE_INTS = (
     "MAX_FRAME_BYTES",
@@ -29,14 +32,14 @@ _LIMIT_INTS = ("MAX_CONNECTIONS_PER_ADDRESS",)
 
 
 @register(Tags.compatibility)
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Validate ``settings.ROOMCAST`` and the channel layer it names."""
     try:
         roomcast_settings.reload()
         roomcast_settings.user_settings  # noqa: B018  (raises on unknown keys)
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="roomcast.E001")]
-    errors: list[Error] = []
+    errors: list[CheckMessage] = []
     for key in _POSITIVE_INTS:
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -53,7 +56,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(
                 Error(
                     f"ROOMCAST[{key!r}] must be a whole number (0 for no limit), not {value!r}.",
-                    id="roomcast.E011",
+                    id="roomcast.E012",
                 )
             )
     value = roomcast_settings.MAX_CONNECTIONS
@@ -62,7 +65,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             Error(
                 f"ROOMCAST['MAX_CONNECTIONS'] must be a positive whole number or None "
                 f"(90% of the open-file limit), not {value!r}.",
-                id="roomcast.E012",
+                id="roomcast.E013",
             )
         )
     if not errors:
@@ -81,17 +84,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(
             Error("ROOMCAST['ALLOW_ANONYMOUS'] must be True or False.", id="roomcast.E004")
         )
-    origins = roomcast_settings.ALLOWED_ORIGINS
-    if origins is not None and (
-        not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins)
-    ):
-        errors.append(
-            Error(
-                "ROOMCAST['ALLOWED_ORIGINS'] must be None or a list of origins "
-                "such as 'https://chat.example.com'.",
-                id="roomcast.E005",
-            )
-        )
+    errors.extend(_check_allowed_origins(roomcast_settings.ALLOWED_ORIGINS))
     keys = roomcast_settings.API_KEYS
     if not isinstance(keys, list | tuple) or not all(
         isinstance(k, str) and len(k) >= 16 for k in keys
@@ -108,9 +101,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("PUBLISH_TIMEOUT_SECS", "roomcast.E007"),
         ("POSITION_CHECK_SECS", "roomcast.E009"),
         ("STORE_LOCKED_GIVE_UP_SECS", "roomcast.E010"),
-        ("HANDSHAKE_TIMEOUT_SECS", "roomcast.E013"),
-        ("SEND_TIMEOUT_SECS", "roomcast.E013"),
-        ("CLOSE_TIMEOUT_SECS", "roomcast.E013"),
+        ("HANDSHAKE_TIMEOUT_SECS", "roomcast.E014"),
+        ("SEND_TIMEOUT_SECS", "roomcast.E014"),
+        ("CLOSE_TIMEOUT_SECS", "roomcast.E014"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
@@ -126,3 +119,55 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+def _check_allowed_origins(origins: Any) -> list[CheckMessage]:
+    """E005 for a wrong type, E011 for each entry that is not an origin (with the origin
+    to write), W001 for ``*``, W002 for ``null``."""
+    if origins is None:  # the default before origins were checked exactly: same as []
+        return []
+    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
+        return [
+            Error(
+                "ROOMCAST['ALLOWED_ORIGINS'] must be a list of origins "
+                "such as 'https://chat.example.com'.",
+                hint="The site's own origin needs no entry: use [] for it alone.",
+                id="roomcast.E005",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for entry in origins:
+        if entry in (ANY_ORIGIN, NULL_ORIGIN):
+            continue
+        try:
+            parse_allowed(entry)
+        except OriginSettingError as exc:
+            messages.append(
+                Error(
+                    str(exc),
+                    hint=f"{exc.hint} (ROOMCAST_ALLOWED_ORIGINS for roomcast serve: "
+                    "origins separated by commas.)",
+                    id="roomcast.E011",
+                )
+            )
+    if ANY_ORIGIN in origins:
+        messages.append(
+            Warning(
+                "ROOMCAST['ALLOWED_ORIGINS'] contains '*': pages of every origin, 'null' "
+                "included, may open a WebSocket carrying your users' sessions.",
+                hint="List the origins of your own front ends instead, e.g. "
+                "'https://app.example.com'; the site's own origin needs no entry.",
+                id="roomcast.W001",
+            )
+        )
+    elif NULL_ORIGIN in origins:
+        messages.append(
+            Warning(
+                "ROOMCAST['ALLOWED_ORIGINS'] contains 'null': sandboxed iframes and file: "
+                "or data: pages, which any site can make, may open a WebSocket carrying "
+                "your users' sessions.",
+                hint="Remove it unless such pages are your own and the rooms hold nothing private.",
+                id="roomcast.W002",
+            )
+        )
+    return messages

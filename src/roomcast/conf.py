@@ -31,9 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "ROOM_NAME_MAX_CHARS": 200,
     # Whether users who are not logged in may post (the seed's rooms are open to all).
     "ALLOW_ANONYMOUS": True,
-    # Origins allowed to open a WebSocket from a browser; None means the origins of
-    # ALLOWED_HOSTS (any scheme and port). Clients that send no Origin are allowed.
-    "ALLOWED_ORIGINS": None,
+    # Browser origins allowed to open a WebSocket besides the site's own (the handshake's
+    # scheme, Host and port, exactly): "https://app.example.com", "https://*.example.com"
+    # (a domain and its subdomains), "null" or "*" (every origin; both warn). Clients that
+    # send no Origin (not browsers) are allowed. See roomcast.origins.
+    "ALLOWED_ORIGINS": [],
     # Keys accepted by the HTTP push API (Authorization: Bearer KEY). Empty: API off.
     "API_KEYS": [],
     # CHANNEL_LAYERS alias the hub uses to link processes.
@@ -130,8 +132,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[key] = float(raw)
             elif key in _INT_OR_AUTO:
                 values[key] = None if raw.lower() in ("", "auto") else int(raw)
-            elif key == "ALLOWED_ORIGINS":
-                values[key] = [origin.strip() for origin in raw.split(",") if origin.strip()]
+            elif isinstance(default, list):  # ALLOWED_ORIGINS: "https://a.example, null"
+                values[key] = [item.strip() for item in raw.split(",") if item.strip()]
             else:
                 values[key] = raw
         except ValueError:

@@ -1,38 +1,30 @@
 """The room socket's middleware: origin check, session user, the server's send.
 
-Layer: transport. Origins are checked against cross-site WebSocket hijacking. A browser
-sends ``Origin`` with every WebSocket handshake, and a page on another site
-could otherwise open a socket with the visitor's session cookie. Browsers' origins are
-checked against ``ROOMCAST['ALLOWED_ORIGINS']`` (default: the hosts of ``ALLOWED_HOSTS``,
-any scheme and port). A handshake without ``Origin`` does not come from a browser
-(CLI tools, servers) and carries no ambient cookie, so it is allowed; Channels'
-``OriginValidator`` refuses it, which would lock out every non-browser client.
+Layer: transport. Browsers' handshakes are checked against cross-site WebSocket
+hijacking by ``origins.OriginPolicy``: a page's ``Origin`` must be the site's own
+(scheme, host and port, as Django's CSRF check has it) or listed in
+``ROOMCAST['ALLOWED_ORIGINS']``. A handshake without ``Origin`` does not come from a
+browser (CLI tools, servers) and carries no ambient cookie, so it is allowed; Channels'
+``OriginValidator`` refuses it, which would lock out every non-browser client. A refused
+handshake gets HTTP 403, and the server log one INFO line saying why.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
-from urllib.parse import ParseResult, urlparse
 
 from channels.auth import get_user
-from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
 from .conf import roomcast_settings
+from .origins import OriginPolicy, check_proxy_ssl_header
+from .protocol import CloseCode
 
-
-class RoomcastOriginValidator(OriginValidator):
-    """``OriginValidator`` that lets handshakes without ``Origin`` through."""
-
-    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
-        """True for no ``Origin``, else Channels' pattern match."""
-        if parsed_origin is None:
-            return True
-        return bool(self.validate_origin(parsed_origin))
-
+logger = logging.getLogger(__name__)
 
 #: Scope key of the server's unwrapped ``send``: the hub writes room frames with it.
 SERVER_SEND = "roomcast.server_send"
@@ -51,28 +43,29 @@ class RoomcastMiddleware:
     ``http.response.start``, never for a WebSocket.
 
     Outermost only: the server made the scope for this connection alone. Inside your
-    own middleware stack, use ``roomcast.routing.websocket_urlpatterns`` instead.
+    own middleware stack, use ``roomcast.routing.websocket_urlpatterns`` instead, behind
+    :class:`OriginCheckMiddleware`.
     """
 
-    def __init__(self, application: Any, allowed_origins: list[str]) -> None:
+    def __init__(self, application: Any, allowed_origins: Any = None) -> None:
+        """Wrap ``application``; ``allowed_origins`` as ``ROOMCAST['ALLOWED_ORIGINS']``
+        (None: that setting).
+
+        Raises:
+            ImproperlyConfigured: an entry is not an origin, or SECURE_PROXY_SSL_HEADER
+                is malformed (both would otherwise fail every browser's handshake).
+        """
         self.application = application
-        self.origins = RoomcastOriginValidator(application, allowed_origins)
+        self.origins = OriginCheckMiddleware(application, allowed_origins)
         self.session_store = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        origin: ParseResult | None = None
         cookies = ""
-        valid = True
         for name, value in scope.get("headers", ()):
-            if name == b"origin":
-                try:
-                    origin = urlparse(value.decode("latin1"))
-                except ValueError:  # e.g. "http://[::1": not an origin a browser sends
-                    valid = False
-            elif name == b"cookie":
+            if name == b"cookie":
                 cookies = value.decode("latin1")
-        if not (valid and self.origins.valid_origin(origin)):
-            return await WebsocketDenier()(scope, receive, send)
+        if not self.origins.allows(scope):
+            return await _deny(scope, receive, send)
         scope[SERVER_SEND] = send
         if "user" not in scope:
             key = parse_cookie(cookies).get(settings.SESSION_COOKIE_NAME) if cookies else None
@@ -84,11 +77,66 @@ class RoomcastMiddleware:
         return await self.application(scope, receive, send)
 
 
-def allowed_origins() -> list[str]:
-    """``ROOMCAST['ALLOWED_ORIGINS']``, or the hosts of ``ALLOWED_HOSTS``."""
-    origins = roomcast_settings.ALLOWED_ORIGINS
-    if origins is None:
-        origins = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not origins:
-            origins = ["localhost", "127.0.0.1", "[::1]"]
-    return list(origins)
+class OriginCheckMiddleware:
+    """ASGI middleware: refuse a browser's WebSocket handshake from another origin.
+
+    For a project that mounts ``roomcast.routing.websocket_urlpatterns`` in its own
+    stack, in place of Channels' ``OriginValidator``/``AllowedHostsOriginValidator``
+    (which accept any scheme and port of a listed host, and refuse non-browser clients)::
+
+        OriginCheckMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+    The rule is in ``roomcast.origins``; ``allowed_origins`` defaults to
+    ``ROOMCAST['ALLOWED_ORIGINS']``.
+    """
+
+    def __init__(self, application: Any, allowed_origins: Any = None) -> None:
+        """Raises ImproperlyConfigured as :class:`RoomcastMiddleware` does."""
+        self.application = application
+        if allowed_origins is None:
+            allowed_origins = roomcast_settings.ALLOWED_ORIGINS
+        self.policy = OriginPolicy.from_setting(allowed_origins)
+        check_proxy_ssl_header()
+
+    def allows(self, scope: Any) -> bool:
+        """Whether the handshake of ``scope`` may go on; if not, log one INFO line why."""
+        origins = [value for name, value in scope.get("headers", ()) if name == b"origin"]
+        if not origins:
+            return True
+        if len(origins) == 1:
+            why = self.policy.refusal(origins[0].decode("latin1"), scope)
+        else:
+            why = "more than one Origin header"
+        if why is None:
+            return True
+        client = scope.get("client") or ("?", 0)
+        logger.info("WebSocket handshake refused from %s: %s", client[0], why)
+        return False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        if scope.get("type") == "websocket" and not self.allows(scope):
+            return await _deny(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+
+async def _deny(scope: Any, receive: Any, send: Any) -> None:
+    """Refuse the handshake with a close before accept, which servers answer with HTTP
+    403. Plain ASGI, unlike Channels' ``WebsocketDenier`` consumer: a refused socket gets
+    no layer channel (a Redis subscription on the pub/sub layer) and no thread hop.
+
+    Not ASGI's denial response (a 403 with a body saying why): uvicorn's websockets-sansio
+    protocol, which ``roomcast serve`` runs, logs "ASGI callable returned without
+    completing handshake" at ERROR after each one (see:
+    https://github.com/Kludex/uvicorn/pull/3138). The reason is in the server's log.
+    """
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+
+
+def allowed_origins() -> Any:
+    """``ROOMCAST['ALLOWED_ORIGINS']``: origins allowed besides the site's own.
+
+    Passed on as set (None, a list, or a wrong type that ``OriginPolicy`` reports).
+    """
+    return roomcast_settings.ALLOWED_ORIGINS

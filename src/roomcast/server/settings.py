@@ -2,7 +2,7 @@
 
 ================================  ===========================================================
 ROOMCAST_DATA_DIR                 where SQLite, the secret key and the API key live
-                                  (default ``./.roomcast``)
+                                  (default ``./.roomcast``; kept 0700, files 0600)
 ROOMCAST_DATABASE_URL             ``sqlite:///path`` or ``postgres://user@host/db``
                                   (default: SQLite in the data dir)
 ROOMCAST_REDIS_URL                ``redis://host:6379/0``: link processes through Redis
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from roomcast.conf import settings_from_environ
+from roomcast.server.data_dir import create_private_file, private_data_dir
 
 DATA_DIR = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# 0700 and its files 0600, whatever the umask: messages, sessions and keys (data_dir.py).
+if _tightened := private_data_dir(DATA_DIR):
+    print(f"roomcast: {_tightened}", file=sys.stderr, flush=True)
 
 
 def _kept_secret(name: str, env: str) -> str:
@@ -115,6 +119,9 @@ if _database["ENGINE"] not in (
         "PostgreSQL; use sqlite:///path/to/db.sqlite3 or postgres://user@host:5432/dbname."
     )
 if _database["ENGINE"] == "django.db.backends.sqlite3":
+    if _database["NAME"] and _database["NAME"] != ":memory:":
+        # Created 0600 before SQLite opens it, which gives -wal and -shm the same mode.
+        create_private_file(Path(_database["NAME"]))
     _database["CONN_MAX_AGE"] = 0
     _database["OPTIONS"] = {
         # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
