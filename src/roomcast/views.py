@@ -78,10 +78,11 @@ def _check_path_encoding(request: HttpRequest) -> None:
     """Refuse a path whose %XX escapes are not UTF-8, as the room socket does.
 
     ``request.path`` cannot tell: under ASGI it is the server's decoding (uvicorn turns
-    every such byte into U+FFFD), under WSGI Django keeps the bytes as ``%XX`` text, so
-    ``/chat/%FF/`` would name a room called "%FF". The raw bytes are in the ASGI scope's
-    ``raw_path`` (optional in the spec: without it U+FFFD is refused by name) or WSGI's
-    ``PATH_INFO`` (the path's bytes as Latin-1 text, PEP 3333).
+    every such byte into U+FFFD, which the name rule refuses), under WSGI Django keeps the
+    bytes as ``%XX`` text, so ``/chat/%FF/`` would name a room called "%FF". The raw path
+    is ASGI's ``raw_path`` (optional in the spec), or under WSGI the request line's URI
+    where the server passes it on (gunicorn's ``RAW_URI``, uWSGI's and mod_wsgi's
+    ``REQUEST_URI``); Django rewrites ``PATH_INFO`` to the decoded text.
     """
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):
@@ -89,13 +90,10 @@ def _check_path_encoding(request: HttpRequest) -> None:
         if isinstance(raw_path, bytes):
             codec.check_path_encoding(raw_path)
         return
-    path_info = request.META.get("PATH_INFO")
-    if isinstance(path_info, str):
-        try:
-            data = path_info.encode("latin-1")
-        except UnicodeEncodeError:  # not bytes-as-Latin-1: already decoded text
-            return
-        codec.check_path_encoding(data, percent_encoded=False)
+    uri = request.META.get("RAW_URI") or request.META.get("REQUEST_URI")
+    if isinstance(uri, str):
+        # WSGI environ strings are bytes decoded as Latin-1 (PEP 3333).
+        codec.check_path_encoding(uri.partition("?")[0].encode("latin-1", "replace"))
 
 
 def _body_text(request: HttpRequest) -> str:
