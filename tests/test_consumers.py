@@ -364,3 +364,184 @@ async def test_the_testing_helpers_docstring_example_works():
     await alice.say("hi")
     assert (await alice.receive_next("message"))["message"] == "hi"
     await alice.disconnect()
+
+
+# -- hostile input (issue 6): every input gets a named answer, no traceback --------------------
+
+
+async def _handshake(app, path, *, raw_path=None, http_response=False, subprotocols=()):
+    """Open ``path`` on ``app`` with a scope as a server makes it; return what the app
+    sent (accept then close, a close, or an HTTP response start then body)."""
+    from channels.testing import ApplicationCommunicator
+
+    scope = {
+        "type": "websocket",
+        "path": path,
+        "query_string": b"",
+        "headers": [],
+        "subprotocols": list(subprotocols),
+    }
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+    if http_response:
+        scope["extensions"] = {"websocket.http.response": {}}
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "websocket.connect"})
+    outputs = [await communicator.receive_output(5)]
+    if outputs[0]["type"] in ("websocket.accept", "websocket.http.response.start"):
+        outputs.append(await communicator.receive_output(5))
+    if not communicator.future.done():
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+    await communicator.wait(2)  # re-raises anything the application raised
+    return outputs
+
+
+def _closed_with(outputs, code):
+    """The reason of an accept-then-close with ``code``; fails on anything else."""
+    assert [o["type"] for o in outputs] == ["websocket.accept", "websocket.close"], outputs
+    assert outputs[1]["code"] == code, outputs
+    assert len(outputs[1]["reason"].encode()) <= 123
+    return outputs[1]["reason"]
+
+
+@pytest.mark.parametrize("v1", [True, False])
+async def test_deeply_nested_json_gets_an_error_event_and_the_socket_stays(room_of, v1):
+    """ "[" * 2000 (a RecursionError in json.loads) is an invalid_json error event in both
+    dialects, not a dropped connection; the socket goes on working."""
+    member = await room_of("deep", v1=v1)
+    for text in ("[" * 2000, '{"message": "x", "extra": ' + "[" * 5000 + "]" * 5000 + "}"):
+        await member.send_to(text_data=text)
+        error = await member.receive_event("error")
+        assert error["code"] == "invalid_json" and "nested too deeply" in error["detail"]
+        assert (error.get("message") == error["detail"]) is (not v1)
+    await member.say("still here")
+    assert (await member.receive_next("message"))["message"] == "still here"
+
+
+async def test_fuzzed_frames_each_get_one_answer_and_the_socket_stays(room_of):
+    """A few hundred random hostile frames (seeded): each gets an error event or is
+    posted; the socket is never closed and the room keeps working."""
+    import random
+
+    rng = random.Random(6)
+    values = [None, True, 0, -1, 2**63, 10**40, 1.5, "", "x", "\ud800", "a\x00", [], {}, [[[]]]]
+    keys = ["type", "message", "client_id", "before", "limit", "extra"]
+    kinds = ["message", "history", "ping", "dance", 7, None]
+    frames = []
+    for _ in range(200):
+        obj = {rng.choice(keys): rng.choice(values) for _ in range(rng.randint(0, 4))}
+        if rng.random() < 0.5:
+            obj["type"] = rng.choice(kinds)
+        frames.append(json.dumps(obj))
+    frames += ["[" * rng.randint(900, 8000) for _ in range(5)]
+    frames += ["{" + rng.choice(['"a":', '"b":[', "[", ""]) * 1500 for _ in range(5)]
+    fuzzer = await room_of("fuzz")
+    for text in frames:
+        await fuzzer.send_to(text_data=text)
+        # One answer per frame: an error, a pong, a history page, or its message (+ ack).
+        frame = await fuzzer.receive_event()
+        assert frame["type"] in ("error", "pong", "history", "message", "ack"), frame
+        if frame["type"] in ("message", "ack"):
+            other = await fuzzer.receive_event()
+            assert {frame["type"], other["type"]} == {"message", "ack"}
+    await fuzzer.say("after the storm")
+    assert (await fuzzer.receive_next("message"))["message"] == "after the storm"
+
+
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [
+        ("/ws/", "rooms are at /ws/chat/<room>/"),
+        ("/ws/chat/lobby", "room URLs end with '/'"),
+        ("/ws/chat/", "room URLs end with '/'"),
+        ("/nothing/here/", "rooms are at /ws/chat/<room>/"),
+    ],
+)
+async def test_unrouted_paths_are_not_found_not_a_server_error(app, path, detail):
+    """A path no route matches is denied with HTTP 404 and a one-line body where the
+    server offers the websocket.http.response extension, else closed with 4404."""
+    outputs = await _handshake(app, path, http_response=True)
+    assert outputs[0]["type"] == "websocket.http.response.start"
+    assert outputs[0]["status"] == 404
+    assert detail in outputs[1]["body"].decode()
+    reason = _closed_with(await _handshake(app, path), CloseCode.NOT_FOUND)
+    assert detail in reason
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path", "fragment"),
+    [
+        ("/ws/chat/a/b/", b"/ws/chat/a%2Fb/", "cannot contain '/'"),
+        ("/ws/chat/a/b/", None, "cannot contain '/'"),
+        ("/ws/chat//", None, "empty"),
+        ("/ws/chat/\ufffd/", b"/ws/chat/%FF/", "not UTF-8"),
+        ("/ws/chat/\ufffd/", b"/ws/chat/%FE/", "not UTF-8"),
+        ("/ws/chat/\ufffd/", None, "U+FFFD"),  # a server without raw_path
+        ("/ws/chat/x\ufffd/", b"/ws/chat/x%EF%BF%BD/", "U+FFFD"),  # typed: still refused
+        ("/ws/chat/\u202eabc/", b"/ws/chat/%E2%80%AEabc/", "RIGHT-TO-LEFT OVERRIDE"),
+        ("/ws/chat/lob\u200bby/", b"/ws/chat/lob%E2%80%8Bby/", "ZERO WIDTH SPACE"),
+    ],
+)
+async def test_bad_room_urls_close_4400_with_the_reason(app, path, raw_path, fragment):
+    """A room URL that cannot name a room is accepted and closed with 4400 and a reason
+    saying what is wrong, even with the HTTP response extension; no room is made."""
+    outputs = await _handshake(app, path, raw_path=raw_path, http_response=True)
+    assert fragment in _closed_with(outputs, CloseCode.BAD_REQUEST)
+    assert await Room.objects.acount() == 0
+
+
+async def test_refusals_accept_with_the_offered_subprotocol(app):
+    """A v1 client refused for its URL is accepted with roomcast.v1 (a browser fails a
+    handshake that drops the offered subprotocol only if it names another), then closed."""
+    outputs = await _handshake(app, "/ws/chat/a/b/", subprotocols=["roomcast.v1"])
+    assert outputs[0]["subprotocol"] == "roomcast.v1"
+    _closed_with(outputs, CloseCode.BAD_REQUEST)
+
+
+async def test_room_urls_inside_a_projects_own_urlrouter_get_named_answers(app):
+    """Inside a project's URLRouter, websocket_urlpatterns answers every path under
+    ws/chat/ itself (Channels' URLRouter would raise ValueError, a 500)."""
+    own_stack = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+    reason = _closed_with(await _handshake(own_stack, "/ws/chat/a/b/"), CloseCode.BAD_REQUEST)
+    assert "'/'" in reason
+    _closed_with(await _handshake(own_stack, "/ws/chat/lobby"), CloseCode.NOT_FOUND)
+    outputs = await _handshake(own_stack, "/ws/chat/lobby", http_response=True)
+    assert outputs[0]["status"] == 404
+    member = RoomCommunicator(own_stack, "still works")
+    await member.join()
+    await member.disconnect()
+
+
+async def test_undecodable_room_names_do_not_collapse_into_one_room(app):
+    """%FF and %FE (and a U+FFFD typed or made by the server) never reach a room: before,
+    every undecodable name was the room "\ufffd"."""
+    for raw in (b"/ws/chat/%FF/", b"/ws/chat/%FE/", b"/ws/chat/caf%E9/"):
+        communicator = RoomCommunicator(app, "\ufffd")
+        communicator.scope["raw_path"] = raw
+        connected, _ = await communicator.connect()
+        assert connected
+        assert await communicator.receive_close() == CloseCode.BAD_REQUEST
+    assert await Room.objects.acount() == 0
+    valid = RoomCommunicator(app, "café")
+    valid.scope["raw_path"] = b"/ws/chat/caf%C3%A9/"
+    await valid.join()
+    await valid.disconnect()
+
+
+async def test_a_seed_client_resending_a_client_id_gets_the_stored_message_again(room_of):
+    """A seed-dialect client has no ack: when it resends a client_id, it alone gets the
+    stored message's frame again (its page shows data["message"]); nothing is stored or
+    published twice."""
+    seed = await room_of("seed resend", v1=False)
+    watcher = await room_of("seed resend")
+    frame = {"type": "message", "message": "only once", "client_id": "seed-1"}
+    await seed.send_to(text_data=json.dumps(frame))
+    first = await seed.receive_event("message")
+    assert (first["message"], first["seq"]) == ("only once", 1)
+    await seed.send_to(text_data=json.dumps(frame))  # after a reconnect, say
+    again = await seed.receive_event("message")
+    assert again == first  # the stored message, as a seed client reads it
+    assert (await watcher.receive_event("message"))["seq"] == 1
+    assert await watcher.receive_nothing(0.1)  # nobody else sees it twice
+    assert await seed.receive_nothing(0.1)
+    assert await Message.objects.acount() == 1

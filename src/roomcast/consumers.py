@@ -24,7 +24,14 @@ from . import services
 from .conf import roomcast_settings
 from .exceptions import RefusedError
 from .hub import Member
-from .protocol import PROTOCOL_V1, CloseCode, ProtocolError, codec
+from .protocol import (
+    PROTOCOL_V1,
+    CloseCode,
+    InvalidRoomNameError,
+    NotFoundError,
+    ProtocolError,
+    codec,
+)
 from .protocol.messages import HistoryFrame, PingFrame, SendMessageFrame
 from .security import SERVER_SEND
 
@@ -77,6 +84,11 @@ class RoomConsumer:
         """Validate the URL, accept, then join the room (catch-up first, then live)."""
         subprotocol = PROTOCOL_V1 if self.v1 else None
         try:
+            raw_path = self.scope.get("raw_path")
+            if isinstance(raw_path, bytes):
+                # The server's "path" has %XX bytes that are not UTF-8 decoded to U+FFFD
+                # (validate_room_name refuses that too); the raw bytes say exactly why.
+                codec.check_path_encoding(raw_path)
             raw_room = self.scope["url_route"]["kwargs"]["room_name"]
             self.room = codec.validate_room_name(
                 raw_room, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS
@@ -86,7 +98,7 @@ class RoomConsumer:
             # Accept, then close with the code and reason, so the client can tell why
             # (a refusal before accept reaches a browser as a bare HTTP 403).
             await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
-            await self._close(exc.close_code or CloseCode.BAD_REQUEST, exc.detail[:120])
+            await self._close(exc.close_code or CloseCode.BAD_REQUEST, exc.detail)
             return
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
         try:
@@ -107,7 +119,9 @@ class RoomConsumer:
             self.member = None
 
     async def _close(self, code: int, reason: str) -> None:
-        await self.send({"type": "websocket.close", "code": int(code), "reason": reason})
+        await self.send(
+            {"type": "websocket.close", "code": int(code), "reason": codec.close_reason(reason)}
+        )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Parse one client frame and act on it; bad frames get an error event or a close."""
@@ -120,7 +134,7 @@ class RoomConsumer:
             )
         except ProtocolError as exc:
             if exc.close_code is not None:
-                member.close(exc.close_code, exc.detail[:120])
+                member.close(exc.close_code, codec.close_reason(exc.detail))
             else:
                 self._error(member, exc.code, exc.detail)
             return
@@ -149,6 +163,11 @@ class RoomConsumer:
             member.send_frame(
                 codec.encode(codec.ack_event(client_id=frame["client_id"], seq=stored.seq))
             )
+        elif stored.duplicate:
+            # A resent client_id stores and publishes nothing. A seed-dialect client has
+            # no ack: seeing its message is its ack, so it gets the stored message's
+            # frame again, on this socket alone (docs/protocol.md, "Client frames").
+            member.send_frame(stored.frame)
 
     async def _on_history(self, member: Member, frame: HistoryFrame) -> None:
         member.send_frame(await services.ahistory_frame(self.room, frame["before"], frame["limit"]))
@@ -167,3 +186,66 @@ class RoomConsumer:
     def _error(member: Member, code: str, detail: str, client_id: str | None = None) -> None:
         event = codec.error_event(code=code, detail=detail, seed=not member.v1, client_id=client_id)
         member.send_frame(codec.encode(event))
+
+
+# -- handshakes that reach no room ------------------------------------------------------------
+
+#: ASGI extension (spec 2.4) that lets an application answer a WebSocket handshake with
+#: an HTTP response of its own instead of accepting it.
+HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+
+
+async def refuse(scope: dict[str, Any], receive: Any, send: Any, error: ProtocolError) -> None:
+    """Answer a WebSocket handshake that cannot be served, with ``error``'s named answer.
+
+    Not found (:class:`NotFoundError`): HTTP 404 with ``error.detail`` as a text body
+    where the server offers the ``websocket.http.response`` extension (uvicorn does),
+    else accept and close with 4404. Other errors (a bad room name): accept and close
+    with their code and the detail as the reason, as the room socket does, since a
+    browser shows a script neither the status nor the body of a refused handshake.
+    """
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    code = error.close_code or CloseCode.BAD_REQUEST
+    if code == CloseCode.NOT_FOUND and HTTP_RESPONSE_EXTENSION in (scope.get("extensions") or {}):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 404,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": error.detail.encode()})
+        return
+    subprotocol = PROTOCOL_V1 if PROTOCOL_V1 in (scope.get("subprotocols") or ()) else None
+    await send({"type": "websocket.accept", "subprotocol": subprotocol})
+    reason = codec.close_reason(error.detail)
+    await send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+
+#: The answer for a path that matches no WebSocket route at all.
+NO_ROUTE_DETAIL = "No WebSocket endpoint at this path; rooms are at /ws/chat/<room>/."
+
+
+async def no_route(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI application for a path no route matched: not found (404 or 4404)."""
+    await refuse(scope, receive, send, NotFoundError(NO_ROUTE_DETAIL))
+
+
+def room_url_error(rest: str) -> ProtocolError:
+    """What is wrong with ``/ws/chat/<rest>``, a path under the room prefix that is not
+    a room URL (``rest`` percent-decoded, as the route matched it)."""
+    if rest.endswith("/") and "/" in rest[:-1]:
+        return InvalidRoomNameError("Room names cannot contain '/' (%2F in the URL is one too).")
+    if rest == "/":
+        return InvalidRoomNameError("The room name is empty.")
+    return NotFoundError(
+        "No WebSocket endpoint at this path; room URLs end with '/': /ws/chat/<room>/."
+    )
+
+
+async def bad_room_url(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI application for a path under ``ws/chat/`` that names no room: say why."""
+    rest = scope.get("url_route", {}).get("kwargs", {}).get("rest", "")
+    await refuse(scope, receive, send, room_url_error(str(rest)))

@@ -8,15 +8,20 @@ Python or not on a machine with Redis access (``roomcast push`` uses it)::
     POST /api/rooms/<room>/disconnect  {"reason": TEXT, "user_id": ID}   -> 202
 
 Each needs ``Authorization: Bearer KEY`` with a key from ``ROOMCAST['API_KEYS']``.
+
+Every input is read through the protocol's functions (room names, JSON, integers), so a
+request gets the same answer as the same thing sent over the room socket: bad input is a
+400 (413 for a body over ``MAX_FRAME_BYTES``) with ``{"error": CODE, "detail": TEXT}``,
+never a 500.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
@@ -25,7 +30,7 @@ from django.views.decorators.http import require_http_methods
 from . import push, services
 from .conf import roomcast_settings
 from .models import Room
-from .protocol import ProtocolError, codec
+from .protocol import FrameTooLargeError, InvalidFrameError, InvalidJSONError, ProtocolError, codec
 
 
 def index(request: HttpRequest) -> HttpResponse:
@@ -37,7 +42,7 @@ def index(request: HttpRequest) -> HttpResponse:
 def room(request: HttpRequest, room_name: str) -> HttpResponse:
     """The room page; its script connects to ``/ws/chat/<room>/``."""
     try:
-        name = codec.validate_room_name(room_name, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
+        name = _room_name(request, room_name)
     except ProtocolError as exc:
         return render(
             request, "roomcast/index.html", {"error": exc.detail, "rooms": []}, status=400
@@ -63,20 +68,62 @@ def _authorized(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
-def _room_name(room_name: str) -> str:
+def _room_name(request: HttpRequest, room_name: str) -> str:
+    """The canonical room name of the URL, by the same rule as the room socket's."""
+    _check_path_encoding(request)
     return codec.validate_room_name(room_name, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any]:
-    if not request.body:
-        return {}
+def _check_path_encoding(request: HttpRequest) -> None:
+    """Refuse a path whose %XX escapes are not UTF-8, as the room socket does.
+
+    ``request.path`` cannot tell: under ASGI it is the server's decoding (uvicorn turns
+    every such byte into U+FFFD, which the name rule refuses), under WSGI Django keeps the
+    bytes as ``%XX`` text, so ``/chat/%FF/`` would name a room called "%FF". The raw path
+    is ASGI's ``raw_path`` (optional in the spec), or under WSGI the request line's URI
+    where the server passes it on (gunicorn's ``RAW_URI``, uWSGI's and mod_wsgi's
+    ``REQUEST_URI``); Django rewrites ``PATH_INFO`` to the decoded text.
+    """
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict):
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes):
+            codec.check_path_encoding(raw_path)
+        return
+    uri = request.META.get("RAW_URI") or request.META.get("REQUEST_URI")
+    if isinstance(uri, str):
+        # WSGI environ strings are bytes decoded as Latin-1 (PEP 3333).
+        codec.check_path_encoding(uri.partition("?")[0].encode("latin-1", "replace"))
+
+
+def _body_text(request: HttpRequest) -> str:
+    """The request body as text, within ``MAX_FRAME_BYTES``, strictly UTF-8 (RFC 8259)."""
+    max_bytes = roomcast_settings.MAX_FRAME_BYTES
+    too_large = FrameTooLargeError(f"The body is limited to {max_bytes} bytes.")
     try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise ProtocolError(f"The body is not valid JSON: {exc}.") from None
+        body = request.body
+    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django refused to read it
+        raise too_large from None
+    if len(body) > max_bytes:
+        raise too_large
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSONError(f"The body is not UTF-8 text (byte {exc.start}).") from None
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    text = _body_text(request)
+    if not text.strip():
+        return {}
+    body = codec.decode_json(text, what="body")
     if not isinstance(body, dict):
-        raise ProtocolError("The body must be a JSON object.")
+        raise InvalidFrameError("The body must be a JSON object.")
     return body
+
+
+def _response_for(exc: ProtocolError) -> JsonResponse:
+    return _error(413 if isinstance(exc, FrameTooLargeError) else 400, exc.code, exc.detail)
 
 
 @csrf_exempt
@@ -86,28 +133,25 @@ async def api_messages(request: HttpRequest, room_name: str) -> HttpResponse:
     if (denied := _authorized(request)) is not None:
         return denied
     try:
-        name = _room_name(room_name)
+        name = _room_name(request, room_name)
         if request.method == "GET":
             return await _history(request, name)
-        frame = codec.parse_frame(
-            request.body.decode("utf-8", "replace"), max_bytes=roomcast_settings.MAX_FRAME_BYTES
-        )
+        frame = codec.parse_frame(_body_text(request), max_bytes=roomcast_settings.MAX_FRAME_BYTES)
         if frame["type"] != "message":
-            raise ProtocolError('Send {"message": TEXT}.')
+            raise InvalidFrameError('Send {"message": TEXT}.')
     except ProtocolError as exc:
-        return _error(413 if exc.code == "frame_too_large" else 400, exc.code, exc.detail)
+        return _response_for(exc)
     stored = await push.asend_to_room(name, frame["message"])
     return JsonResponse({"room": stored.room, "seq": stored.seq}, status=201)
 
 
 async def _history(request: HttpRequest, room: str) -> HttpResponse:
-    try:
-        before = int(request.GET["before"]) if "before" in request.GET else None
-        limit = min(int(request.GET.get("limit", 50)), codec.HISTORY_PAGE_MAX)
-    except ValueError:
-        raise ProtocolError("before and limit must be integers.") from None
-    if limit < 1 or (before is not None and before < 1):
-        raise ProtocolError("before and limit must be positive.")
+    before = limit = None
+    if "before" in request.GET:
+        before = codec.parse_query_int(request.GET["before"], name="before", minimum=1)
+    if "limit" in request.GET:
+        limit = codec.parse_query_int(request.GET["limit"], name="limit", minimum=1)
+    limit = min(limit or codec.HISTORY_PAGE_DEFAULT, codec.HISTORY_PAGE_MAX)
     frames, has_more = await database_sync_to_async(services.read_history)(room, before, limit)
     body = (
         '{"messages":['
@@ -126,15 +170,25 @@ async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
     if (denied := _authorized(request)) is not None:
         return denied
     try:
-        name = _room_name(room_name)
+        name = _room_name(request, room_name)
         body = _json_body(request)
         user_id = body.get("user_id")
         reason = body.get("reason", "")
-        if user_id is not None and (not isinstance(user_id, int) or isinstance(user_id, bool)):
-            raise ProtocolError("user_id must be an integer.")
-        if not isinstance(reason, str) or len(reason) > 120:
-            raise ProtocolError("reason must be a string of at most 120 characters.")
+        if user_id is not None and not (
+            isinstance(user_id, int)
+            and not isinstance(user_id, bool)
+            and abs(user_id) <= codec.SEQ_MAX
+        ):
+            raise InvalidFrameError("user_id must be an integer (a user's primary key).")
+        if not isinstance(reason, str):
+            raise InvalidFrameError("reason must be a string.")
+        codec.check_text(reason, "reason")
+        if len(reason.encode()) > codec.CLOSE_REASON_MAX_BYTES:
+            raise InvalidFrameError(
+                f"reason is limited to {codec.CLOSE_REASON_MAX_BYTES} bytes of UTF-8 "
+                "(a WebSocket close frame's reason)."
+            )
     except ProtocolError as exc:
-        return _error(400, exc.code, exc.detail)
+        return _response_for(exc)
     await push.adisconnect(name, user_id=user_id, reason=reason)
     return JsonResponse({"room": name}, status=202)

@@ -25,6 +25,7 @@ class CloseCode(IntEnum):
     DISCONNECTED = 4000  # disconnected by the server (push.disconnect): do not reconnect
     BAD_REQUEST = 4400  # the URL is wrong (room name, since=): fix it before reconnecting
     FORBIDDEN = 4403  # not allowed in this room
+    NOT_FOUND = 4404  # no WebSocket endpoint at this path (server without HTTP denial)
 
 
 _RECONNECT = frozenset(

@@ -6,7 +6,6 @@ Forbidden imports: Django, Channels, asyncio, anything that does I/O.
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,8 +14,9 @@ from .errors import (
     FrameTooLargeError,
     InvalidFrameError,
     InvalidJSONError,
-    InvalidRoomNameError,
+    InvalidQueryError,
     InvalidSinceError,
+    ProtocolError,
     UnknownTypeError,
     UnsupportedDataError,
 )
@@ -33,6 +33,25 @@ from .messages import (
     SendMessageFrame,
     ServerEvent,
 )
+from .room_names import check_path_encoding, validate_room_name
+
+__all__ = [
+    "CLIENT_ID_MAX_CHARS",
+    "CLOSE_REASON_MAX_BYTES",
+    "HISTORY_PAGE_DEFAULT",
+    "HISTORY_PAGE_MAX",
+    "PROTOCOL_V1",
+    "SEQ_MAX",
+    "check_path_encoding",
+    "check_text",
+    "close_reason",
+    "decode_json",
+    "encode",
+    "parse_frame",
+    "parse_query_int",
+    "parse_since",
+    "validate_room_name",
+]
 
 #: The WebSocket subprotocol a v1 client offers. Without it the connection speaks the
 #: seed's dialect: the server sends only frames that carry ``"message"``.
@@ -44,7 +63,19 @@ CLIENT_ID_MAX_CHARS = 64
 #: Largest page a ``history`` request may ask for; bigger asks are clamped, not refused.
 HISTORY_PAGE_MAX = 100
 
-_HISTORY_PAGE_DEFAULT = 50
+#: Page size of a history request that names none.
+HISTORY_PAGE_DEFAULT = 50
+
+#: Largest seq (or id) a client may name: the database columns are signed 64-bit, and a
+#: larger number would reach SQL as a value the driver cannot bind.
+SEQ_MAX = 2**63 - 1
+
+# A decimal number of up to 18 digits is always under SEQ_MAX (19 digits may not be).
+_INT_DIGITS_MAX = 18
+
+#: RFC 6455 section 5.5: a control frame's payload is at most 125 bytes, the close code
+#: takes 2 of them. websockets (under uvicorn) raises on a longer reason.
+CLOSE_REASON_MAX_BYTES = 123
 
 
 def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) -> ClientFrame:
@@ -72,10 +103,7 @@ def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) 
         len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
     ):
         raise FrameTooLargeError(f"Frames are limited to {max_bytes} bytes.")
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InvalidJSONError(f"The frame is not valid JSON: {exc}.") from None
+    obj = decode_json(text)
     if not isinstance(obj, dict):
         raise InvalidFrameError('A frame must be a JSON object, like {"message": "hi"}.')
     kind = obj.get("type", "message")
@@ -88,6 +116,24 @@ def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) 
     if not isinstance(kind, str):
         raise InvalidFrameError('"type" must be a string.')
     raise UnknownTypeError(f"Unknown frame type {kind[:40]!r}; expected message, history or ping.")
+
+
+def decode_json(text: str, *, what: str = "frame") -> Any:
+    """Decode JSON text from a client, or raise :class:`InvalidJSONError` saying why.
+
+    Every way decoding can fail is a client error: ``ValueError`` (syntax, a number of
+    over 4300 digits) and ``RecursionError`` (arrays or objects nested deeper than the
+    interpreter's recursion limit, about 1000 levels: ``"[" * 2000`` is 2 KB). The
+    ``what`` names the text in the detail ("frame", "body").
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidJSONError(
+            f"The {what} is not valid JSON: arrays or objects are nested too deeply."
+        ) from None
+    except ValueError as exc:
+        raise InvalidJSONError(f"The {what} is not valid JSON: {exc}.") from None
 
 
 def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
@@ -111,9 +157,9 @@ def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
 
 def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
     before = obj.get("before")
-    if before is not None and not _is_int(before, minimum=1):
+    if before is not None and not (_is_int(before, minimum=1) and before <= SEQ_MAX):
         raise InvalidFrameError('"before" must be a positive integer (a seq) or absent.')
-    limit = obj.get("limit", _HISTORY_PAGE_DEFAULT)
+    limit = obj.get("limit", HISTORY_PAGE_DEFAULT)
     if not _is_int(limit, minimum=1):
         raise InvalidFrameError('"limit" must be a positive integer.')
     return HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
@@ -147,27 +193,6 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def validate_room_name(name: str, *, max_chars: int) -> str:
-    """Return the canonical form of a room name, or raise :class:`InvalidRoomNameError`.
-
-    Any Unicode text a person types names a room (``技术交流``, ``café``, spaces inside).
-    The name is NFC-normalised (so a composed and a decomposed ``é`` are one room) and
-    stripped of surrounding whitespace. Refused: empty names, names over ``max_chars``,
-    control characters, lone surrogates and ``/`` (it cannot appear in the room's URL).
-    """
-    canonical = unicodedata.normalize("NFC", name).strip()
-    if not canonical:
-        raise InvalidRoomNameError("The room name is empty.")
-    if len(canonical) > max_chars:
-        raise InvalidRoomNameError(f"Room names are limited to {max_chars} characters.")
-    if "/" in canonical:
-        raise InvalidRoomNameError("Room names cannot contain '/'.")
-    for ch in canonical:
-        if unicodedata.category(ch) in ("Cc", "Cs"):
-            raise InvalidRoomNameError("Room names cannot contain control characters.")
-    return canonical
-
-
 def parse_since(query_string: bytes | str) -> int | None:
     """Read ``since=N`` (the last seq the client saw) from a query string; None if absent."""
     if isinstance(query_string, bytes):
@@ -175,10 +200,40 @@ def parse_since(query_string: bytes | str) -> int | None:
     values = parse_qs(query_string, keep_blank_values=True).get("since")
     if not values:
         return None
-    raw = values[-1]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise InvalidSinceError(f"since={raw[:20]!r} is not a non-negative integer.")
-    return int(raw)
+    return parse_query_int(values[-1], name="since", minimum=0, error=InvalidSinceError)
+
+
+def parse_query_int(
+    raw: str,
+    *,
+    name: str,
+    minimum: int,
+    error: type[ProtocolError] = InvalidQueryError,
+) -> int:
+    """Read an integer parameter of a URL's query string, strictly.
+
+    Only ASCII digits, at most 18 of them (so the value fits the database's 64-bit
+    columns): Python's ``int()`` would also take ``" 5"``, ``"1_0"``, ``"+3"`` and
+    Arabic-Indic digits, and numbers of thousands of digits.
+
+    Raises:
+        ``error`` (default :class:`InvalidQueryError`), naming the parameter.
+    """
+    if raw.isascii() and raw.isdigit():
+        if len(raw) > _INT_DIGITS_MAX:
+            raise error(f"{name} has more than {_INT_DIGITS_MAX} digits.")
+        if int(raw) >= minimum:
+            return int(raw)
+    if minimum == 0:
+        raise error(f"{name}={raw[:20]!r} is not a non-negative integer.")
+    raise error(f"{name}={raw[:20]!r} is not an integer of at least {minimum}.")
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a WebSocket close frame (:data:`CLOSE_REASON_MAX_BYTES` of
+    UTF-8), at a character boundary."""
+    data = text.encode("utf-8", "replace")[:CLOSE_REASON_MAX_BYTES]
+    return data.decode("utf-8", "ignore")
 
 
 # -- server events ----------------------------------------------------------------------

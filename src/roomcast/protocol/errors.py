@@ -63,7 +63,8 @@ class BadRequestError(ProtocolError):
 
 
 class InvalidRoomNameError(BadRequestError):
-    """The room name cannot name a room (empty, too long, control characters, '/')."""
+    """The room name cannot name a room (empty, too long, '/', invisible characters, not
+    UTF-8): see :func:`roomcast.protocol.validate_room_name`."""
 
     code = "invalid_room"
     default_detail = "The room name is not valid."
@@ -74,3 +75,19 @@ class InvalidSinceError(BadRequestError):
 
     code = "invalid_since"
     default_detail = "since= must be a non-negative integer (the last seq the client saw)."
+
+
+class InvalidQueryError(BadRequestError):
+    """A query-string parameter (``before``, ``limit`` of the HTTP API) is not valid."""
+
+    code = "invalid_query"
+    default_detail = "A query-string parameter is not valid."
+
+
+class NotFoundError(ProtocolError):
+    """No WebSocket endpoint at this path: denied with HTTP 404 where the server can
+    send one, else closed with 4404 (do not reconnect)."""
+
+    code = "not_found"
+    default_detail = "No WebSocket endpoint at this path."
+    close_code = CloseCode.NOT_FOUND
