@@ -396,7 +396,8 @@ async def test_room_page_says_when_its_socket_is_refused(
     await expect(status).to_have_class("error")
     await shot(page, tmp_path, "socket-refused")
     # It keeps trying (the server may be fixed), each attempt refused with HTTP 403.
-    await page.wait_for_function("roomcastRoom._attempt >= 2", timeout=WAIT_MS)
+    async with page.expect_websocket(timeout=WAIT_MS):
+        pass
     assert len(sockets) >= 2
     assert all("403" in e or "WebSocket" in e for e in errors), errors
 
