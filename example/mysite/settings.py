@@ -74,4 +74,10 @@ CHANNEL_LAYERS = {
         },
     }
 }
-ROOMCAST = {"HISTORY_COUNT": 20}
+ROOMCAST = {
+    "HISTORY_COUNT": 20,
+    # Anyone who can open a room page may post in it; False: only logged-in users post.
+    "ALLOW_ANONYMOUS": True,
+    # The HTTP push API stays off (403) until ROOMCAST_API_KEY holds a key of 16+ characters.
+    "API_KEYS": [os.environ["ROOMCAST_API_KEY"]] if os.environ.get("ROOMCAST_API_KEY") else [],
+}

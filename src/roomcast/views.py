@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
+from urllib.parse import quote
 
 from channels.db import database_sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.templatetags.static import static
+from django.urls import get_script_prefix, reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -32,22 +35,44 @@ from .conf import roomcast_settings
 from .models import Room
 from .protocol import FrameTooLargeError, InvalidFrameError, InvalidJSONError, ProtocolError, codec
 
+#: The room socket's path under the site's script prefix: the route of
+#: ``roomcast.routing.websocket_urlpatterns``. WebSocket routes are not in Django's URLconf,
+#: so the pages cannot reverse it; tests/test_pages.py keeps the two in step.
+SOCKET_PATH = "ws/chat/{room}/"
+
+#: Stands for the room name in the room page's URL given to the index page's form.
+_ROOM_PLACEHOLDER = "__room__"
+
+
+def _index_page(rooms: list[str], error: str | None = None) -> dict[str, Any]:
+    """The index page's context: its form builds room URLs from ``roomUrl`` (the part
+    before and after the name), wherever the project includes roomcast.urls."""
+    before, _, after = reverse("roomcast:room", args=[_ROOM_PLACEHOLDER]).rpartition(
+        _ROOM_PLACEHOLDER
+    )
+    return {"rooms": rooms, "error": error, "page": {"roomUrl": [before, after]}}
+
 
 def index(request: HttpRequest) -> HttpResponse:
     """Pick a room: a name box and the busiest rooms."""
     rooms = Room.objects.order_by("-last_seq").values_list("name", flat=True)[:20]
-    return render(request, "roomcast/index.html", {"rooms": list(rooms)})
+    return render(request, "roomcast/index.html", _index_page(list(rooms)))
 
 
 def room(request: HttpRequest, room_name: str) -> HttpResponse:
-    """The room page; its script connects to ``/ws/chat/<room>/``."""
+    """The room page. Its script reads ``page``: the client's URL, the socket's path
+    (under the script prefix, so a site mounted below a path works) and MAX_FRAME_BYTES."""
     try:
         name = _room_name(request, room_name)
     except ProtocolError as exc:
-        return render(
-            request, "roomcast/index.html", {"error": exc.detail, "rooms": []}, status=400
-        )
-    return render(request, "roomcast/room.html", {"room_name": name})
+        return render(request, "roomcast/index.html", _index_page([], exc.detail), status=400)
+    page = {
+        "room": name,
+        "clientUrl": static("roomcast/roomcast.js"),
+        "socketPath": get_script_prefix() + SOCKET_PATH.format(room=quote(name, safe="")),
+        "maxFrameBytes": roomcast_settings.MAX_FRAME_BYTES,
+    }
+    return render(request, "roomcast/room.html", {"room_name": name, "page": page})
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:

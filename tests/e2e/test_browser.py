@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import ARTIFACTS, CHROMIUM
+from tests.conftest import ARTIFACTS, CHROMIUM, free_port, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -254,7 +259,11 @@ async def test_room_page_reconnects_without_loss(browser: Browser, serve: Any) -
     await page.locator('#chat-log li[data-seq="1"]').evaluate("(li) => li.dataset.mark = 'kept'")
 
     await asyncio.to_thread(server.stop)
-    await expect(status).to_have_text("reconnecting…", timeout=WAIT_MS)
+    # The page says why: uvicorn closes with 1012 on shutdown, or the socket just drops.
+    await expect(status).to_have_text(
+        re.compile(r"^reconnecting in [\d.]+ s: (server restarting \(1012\)|.*\(1006\))"),
+        timeout=WAIT_MS,
+    )
     for seq in (2, 3, 4):  # stored while the server is down: only a replay can bring them
         assert await cli_push(server, room, f"m{seq}", http=False) == seq
     # Typed while offline: queued, and sent once the replay is done, after m4.
@@ -310,3 +319,339 @@ async def test_cross_origin_page_cannot_open_the_socket(browser: Browser, serve:
     events, socket_errors = await probe("https://evil.example/")
     assert events == ["error", "close 1006"]
     assert any("403" in e for e in socket_errors), socket_errors
+
+
+# -- the page never ends up silently dead ----------------------------------------------------
+
+CLIENT_PATH = "/static/roomcast/roomcast.js"
+
+
+async def shot(page: Page, tmp_path: Path, name: str) -> None:
+    """A screenshot in the test's tmp dir, to look at when the page's states change."""
+    await page.screenshot(path=tmp_path / f"{name}.png", full_page=True)
+
+
+def frames_sent(page: Page) -> list[int]:
+    """UTF-8 sizes of the text frames the page's sockets send, appended as they go."""
+    sizes: list[int] = []
+
+    def on_socket(ws: Any) -> None:
+        ws.on("framesent", lambda payload: sizes.append(len(str(payload).encode("utf-8"))))
+
+    page.on("websocket", on_socket)
+    return sizes
+
+
+@pytest.mark.parametrize("failure", ["404", "network"])
+async def test_room_page_says_when_its_script_cannot_load(
+    browser: Browser, serve: Any, tmp_path: Path, failure: str
+) -> None:
+    """roomcast.js answered 404, or not at all: the status line says so, no "connecting…"."""
+    server = serve()
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+
+    async def block(route: Any) -> None:
+        if failure == "404":
+            await route.fulfill(status=404, body="Not Found", content_type="text/plain")
+        else:
+            await route.abort("connectionrefused")
+
+    await page.route(server.http_url + CLIENT_PATH, block)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(room_url(server, "lobby"))
+    status = page.locator("#status")
+    why = "HTTP 404" if failure == "404" else "network error"
+    await expect(status).to_have_text(
+        f"could not load the page's script {CLIENT_PATH} ({why}); reload the page",
+        timeout=WAIT_MS,
+    )
+    await expect(status).to_have_class("error")
+    await expect(page.locator("#chat-message-submit")).to_be_disabled()
+    await shot(page, tmp_path, f"script-{failure}")
+    assert sockets == []
+    # The browser reports the failed load itself; nothing else went wrong.
+    assert errors and all("Failed to" in e or "roomcast.js" in e for e in errors), errors
+
+
+async def test_room_page_says_when_its_socket_is_refused(
+    browser: Browser, serve: Any, tmp_path: Path
+) -> None:
+    """A server that refuses the page's Origin: the status names the socket and keeps trying."""
+    server = serve(ROOMCAST_ALLOWED_ORIGINS="https://elsewhere.example")
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(room_url(server, "拒绝 refused"))
+    status = page.locator("#status")
+    await expect(status).to_have_text(
+        re.compile(
+            r"^cannot connect to ws://127\.0\.0\.1:\d+/ws/chat/%E6%8B%92%E7%BB%9D%20refused/: "
+            r"connection failed or dropped \(1006\); trying again in [\d.]+ s$"
+        ),
+        timeout=WAIT_MS,
+    )
+    await expect(status).to_have_class("error")
+    await shot(page, tmp_path, "socket-refused")
+    # It keeps trying (the server may be fixed), each attempt refused with HTTP 403.
+    async with page.expect_websocket(timeout=WAIT_MS):
+        pass
+    assert len(sockets) >= 2
+    assert all("403" in e or "WebSocket" in e for e in errors), errors
+
+
+async def test_room_page_refuses_a_message_over_the_frame_limit(
+    browser: Browser, serve: Any, tmp_path: Path
+) -> None:
+    """17,000 characters: refused before sending, kept in the box, the socket stays up; and a
+    limit the page got wrong ends in a 1009 the page recovers from, text given back."""
+    server = serve()
+    room = "长 long"
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.set_viewport_size({"width": 900, "height": 700})
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    sent = frames_sent(page)
+    await page.goto(room_url(server, room))
+    status, note = page.locator("#status"), page.locator("#note")
+    box = page.locator("#chat-message-input")
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    assert await page.evaluate("roomcastRoom.maxFrameBytes") == 16384  # from the view
+
+    long_text = "x" * 17_000
+    await box.fill(long_text)
+    await box.press("Enter")
+    await expect(note).to_be_visible()
+    # The whole frame: the text plus the JSON around it and a client_id.
+    await expect(note).to_contain_text(re.compile(r"this message is 17,0\d\d bytes as a frame"))
+    await expect(note).to_contain_text("the room's limit of 16,384")
+    await expect(box).to_have_value(long_text)
+    await shot(page, tmp_path, "frame-limit-refused")
+
+    # Bytes, not characters: 6,000 CJK characters are 18,000 bytes of UTF-8.
+    await box.fill("字" * 6000)
+    await expect(note).to_contain_text(re.compile(r"this message is 18,0\d\d bytes"))
+    await box.press("Enter")
+    await expect(box).to_have_value("字" * 6000)
+    # Editing to under the limit clears the note; it is sent and stored.
+    fits = "y" * 16_000
+    await box.fill(fits)
+    await expect(note).to_be_hidden()
+    await box.press("Enter")
+    await expect(box).to_have_value("")
+    assert (await wait_for_rows(page, 1))[0][:2] == ["1", "chat"]
+    # RoomClient.send() checks the same limit: a named error, the text in it, nothing queued.
+    rejected = await page.evaluate(
+        """() => roomcastRoom.send("z".repeat(17000)).then(
+            () => null, (e) => [e.name, e.text.length, e.bytes, e.limit, roomcastRoom.waiting])"""
+    )
+    assert rejected[0] == "FrameTooLargeError"
+    assert rejected[1] == 17_000 and rejected[2] > 17_000 and rejected[3:] == [16384, 0]
+    assert max(sent) <= 16384 and len(sockets) == 1  # nothing over the limit left the page
+
+    # A page whose limit is wrong (here: raised by hand) sends it; the server closes with
+    # 1009. The text comes back with the reason and the page reconnects by itself.
+    await page.evaluate("roomcastRoom.maxFrameBytes = 1 << 20")
+    await box.fill(long_text)
+    await box.press("Enter")
+    await expect(note).to_contain_text(
+        "Not sent: a message was over the server's size limit: "
+        "Frames are limited to 16384 bytes (1009). The text is back in the box.",
+        timeout=WAIT_MS,
+    )
+    await expect(box).to_have_value(long_text)
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await shot(page, tmp_path, "frame-limit-1009-recovered")
+    assert len(sockets) == 2 and sockets[1].endswith("?since=1"), sockets
+    assert await page.evaluate("roomcastRoom.waiting") == 0
+    # The connection works again: a message sent now is stored and shown.
+    await box.fill("after 1009")
+    await box.press("Enter")
+    rows = await wait_for_rows(page, 2)
+    assert rows[1] == ["2", "chat", "after 1009"]
+    assert all("WebSocket" in e for e in errors), errors
+
+
+async def test_room_page_after_a_disconnect_offers_reconnect(
+    browser: Browser, serve: Any, tmp_path: Path
+) -> None:
+    """Closed with 4000 (roomcast disconnect): the page says so and why, sends nothing,
+    keeps what is typed, and its Reconnect button brings the room back."""
+    server = serve()
+    room = "断开 disconnect"
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.set_viewport_size({"width": 900, "height": 600})
+    await page.goto(room_url(server, room))
+    status, note = page.locator("#status"), page.locator("#note")
+    box, button = page.locator("#chat-message-input"), page.locator("#reconnect")
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await expect(button).to_be_hidden()
+
+    result = await asyncio.to_thread(
+        server.cli, "disconnect", room, "--reason", "maintenance", "--server", server.http_url
+    )
+    assert result.returncode == 0, result.stderr
+    await expect(status).to_have_text(
+        "disconnected by the server: maintenance (4000)", timeout=WAIT_MS
+    )
+    await expect(status).to_have_class("error")
+    await expect(button).to_be_visible()
+    await expect(page.locator("#chat-message-submit")).to_be_disabled()
+    # Typed while stopped: not queued, not lost.
+    await box.fill("still here?")
+    await box.press("Enter")
+    await page.locator("#chat-form").evaluate("(f) => f.requestSubmit()")
+    await expect(note).to_have_text("Not sent: not connected. Press Reconnect first.")
+    await expect(box).to_have_value("still here?")
+    rejected = await page.evaluate(
+        "() => roomcastRoom.send('x').then(() => null, (e) => [e.name, e.code, e.message])"
+    )
+    assert rejected == ["ClosedError", 4000, "disconnected by the server: maintenance (4000)"]
+    assert await page.evaluate("roomcastRoom.waiting") == 0
+    await shot(page, tmp_path, "disconnected")
+
+    await button.click()
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await expect(button).to_be_hidden()
+    await box.press("Enter")
+    assert await wait_for_rows(page, 1) == [["1", "chat", "still here?"]]
+    await shot(page, tmp_path, "reconnected")
+    assert errors == []
+
+
+async def test_room_page_gives_back_messages_a_stopped_client_drops(
+    browser: Browser, serve: Any, tmp_path: Path
+) -> None:
+    """A message queued while the server is down, then a reconnect refused with 4400: the
+    queue is emptied with the reason, the text is back in the box, nothing waits."""
+    server = serve()
+    room = "queued"
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.goto(room_url(server, room))
+    status, box = page.locator("#status"), page.locator("#chat-message-input")
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await asyncio.to_thread(server.stop)
+    await expect(status).to_contain_text("reconnecting", timeout=WAIT_MS)
+    await box.fill("typed offline")
+    await box.press("Enter")
+    await expect(box).to_have_value("")
+    await expect(status).to_contain_text("1 waiting to be sent")
+    # Back, but now room names are limited to 3 characters: the socket is closed with 4400.
+    server.env["ROOMCAST_ROOM_NAME_MAX_CHARS"] = "3"
+    await asyncio.to_thread(server.start)
+    await expect(status).to_have_text(
+        "disconnected: bad request: Room names are limited to 3 characters (4400)",
+        timeout=WAIT_MS,
+    )
+    await expect(box).to_have_value("typed offline")
+    await expect(page.locator("#note")).to_have_text(
+        "Not sent: bad request: Room names are limited to 3 characters (4400). "
+        "The text is back in the box."
+    )
+    assert await page.evaluate("roomcastRoom.waiting") == 0
+    await shot(page, tmp_path, "queue-dropped-4400")
+    assert all("WebSocket" in e for e in errors), errors
+
+
+async def test_room_page_gives_back_a_message_the_server_refuses(
+    browser: Browser, serve: Any
+) -> None:
+    """ALLOW_ANONYMOUS off: the server answers "forbidden"; the send settles, text given back."""
+    server = serve(ROOMCAST_ALLOW_ANONYMOUS="false")
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.goto(room_url(server, "members only"))
+    status, box = page.locator("#status"), page.locator("#chat-message-input")
+    await expect(status).to_have_text("connected", timeout=WAIT_MS)
+    await box.fill("hello?")
+    await box.press("Enter")
+    await expect(page.locator("#note")).to_have_text(
+        "Not sent: Log in to post in this room. The text is back in the box.", timeout=WAIT_MS
+    )
+    await expect(box).to_have_value("hello?")
+    assert await page.evaluate("roomcastRoom.waiting") == 0
+    await expect(status).to_have_text("connected")
+    assert errors == []
+
+
+# -- roomcast's URLs under a prefix -----------------------------------------------------------
+
+
+@pytest.fixture
+def prefixed_server(tmp_path: Path) -> Iterator[str]:
+    """A uvicorn process serving roomcast.server.asgi with roomcast.urls under ``/rt/``
+    (tests/prefix_settings.py); yields its http URL."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.prefix_settings",
+        "ROOMCAST_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(repo),
+    }
+    django_admin = str(Path(sys.executable).with_name("django-admin"))
+    subprocess.run(
+        [django_admin, "migrate", "--verbosity", "0"], cwd=repo, env=env, check=True, timeout=60
+    )
+    port = free_port()
+    log = open(tmp_path / "uvicorn.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "roomcast.server.asgi:application", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, timeout=30, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        print((tmp_path / "uvicorn.log").read_text(errors="replace")[-8000:])
+
+
+async def test_pages_work_with_roomcast_urls_under_a_prefix(
+    browser: Browser, prefixed_server: str, tmp_path: Path
+) -> None:
+    """``path("rt/", include("roomcast.urls"))``: the form, the links and the socket follow."""
+    base = prefixed_server
+    room = "前缀 prefix"
+    quoted = urllib.parse.quote(room, safe="")
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.goto(base + "/rt/chat/")
+    await page.locator("#room-name-input").fill(room)
+    await page.locator("#room-name-submit").click()
+    await page.wait_for_url(f"{base}/rt/chat/{quoted}/", timeout=WAIT_MS)
+    await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+    await page.locator("#chat-message-input").fill("under /rt/")
+    await page.locator("#chat-message-input").press("Enter")
+    assert await wait_for_rows(page, 1) == [["1", "chat", "under /rt/"]]
+    await shot(page, tmp_path, "prefix-room")
+
+    # Back to the index by the page's own link; the room is listed, its link works.
+    await page.locator(".nav a").click()
+    await page.wait_for_url(f"{base}/rt/chat/", timeout=WAIT_MS)
+    await page.locator("#rooms a", has_text=room).click()
+    await page.wait_for_url(f"{base}/rt/chat/{quoted}/", timeout=WAIT_MS)
+    await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+    # A bad room name's page (the index, with the error) has a form that works too.
+    response = await page.goto(f"{base}/rt/chat/{'x' * 201}/")
+    assert response is not None and response.status == 400
+    await expect(page.locator(".error")).to_contain_text("200")
+    await page.locator("#room-name-input").fill("lobby")
+    await page.locator("#room-name-submit").click()
+    await page.wait_for_url(f"{base}/rt/chat/lobby/", timeout=WAIT_MS)
+    await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+    # The 400 page is the one failed load the browser reports.
+    assert all("400" in e for e in errors), errors

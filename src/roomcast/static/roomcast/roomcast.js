@@ -1,13 +1,19 @@
 // roomcast.js: browser client for roomcast's protocol v1 (docs/protocol.md). ES module, no build.
 //
 //   import { RoomClient } from "/static/roomcast/roomcast.js";
-//   const room = new RoomClient("lobby");
+//   const room = new RoomClient("lobby", { maxFrameBytes: 16384 });
 //   room.addEventListener("message", (e) => show(e.detail));   // {seq, message, user, ts, kind}
 //   await room.send("hello");                                   // resolves with the seq
 //
 // It reconnects by itself (exponential backoff with jitter) and recovers what it missed
 // with ?since=<last seq>; it never shows a message twice. A message sent while offline is
 // queued and sent once the connection is back, unless the replay shows it was stored.
+//
+// send() never leaves a promise hanging: it resolves with the stored seq or rejects with a
+// SendError subclass carrying the text (FrameTooLargeError, QueueFullError, RefusedError,
+// ClosedError). After a close code that says not to reconnect the client stops
+// (status "closed") until reconnect() is called; after 1009 it rejects the messages the
+// server had not answered and reconnects (docs/protocol.md, "The browser client").
 
 export const PROTOCOL = "roomcast.v1";
 
@@ -17,18 +23,111 @@ export function shouldReconnect(code) {
   return code >= 4500 && code <= 4999;
 }
 
+export const MESSAGE_TOO_BIG = 1009;
+
+// The server's default MAX_FRAME_BYTES; pages get the configured one from the view.
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024;
+
 const MAX_QUEUED_SENDS = 100; // sends waiting for a connection; more are refused, not dropped
 
+// Longest client_id this client generates: 9 (time) + 1 + 8 (random) + 1 + 13 (counter,
+// base 36 of at most 2**53) characters. frameBytes() measures with one this long, so a
+// text it passes also passes send()'s exact check.
+const CLIENT_ID_MAX_CHARS = 32;
+
+const utf8 = new TextEncoder();
+
+/** Why a send() was rejected; `text` is the message, so that nothing typed is lost. */
+export class SendError extends Error {
+  constructor(message, text) {
+    super(message);
+    this.name = "SendError";
+    this.text = text;
+  }
+}
+
+/** The frame would be over the server's MAX_FRAME_BYTES: never sent. */
+export class FrameTooLargeError extends SendError {
+  constructor(text, bytes, limit) {
+    super(`message too long: ${bytes} bytes as a frame, the limit is ${limit}`, text);
+    this.name = "FrameTooLargeError";
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
+/** MAX_QUEUED_SENDS messages are already waiting for the connection. */
+export class QueueFullError extends SendError {
+  constructor(text) {
+    super(`${MAX_QUEUED_SENDS} messages are already waiting for the server`, text);
+    this.name = "QueueFullError";
+  }
+}
+
+/** The server answered the message with an error frame (code: busy, forbidden, ...). */
+export class RefusedError extends SendError {
+  constructor(text, code, detail) {
+    super(detail || code, text);
+    this.name = "RefusedError";
+    this.code = code;
+  }
+}
+
+/** The connection closed before the server stored the message, and it will not be resent. */
+export class ClosedError extends SendError {
+  constructor(text, code, reason) {
+    super(describeClose(code, reason), text);
+    this.name = "ClosedError";
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** A close code and reason in words, e.g. "disconnected by the server: maintenance (4000)". */
+export function describeClose(code, reason) {
+  const names = {
+    1000: "closed",
+    1006: "connection failed or dropped",
+    1009: "a message was over the server's size limit",
+    1011: "server error",
+    1012: "server restarting",
+    1013: "fell behind",
+    4000: "disconnected by the server",
+    4400: "bad request",
+    4403: "not allowed in this room",
+  };
+  const name = names[code] ?? "closed";
+  const why = (reason || "").replace(/\.$/, ""); // the server's reasons are sentences
+  return why ? `${name}: ${why} (${code})` : `${name} (${code})`;
+}
+
 export class RoomClient extends EventTarget {
-  constructor(room, { url = null, since = null, minDelayMs = 250, maxDelayMs = 10000 } = {}) {
+  /**
+   * Options: url (default: defaultUrl(room)), since (last seq already shown),
+   * maxFrameBytes (the server's MAX_FRAME_BYTES; null: no check), minDelayMs and
+   * maxDelayMs (reconnect backoff).
+   */
+  constructor(
+    room,
+    {
+      url = null,
+      since = null,
+      maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+      minDelayMs = 250,
+      maxDelayMs = 10000,
+    } = {},
+  ) {
     super();
     this.room = room;
     this.url = url || defaultUrl(room);
     this.lastSeq = since;           // last seq shown; null before the first join
+    this.maxFrameBytes = maxFrameBytes;
     this.status = "connecting";
+    this.lastClose = null;          // {code, reason} of the last close
     this._minDelay = minDelayMs;
     this._maxDelay = maxDelayMs;
     this._attempt = 0;
+    this._everOpen = false;         // whether any socket of this client was accepted
     this._closed = false;
     this._pending = new Map();      // client_id -> {text, resolve, reject, sent}
     this._joinedSeq = null;         // the stream position announced by the last "joined"
@@ -37,15 +136,46 @@ export class RoomClient extends EventTarget {
     this._connect();
   }
 
+  /** Bytes of the frame send(text) would send (UTF-8 of the whole JSON, longest client_id). */
+  frameBytes(text) {
+    return frameSize(text, "x".repeat(CLIENT_ID_MAX_CHARS));
+  }
+
+  /** Throws FrameTooLargeError if send(text) would be refused for its size. */
+  checkSize(text) {
+    const bytes = this.frameBytes(text);
+    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
+      throw new FrameTooLargeError(text, bytes, this.maxFrameBytes);
+    }
+  }
+
+  /** Post `text`; resolves with its seq once stored, rejects with a SendError. */
   send(text) {
-    const clientId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}-${++this._counter}`;
+    const clientId = [
+      Date.now().toString(36),
+      Math.random().toString(36).slice(2, 10),
+      (++this._counter).toString(36),
+    ].join("-");
+    if (this._closed) {
+      const close = this.lastClose ?? { code: 1000, reason: "closed by the page" };
+      return Promise.reject(new ClosedError(text, close.code, close.reason));
+    }
+    const bytes = frameSize(text, clientId);
+    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
+      return Promise.reject(new FrameTooLargeError(text, bytes, this.maxFrameBytes));
+    }
     if (this._pending.size >= MAX_QUEUED_SENDS) {
-      return Promise.reject(new Error("too many messages waiting for the server"));
+      return Promise.reject(new QueueFullError(text));
     }
     return new Promise((resolve, reject) => {
       this._pending.set(clientId, { text, resolve, reject, sent: false });
       this._flush();
     });
+  }
+
+  /** Messages sent and not yet stored (queued while offline, or waiting for the ack). */
+  get waiting() {
+    return this._pending.size;
   }
 
   history({ before = null, limit = 50 } = {}) {
@@ -58,10 +188,21 @@ export class RoomClient extends EventTarget {
     });
   }
 
+  /** Connect again after the client stopped (a close code that says not to reconnect). */
+  reconnect() {
+    if (!this._closed) return;
+    this._closed = false;
+    this._attempt = 0;
+    this._setStatus("connecting");
+    this._connect();
+  }
+
   close() {
     this._closed = true;
     clearTimeout(this._timer);
+    this.lastClose = { code: 1000, reason: "closed by the page" };
     if (this._ws) this._ws.close(1000);
+    this._rejectPending(() => true, 1000, "closed by the page");
     this._setStatus("closed");
   }
 
@@ -71,10 +212,26 @@ export class RoomClient extends EventTarget {
 
   _connect() {
     const url = this.lastSeq === null ? this.url : `${this.url}?since=${this.lastSeq}`;
-    const ws = new WebSocket(url, [PROTOCOL]);
+    let ws;
+    try {
+      ws = new WebSocket(url, [PROTOCOL]);
+    } catch (err) {
+      // A malformed URL: no socket, no close event. Stop and say so.
+      this._stop(1006, `bad socket URL ${url}: ${err.message}`);
+      return;
+    }
     this._ws = ws;
-    ws.onmessage = (e) => this._onFrame(JSON.parse(e.data));
-    ws.onclose = (e) => this._onClose(e);
+    ws.onopen = () => { this._everOpen = true; };
+    ws.onmessage = (e) => {
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch {
+        return; // not a roomcast server; nothing to show
+      }
+      if (frame && typeof frame === "object") this._onFrame(frame);
+    };
+    ws.onclose = (e) => { if (this._ws === ws) this._onClose(e); };
   }
 
   _onFrame(frame) {
@@ -109,9 +266,17 @@ export class RoomClient extends EventTarget {
         if (waiter) waiter.resolve(frame);
         break;
       }
-      case "error":
+      case "error": {
+        // An error about a message carries its client_id: that message was not stored
+        // and will not be, so its send() is rejected (the page can offer it again).
+        const entry = frame.client_id ? this._pending.get(frame.client_id) : undefined;
+        if (entry) {
+          this._pending.delete(frame.client_id);
+          entry.reject(new RefusedError(entry.text, frame.code, frame.detail));
+        }
         this._emit("error", frame);
         break;
+      }
       default:
         break; // newer server: unknown frame types are ignored
     }
@@ -136,28 +301,52 @@ export class RoomClient extends EventTarget {
     }
   }
 
-  _onClose(event) {
-    for (const waiter of this._history.splice(0)) waiter.reject(new Error("connection closed"));
-    for (const entry of this._pending.values()) entry.sent = false; // resend unless replayed
-    this._joinedSeq = null;
-    this._emit("close", { code: event.code, reason: event.reason });
-    if (this._closed) return;
-    if (!shouldReconnect(event.code)) {
-      this._closed = true;
-      for (const entry of this._pending.values()) entry.reject(new Error(event.reason || `closed (${event.code})`));
-      this._pending.clear();
-      this._setStatus("closed");
-      return;
+  _rejectPending(which, code, reason) {
+    for (const [clientId, entry] of this._pending) {
+      if (!which(entry)) continue;
+      this._pending.delete(clientId);
+      entry.reject(new ClosedError(entry.text, code, reason));
     }
-    this._setStatus("reconnecting");
-    const ceiling = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt++);
-    this._timer = setTimeout(() => this._connect(), ceiling / 2 + Math.random() * ceiling / 2);
   }
 
-  _setStatus(status) {
-    if (this.status === status) return;
+  _stop(code, reason) {
+    this._closed = true;
+    this._rejectPending(() => true, code, reason);
+    this._setStatus("closed", { code, reason });
+  }
+
+  _onClose(event) {
+    const { code, reason } = event;
+    const wasOpen = this.status === "open";
+    this.lastClose = { code, reason };
+    for (const waiter of this._history.splice(0)) waiter.reject(new Error("connection closed"));
+    this._joinedSeq = null;
+    this._emit("close", { code, reason });
+    if (this._closed) return;
+    if (code === MESSAGE_TOO_BIG) {
+      // The server read a frame over its limit (the page's limit was not the server's):
+      // the frames it had not answered are that one and any sent after it, none stored.
+      // Reject them, so that they are not sent again to the same end, and reconnect:
+      // the connection itself was fine.
+      this._rejectPending((entry) => entry.sent, code, reason);
+    } else if (!shouldReconnect(code)) {
+      this._stop(code, reason);
+      return;
+    }
+    for (const entry of this._pending.values()) entry.sent = false; // resend unless replayed
+    const ceiling = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt++);
+    const delayMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this._timer = setTimeout(() => this._connect(), delayMs);
+    // "everOpen": a socket of this client was accepted before (the connection was lost),
+    // or never (the server cannot be reached or refuses the handshake).
+    this._setStatus("reconnecting", { code, reason, delayMs, wasOpen, everOpen: this._everOpen });
+  }
+
+  _setStatus(status, detail = {}) {
+    // "reconnecting" repeats with each attempt's close code and delay; others do not.
+    if (this.status === status && status !== "reconnecting") return;
     this.status = status;
-    this._emit("status", { status });
+    this._emit("status", { status, ...detail });
   }
 
   _emit(type, detail) {
@@ -165,7 +354,20 @@ export class RoomClient extends EventTarget {
   }
 }
 
+function frameSize(text, clientId) {
+  // What the socket sends: UTF-8 of the JSON text (JSON.stringify escapes lone surrogates).
+  return utf8.encode(JSON.stringify({ type: "message", message: text, client_id: clientId }))
+    .length;
+}
+
+/** The socket URL for a path on this page's host ("/ws/chat/lobby/" -> "ws://host/ws/chat/lobby/"). */
+export function socketUrl(path) {
+  const url = new URL(path, window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+/** The socket URL of `room` when roomcast's routes are at the root of this page's host. */
 export function defaultUrl(room) {
-  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(room)}/`;
+  return socketUrl(`/ws/chat/${encodeURIComponent(room)}/`);
 }
