@@ -33,6 +33,7 @@ import asyncio
 import fnmatch
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ LARGE_MAX_BYTES = 16 * 1024 * 1024
 CATEGORIES = ("passed", "informational", "non-strict", "unimplemented", "failed")
 #: behaviorClose verdicts that are acceptable (Autobahn colours the rest red).
 _CLOSE_OK = ("OK", "INFORMATIONAL")
+_EXCEPTION = re.compile(r"^(\w+(?:Error|Exception)): .*")
+#: Distinct lines of a server's log shown in the report.
+LOG_LINES_SHOWN = 8
 #: Payload characters of a received message shown in the report.
 PAYLOAD_SHOWN = 40
 SELF = str(Path(__file__).resolve())
@@ -448,8 +452,8 @@ def _differences(
         if o.phase == phase:
             runs.setdefault((o.server, o.id), []).append(o)
     lines = [
-        "| case | roomcast (first run) | uvicorn (first run) | all runs: roomcast / uvicorn "
-        "| roomcast worse |",
+        "| case | roomcast (first run) | uvicorn (first run) | all runs (verdict count): "
+        "roomcast / uvicorn | roomcast worse |",
         "| --- | --- | --- | --- | --- |",
     ]
     always_worse = 0
@@ -466,7 +470,7 @@ def _differences(
         else:
             verdict = "no: better"
         tally = " / ".join(
-            ", ".join(o.category for o in sorted(side, key=lambda o: o.run))
+            ", ".join(f"{c} {n}" for c in CATEGORIES if (n := sum(o.category == c for o in side)))
             for side in (mine, theirs)
         )
         lines.append(
@@ -495,12 +499,34 @@ def _shared(first: dict[str, dict[str, CaseOutcome]], wanted: str) -> list[str]:
     return lines
 
 
+def _logs(logs: dict[str, list[str]]) -> list[str]:
+    """What each server logged: its distinct unindented lines (a traceback's first and
+    last), most frequent first."""
+    out = []
+    for name, lines in logs.items():
+        heads: dict[str, int] = {}
+        for line in lines:
+            if line and not line[0].isspace():
+                line = _EXCEPTION.sub(r"\1: ...", line)  # one row per exception type
+                heads[line] = heads.get(line, 0) + 1
+        out += [f"`{name}`: {len(lines)} lines", ""]
+        if heads:
+            out += ["| times | line |", "| ---: | --- |"]
+            ranked = sorted(heads.items(), key=lambda kv: -kv[1])
+            out += [f"| {n} | `{line[:160]}` |" for line, n in ranked[:LOG_LINES_SHOWN]]
+            if len(ranked) > LOG_LINES_SHOWN:
+                out.append(f"| | ...and {len(ranked) - LOG_LINES_SHOWN} more distinct lines |")
+            out.append("")
+    return out or ["Nothing."]
+
+
 def report(
     args: argparse.Namespace,
     results: list[CaseOutcome],
     state: RunState,
     facts: dict[str, str],
     command: str,
+    logs: dict[str, list[str]],
 ) -> str:
     """The Markdown report of a run."""
     out = ["# Autobahn conformance: roomcast serve's socket layer and stock uvicorn", ""]
@@ -540,6 +566,7 @@ def report(
         on = " on both" if len(first) == 2 else ""
         for wanted in ("failed", "non-strict", "informational", "unimplemented"):
             out += [f"### {wanted.capitalize()}{on}", "", *_shared(first, wanted), ""]
+    out += ["## Server logs", "", *_logs(logs)]
     return "\n".join(out)
 
 
@@ -584,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reruns",
         type=int,
-        default=3,
-        help="extra runs of each case whose verdict differs between the servers (default 3)",
+        default=10,
+        help="extra runs of each case whose verdict differs between the servers (default 10)",
     )
     parser.add_argument(
         "--large",
@@ -620,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda procs: _measure(args, procs, state, results),
         results,
         failed=lambda rs: bool(state.not_finished) or always_worse_count(rs) > 0,
-        report=lambda command, _: report(args, results, state, facts, command),
+        report=lambda command, procs: report(args, results, state, facts, command, procs.logs),
     )
 
 
