@@ -69,8 +69,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvicorn
 
-    from roomcast.cli import UVICORN_WS_MAX_BYTES
-    from roomcast.server.lean_ws import protocol_class
+    from roomcast.cli import UVICORN_WS_MAX_BYTES  # imports no uvicorn protocol
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("port", type=int)
@@ -86,13 +85,17 @@ if __name__ == "__main__":
     port, ws = args.port, args.ws
     COUNTS_PATH = args.counts
     USE_DIRECT = ws == "lean"
+    if USE_DIRECT:  # roomcast's class, imported only here: stock uvicorn stays stock
+        from roomcast.server.lean_ws import protocol_class
+
+        ws = protocol_class()
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
         http="httptools",
-        ws=protocol_class() if ws == "lean" else ws,
+        ws=ws,
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=False,
         lifespan="on",
