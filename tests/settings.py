@@ -18,7 +18,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
-ROOT_URLCONF = "roomcast.urls"
+ROOT_URLCONF = "tests.urls"  # roomcast.urls included as a project does: names under roomcast:
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -353,3 +353,20 @@ async def test_recent_frames_stay_contiguous_through_a_gap_fill(unchecked_hub):
     await socket.wait_for(5)
     last_seq, frames, _ = unchecked_hub.recent("recent gap", None, replay_limit=500)
     assert last_seq == 5 and [seq for seq, _ in frames] == [1, 2, 3, 4, 5]
+
+
+async def test_a_disconnect_with_an_unsendable_code_or_long_reason_still_closes(the_hub):
+    """A project's own group_send may carry any code and reason: a code a server may not
+    send becomes 4000, and the reason is cut to fit a close frame (123 bytes)."""
+    socket = Socket()
+    member = Member(socket, room="odd-close", max_frames=10, v1=True)
+
+    async def nothing() -> CatchUp:
+        return CatchUp(preface=[], frames=[], last_seq=0)
+
+    await the_hub.join(member, nothing)
+    the_hub.dispatch("odd-close", {"type": "room.disconnect", "code": 1006, "reason": "é" * 300})
+    await socket.wait_for(1)
+    (close,) = [m for m in socket.sent if m["type"] == "websocket.close"]
+    assert close["code"] == CloseCode.DISCONNECTED
+    assert close["reason"] == "é" * 61  # 122 bytes: a 2-byte character does not fit the 123rd

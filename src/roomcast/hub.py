@@ -48,11 +48,17 @@ from typing import Any, Protocol
 
 from . import direct
 from .protocol import CloseCode
-from .protocol.codec import encode, message_event
+from .protocol.codec import close_reason, encode, message_event
 
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+#: Close codes below 3000 that a server may send (RFC 6455 7.4.1; 1005, 1006 and 1015
+#: are never sent on the wire).
+_SENDABLE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 #: Messages read from the database per query while filling a gap.
 FILL_BATCH_SIZE = 500
@@ -196,7 +202,7 @@ class Member:
         self.last_seq = last
         self._kick()
 
-    def close(self, code: CloseCode, reason: str = "") -> None:
+    def close(self, code: int, reason: str = "") -> None:
         """Close the socket now, dropping queued frames. Idempotent, never blocks."""
         if self.closed:
             return
@@ -281,9 +287,11 @@ class Member:
         self.closed = True
         self._buffer.clear()
 
-    async def _send_close(self, code: CloseCode, reason: str) -> None:
+    async def _send_close(self, code: int, reason: str) -> None:
         try:
-            await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+            await self._send(
+                {"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}
+            )
         except OSError:
             pass  # the socket is gone already
         except RuntimeError:
@@ -571,8 +579,12 @@ class Hub:
             member.deliver(None, frame)
 
     def _on_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
-        code = CloseCode(int(message.get("code", CloseCode.DISCONNECTED)))
-        reason = str(message.get("reason", ""))
+        code = int(message.get("code", CloseCode.DISCONNECTED))
+        if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
+            # A layer message from code of the project's own (a seed-style group_send)
+            # may carry any number: one a server may not send (RFC 6455 7.4) becomes 4000.
+            code = CloseCode.DISCONNECTED
+        reason = close_reason(str(message.get("reason", "")))
         user_id = message.get("user_id")
         for member in list(room.members):
             if user_id is None or member.user_id == user_id:

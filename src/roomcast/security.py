@@ -12,6 +12,7 @@ handshake gets HTTP 403, and the server log one INFO line saying why.
 from __future__ import annotations
 
 import logging
+import re
 from importlib import import_module
 from typing import Any
 
@@ -25,6 +26,8 @@ from .origins import OriginPolicy, check_proxy_ssl_header
 from .protocol import CloseCode
 
 logger = logging.getLogger(__name__)
+
+_SESSION_KEY = re.compile(r"[a-z0-9]{1,64}")
 
 #: Scope key of the server's unwrapped ``send``: the hub writes room frames with it.
 SERVER_SEND = "roomcast.server_send"
@@ -69,7 +72,9 @@ class RoomcastMiddleware:
         scope[SERVER_SEND] = send
         if "user" not in scope:
             key = parse_cookie(cookies).get(settings.SESSION_COOKIE_NAME) if cookies else None
-            if key:
+            # Django's session keys are [a-z0-9]; anything else (a crafted cookie, NUL
+            # that PostgreSQL refuses with a DataError) is no session, not a query.
+            if key and _SESSION_KEY.fullmatch(key):
                 scope["session"] = self.session_store(key)
                 scope["user"] = await get_user(scope)
             else:

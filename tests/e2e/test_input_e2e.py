@@ -188,12 +188,6 @@ async def test_disconnect_reasons_fit_a_close_frame(serve, clients):
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    reason="security.RoomcastMiddleware hands any session cookie to the session store; "
-    'parse_cookie unquotes "\\000" to NUL, which psycopg refuses (DataError, a 500). Fix '
-    "there (treat a key that is not [a-z0-9] as no session) and drop this xfail.",
-    strict=True,
-)
 async def test_a_session_cookie_with_nul_is_anonymous_not_a_500(serve, postgres_database):
     """A session cookie that unquotes to NUL is no session (the socket joins anonymous);
     on PostgreSQL it is a DataError traceback and an HTTP 500."""
