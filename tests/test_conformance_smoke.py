@@ -9,6 +9,7 @@ message. The echo must have written its text replies through roomcast's direct p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ def test_conformance_cases_pass_on_the_roomcast_stack(tmp_path: Path) -> None:
     argv += [f"--cases={case}" for case in CASES]
     argv += ["--no-large", "--reruns", "0", "--chapter-timeout", "30", "--time-limit", "60"]
     argv += ["--json", str(out)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    # Not the test suite's settings (pytest-django sets them): the echo is no Django site.
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     verdicts = {r["id"]: (r["behavior"], r["behavior_close"]) for r in data["results"]}

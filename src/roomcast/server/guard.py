@@ -96,7 +96,7 @@ def limits() -> Limits:
         try:
             values: Any = roomcast_settings
             values.MAX_CONNECTIONS  # noqa: B018  (reads the settings)
-        except ImproperlyConfigured:  # served outside Django (a bare ASGI app): defaults
+        except (ImproperlyConfigured, ImportError):  # outside Django (a bare ASGI app)
             values = SimpleNamespace(**DEFAULTS)
         total = values.MAX_CONNECTIONS
         if total is None:
