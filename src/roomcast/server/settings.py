@@ -11,8 +11,10 @@ ROOMCAST_LAYER                    ``pubsub`` (default) or ``core``: which channe
 ROOMCAST_REDIS_PREFIX             key/channel prefix on Redis (default ``roomcast``)
 ROOMCAST_SECRET_KEY               Django SECRET_KEY (default: generated, kept in the data dir)
 ROOMCAST_API_KEY                  key of the HTTP push API (default: generated, in the data dir)
-ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1,[::1]``)
+ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1,[::1]``;
+                                  roomcast serve adds its ``--host`` address)
 ROOMCAST_DEBUG                    ``1`` for Django's debug mode
+ROOMCAST_LOG_LEVEL                ``debug``, ``info`` (default), ``warning``, ``error``
 ================================  ===========================================================
 """
 
