@@ -4,8 +4,8 @@ At the default level (INFO) the log holds the start-up lines, warnings and error
 Lines that come with every connection or request are kept at DEBUG, shown by
 ``--log-level debug``:
 
-* uvicorn's websockets protocol logs ``connection open`` and ``connection closed`` at
-  INFO for every socket (through the ``websockets`` library's logger, which uvicorn
+* uvicorn's websockets protocol logs ``connection open`` (``connection rejected``, and
+  ``connection closed`` when the client's EOF reaches it) at INFO for every socket (through the ``websockets`` library's logger, which uvicorn
   sets to ``uvicorn.error``), and a handshake line (``"WebSocket /ws/..." [accepted]``)
   even with the access log off: :class:`QuietConnections` demotes them (the handshake
   line stays at INFO with ``--access-log``, beside the HTTP requests).
@@ -28,8 +28,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-#: websockets' per-connection lines (``websockets.server``, ``websockets.protocol``).
-CONNECTION_LINES = frozenset({"connection open", "connection closed"})
+#: websockets' per-connection lines (``websockets.server``, ``websockets.protocol``),
+#: as the format strings it logs them with.
+CONNECTION_LINES = frozenset(
+    {
+        "connection open",
+        "connection closed",
+        "connection rejected (%d %s)",  # the app refused the handshake (a bad Origin)
+        "HTTP response sent (%d %s)",
+    }
+)
 #: The start of uvicorn's handshake lines: ``'%s - "WebSocket %s" [accepted]'``, ``403``...
 HANDSHAKE_PREFIX = '%s - "WebSocket %s"'
 #: Longest logged message of a client-caused error: the Host header is the client's.
