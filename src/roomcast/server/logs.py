@@ -5,10 +5,11 @@ Lines that come with every connection or request are kept at DEBUG, shown by
 ``--log-level debug``:
 
 * uvicorn's websockets protocol logs ``connection open`` (``connection rejected``, and
-  ``connection closed`` when the client's EOF reaches it) at INFO for every socket (through the ``websockets`` library's logger, which uvicorn
-  sets to ``uvicorn.error``), and a handshake line (``"WebSocket /ws/..." [accepted]``)
-  even with the access log off: :class:`QuietConnections` demotes them (the handshake
-  line stays at INFO with ``--access-log``, beside the HTTP requests).
+  ``connection closed`` when the client's EOF reaches it) at INFO for every socket
+  (through the ``websockets`` library's logger, which uvicorn sets to ``uvicorn.error``),
+  and a handshake line (``"WebSocket /ws/..." [accepted]``) even with the access log off:
+  :class:`QuietConnections` demotes them (the handshake line stays at INFO with
+  ``--access-log``, beside the HTTP requests).
 * Django logs a WARNING for each 4xx response (``Not Found: /favicon.ico``, a scanner's
   probes): :class:`ClientErrorsAtDebug` demotes them; 5xx stay ERROR.
 * A request for a host name the site does not answer to, and any other client-caused
