@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,18 @@ def test_push_through_redis_that_is_down_is_one_line(tmp_path: Path) -> None:
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     line = one_line(run(tmp_path, "push", "lobby", "hi", "--redis", redis_url), 1)
     assert f"cannot reach Redis at {redis_url}" in line and "--server URL" in line, line
+
+
+def test_a_port_in_use_or_a_foreign_address_is_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        line = one_line(run(tmp_path, "serve", "--port", str(port)), 1)
+    assert line == (
+        f"roomcast serve: cannot listen on 127.0.0.1:{port} (Address already in use): stop "
+        "what uses it, or pass --port with another port"
+    )
+    line = one_line(run(tmp_path, "serve", "--host", "192.0.2.123"), 2)  # TEST-NET-1
+    assert line.endswith("give --host an address of this machine, 0.0.0.0 or ::"), line
 
 
 # -- SQLite paths ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ logs keep one line per event that matters (``roomcast.server.logs``).
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import ipaddress
 import os
@@ -17,6 +18,7 @@ import sys
 from . import _environ
 from ._common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     CommandError,
     Parser,
     apply_service_flags,
@@ -130,6 +132,24 @@ def _example_hosts() -> str:
     return ",".join(names)
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, or raise a CommandError saying why it cannot be used."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        # The OS's words, without create_server's "(while attempting to bind on ...)".
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
+        if exc.errno == errno.EADDRINUSE:
+            fix, code = "stop what uses it, or pass --port with another port", EXIT_FAILED
+        elif exc.errno == errno.EACCES:
+            fix, code = "ports below 1024 need privileges: pass --port 8000", EXIT_USAGE
+        else:  # not an address of this machine, a name that does not resolve
+            fix, code = "give --host an address of this machine, 0.0.0.0 or ::", EXIT_USAGE
+        raise CommandError(f"cannot listen on {host}:{port} ({reason}): {fix}", code) from None
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Check the settings, migrate, and serve until stopped."""
     level = _log_level(args)
@@ -144,6 +164,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     require_server_extra(
         "roomcast serve", ["uvicorn", "uvloop", "httptools", "websockets", *service_modules()]
     )
+    _check_listen(args.host, args.port)  # before any work on the database
     hint = _allow_host(args.host)
     setup_django()
     from roomcast.conf import unknown_environ
@@ -173,17 +194,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from roomcast.server.lean_ws import protocol_class
     from roomcast.server.logs import uvicorn_log_config
 
-    try:  # say a taken port plainly, before announcing anything
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        with socket.create_server((args.host, args.port), family=family):
-            pass
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on {args.host}:{args.port} "
-            f"({os.strerror(exc.errno) if exc.errno else exc}): stop what "
-            "uses it, or pass --port with another port",
-            EXIT_FAILED,
-        ) from None
     print(
         f"roomcast serving on http://{_host_name(args.host)}:{args.port}/chat/ "
         f"({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
