@@ -267,7 +267,8 @@ def _refused(exc: urllib.error.HTTPError, server: str, source: str) -> CommandEr
                 "site must include roomcast.urls)?"
             )
         else:
-            text = body.decode("utf-8", "replace") if "text/plain" in str(exc.headers) else ""
+            plain = exc.headers.get_content_type() == "text/plain"
+            text = body.decode("utf-8", "replace") if plain else ""
             detail = " ".join(text.split())[:200] or str(exc.reason)
     elif exc.code == 413:
         detail = f"the message is too long: {detail}"

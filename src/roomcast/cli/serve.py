@@ -180,7 +180,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         call_command("check", stdout=io.StringIO())
     except SystemCheckError as exc:  # one line per problem, each naming its setting
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     check_database()
     try:
         call_command("migrate", interactive=False, verbosity=0)
