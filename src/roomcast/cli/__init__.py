@@ -2,7 +2,9 @@
 
 One module per command group: ``serve``, ``push`` (push and disconnect), ``manage``;
 ``_common`` (errors, exit codes, set-up), ``_database`` (reaching the database and
-Redis), ``_environ`` (the variables and flags of serve, shared with docs/settings.md).
+Redis), ``_api`` (the HTTP push API's client), ``_environ`` (the variables and flags of
+serve, shared with docs/settings.md). A new command group (``roomcast user``...) is a
+module with an ``add_parser(commands)``, added in :func:`build_parser`.
 Each module's ``add_parser`` sets ``run``, called as ``run(args, parser)``, returning the
 exit code or raising :class:`~._common.CommandError`, which :func:`main` prints as one
 line. docs/cli.md documents every command, flag and exit code.

@@ -10,21 +10,15 @@ own rules; the server's answers are shown by their ``detail``.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 from roomcast.protocol import ProtocolError, codec
 
+from ._api import DEFAULT_SERVER, call
 from ._common import (
     EXIT_FAILED,
-    EXIT_USAGE,
     CommandError,
     Parser,
     add_service_flags,
@@ -36,13 +30,6 @@ from ._common import (
 )
 from ._database import check_database, check_redis, database_error
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
-#: Longest wait for the server's answer, in seconds: a push is stored before the answer,
-#: and a server that has not answered by then is stuck (its store queue is bounded).
-HTTP_TIMEOUT_SECS = 30
-#: Most bytes read from a server's answer (a push API reply is under 200 bytes; an error
-#: page of a proxy may be a few KB).
-REPLY_MAX_BYTES = 64 * 1024
 #: Most bytes of a message read from standard input: uvicorn's frame limit under roomcast
 #: serve. The server's own limit (MAX_FRAME_BYTES, 16 KiB by default) answers with a 413.
 STDIN_MAX_BYTES = 1024 * 1024
@@ -175,108 +162,6 @@ def _reason(args: argparse.Namespace) -> str:
     return str(args.reason)
 
 
-def _server(args: argparse.Namespace) -> str:
-    server = str(args.server or DEFAULT_SERVER).rstrip("/")
-    parts = urllib.parse.urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CommandError(
-            f"--server {server!r} is not an http:// or https:// URL; e.g. {DEFAULT_SERVER}"
-        )
-    return server
-
-
-# -- over HTTP ----------------------------------------------------------------------------
-
-
-def _api_key(args: argparse.Namespace) -> tuple[str, str]:
-    """The HTTP push API key, and where it came from (for the error if it is refused)."""
-    if args.api_key:
-        return str(args.api_key), "--api-key"
-    if os.environ.get("ROOMCAST_API_KEY"):
-        return os.environ["ROOMCAST_API_KEY"], "ROOMCAST_API_KEY"
-    # The bundled site keeps its key in its data dir. Read, never created here: a new
-    # key would only be refused.
-    data_dir = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast")
-    path = data_dir.resolve() / "api_key"
-    try:
-        return path.read_text().strip(), str(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CommandError(
-            f"no API key: {path} does not exist. Pass --api-key (or set ROOMCAST_API_KEY), "
-            "or run this where the server's .roomcast/ is (or set ROOMCAST_DATA_DIR to it)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read the API key from {path}: {exc}") from None
-
-
-def _http(args: argparse.Namespace, room: str, action: str, body: dict[str, Any]) -> Any:
-    """POST ``body`` to the push API's ``action`` of ``room``; the JSON answer."""
-    server = _server(args)
-    url = f"{server}/api/rooms/{urllib.parse.quote(room, safe='')}/{action}"
-    key, source = _api_key(args)
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECS) as response:
-            reply = response.read(REPLY_MAX_BYTES)
-    except urllib.error.HTTPError as exc:
-        raise _refused(exc, server, source) from None
-    except urllib.error.URLError as exc:
-        raise CommandError(
-            f"no roomcast server at {server} ({exc.reason}): start one with `roomcast "
-            "serve`, or pass --server URL",
-            EXIT_FAILED,
-        ) from None
-    except TimeoutError:
-        raise CommandError(
-            f"{server} did not answer within {HTTP_TIMEOUT_SECS} s; is it overloaded?",
-            EXIT_FAILED,
-        ) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise CommandError(
-            f"{server} did not answer like an HTTP server ({exc or type(exc).__name__}): "
-            "is --server the "
-            "roomcast server's URL?",
-            EXIT_FAILED,
-        ) from None
-    try:
-        return json.loads(reply)
-    except ValueError:
-        raise CommandError(
-            f"{url} answered with something other than JSON: is --server a roomcast server?",
-            EXIT_FAILED,
-        ) from None
-
-
-def _refused(exc: urllib.error.HTTPError, server: str, source: str) -> CommandError:
-    """One line for an error answer: the API's ``detail``, or what a non-API answer means."""
-    body = exc.read(REPLY_MAX_BYTES)
-    code = EXIT_USAGE if 400 <= exc.code < 500 and exc.code not in (408, 429) else EXIT_FAILED
-    try:
-        detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if not isinstance(detail, str):  # not the push API: another site, a proxy, an old server
-        if exc.code in (404, 405):
-            detail = (
-                "no roomcast push API there; is --server the roomcast server's URL (its "
-                "site must include roomcast.urls)?"
-            )
-        else:
-            plain = exc.headers.get_content_type() == "text/plain"
-            text = body.decode("utf-8", "replace") if plain else ""
-            detail = " ".join(text.split())[:200] or str(exc.reason)
-    elif exc.code == 413:
-        detail = f"the message is too long: {detail}"
-    elif exc.code == 401:
-        detail = f"{detail} The key came from {source}: pass the server's key with --api-key."
-    return CommandError(f"{server} answered {exc.code}: {detail}", code)
-
-
 # -- through Redis ------------------------------------------------------------------------
 
 
@@ -315,7 +200,7 @@ def run_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise CommandError(f"{exc} (the message is stored)", EXIT_FAILED) from None
         room, seq = stored.room, stored.seq
     else:
-        reply = _http(args, room, "messages", {"message": text})
+        reply = call(args, room, "messages", {"message": text})
         if not isinstance(reply, dict) or "seq" not in reply:
             raise CommandError(f"unexpected answer {reply!r:.100}", EXIT_FAILED)
         room, seq = reply.get("room", room), reply["seq"]
@@ -342,7 +227,7 @@ def run_disconnect(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         body: dict[str, Any] = {"reason": reason}
         if args.user_id is not None:
             body["user_id"] = args.user_id
-        _http(args, room, "disconnect", body)
+        call(args, room, "disconnect", body)
     whose = f"user {args.user_id}'s sockets" if args.user_id is not None else "every socket"
     print(f"asked every server to close {whose} in {room!r}")
     return 0
