@@ -11,8 +11,10 @@ ROOMCAST_LAYER                    ``pubsub`` (default) or ``core``: which channe
 ROOMCAST_REDIS_PREFIX             key/channel prefix on Redis (default ``roomcast``)
 ROOMCAST_SECRET_KEY               Django SECRET_KEY (default: generated, kept in the data dir)
 ROOMCAST_API_KEY                  key of the HTTP push API (default: generated, in the data dir)
-ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1,[::1]``)
+ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1,[::1]``;
+                                  roomcast serve adds its ``--host`` address)
 ROOMCAST_DEBUG                    ``1`` for Django's debug mode
+ROOMCAST_LOG_LEVEL                ``debug``, ``info`` (default), ``warning``, ``error``
 ================================  ===========================================================
 """
 
@@ -66,6 +68,14 @@ ALLOWED_HOSTS = [
     for h in os.environ.get("ROOMCAST_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
     if h.strip()
 ]
+# Django never matches an entry with a scheme, port or path: no request would get through.
+for _allowed in ALLOWED_HOSTS:
+    if "/" in _allowed or (":" in _allowed and not _allowed.startswith("[")):
+        raise ImproperlyConfigured(
+            f"ROOMCAST_ALLOWED_HOSTS: {_allowed!r} is not a host name; give names and addresses "
+            "without scheme, port or path (IPv6 in brackets: [::1]), comma-separated, e.g. "
+            "ROOMCAST_ALLOWED_HOSTS=chat.example.com,192.0.2.10"
+        )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -188,13 +198,31 @@ USE_TZ = True
 STATIC_URL = "static/"
 LOGIN_REDIRECT_URL = "/chat/"
 
+_LOG_LEVEL = os.environ.get("ROOMCAST_LOG_LEVEL", "info").upper()
+if _LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    raise ImproperlyConfigured(
+        f"ROOMCAST_LOG_LEVEL={_LOG_LEVEL.lower()!r}: use debug, info, warning or error."
+    )
+# One line per event that matters; per-request noise at DEBUG (roomcast.server.logs).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "client_errors_at_debug": {"()": "roomcast.server.logs.ClientErrorsAtDebug"},
+        "one_line_client_errors": {"()": "roomcast.server.logs.OneLineClientErrors"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "level": _LOG_LEVEL,
+            "filters": ["one_line_client_errors"],
+        }
+    },
     "loggers": {
-        "roomcast": {"handlers": ["stderr"], "level": os.environ.get("ROOMCAST_LOG_LEVEL", "INFO")},
+        "roomcast": {"handlers": ["stderr"], "level": _LOG_LEVEL},
         "django": {"handlers": ["stderr"], "level": "WARNING"},
+        "django.request": {"filters": ["client_errors_at_debug"]},
     },
 }

@@ -1,0 +1,140 @@
+"""Logging of the bundled site (``roomcast serve``): one line per event that matters.
+
+At the default level (INFO) the log holds the start-up lines, warnings and errors.
+Lines that come with every connection or request are kept at DEBUG, shown by
+``--log-level debug``:
+
+* uvicorn's websockets protocol logs ``connection open`` (``connection rejected``, and
+  ``connection closed`` when the client's EOF reaches it) at INFO for every socket
+  (through the ``websockets`` library's logger, which uvicorn sets to ``uvicorn.error``),
+  and a handshake line (``"WebSocket /ws/..." [accepted]``) even with the access log off:
+  :class:`QuietConnections` demotes them (the handshake line stays at INFO with
+  ``--access-log``, beside the HTTP requests).
+* Django logs a WARNING for each 4xx response (``Not Found: /favicon.ico``, a scanner's
+  probes): :class:`ClientErrorsAtDebug` demotes them; 5xx stay ERROR.
+* A request for a host name the site does not answer to, and any other client-caused
+  ``SuspiciousOperation``, logs an ERROR with a traceback that says nothing about the
+  server: :class:`OneLineClientErrors` keeps one line, and for ``DisallowedHost`` names
+  the variable that fixes it (``ROOMCAST_ALLOWED_HOSTS``, not Django's setting).
+
+A demoted record gets level DEBUG before the handlers see it, so each handler's level
+(the chosen log level) decides whether it is written.
+
+Layer: server (standalone site); imports the standard library only, so the settings can
+name these filters without importing uvicorn or Django.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+#: websockets' per-connection lines (``websockets.server``, ``websockets.protocol``),
+#: as the format strings it logs them with.
+CONNECTION_LINES = frozenset(
+    {
+        "connection open",
+        "connection closed",
+        "connection rejected (%d %s)",  # the app refused the handshake (a bad Origin)
+        "HTTP response sent (%d %s)",
+    }
+)
+#: The start of uvicorn's handshake lines: ``'%s - "WebSocket %s" [accepted]'``, ``403``...
+HANDSHAKE_PREFIX = '%s - "WebSocket %s"'
+#: Longest logged message of a client-caused error: the Host header is the client's.
+CLIENT_ERROR_MAX_CHARS = 300
+
+
+def _demote(record: logging.LogRecord) -> None:
+    record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+
+
+class QuietConnections(logging.Filter):
+    """On ``uvicorn.error``: per-connection lines to DEBUG (handshakes: unless the access
+    log is on)."""
+
+    def __init__(self, access_log: bool = False) -> None:
+        super().__init__()
+        self.access_log = access_log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg in CONNECTION_LINES or (msg.startswith(HANDSHAKE_PREFIX) and not self.access_log):
+            _demote(record)
+        return True
+
+
+class ClientErrorsAtDebug(logging.Filter):
+    """On ``django.request``: a 4xx response's WARNING becomes DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if isinstance(status, int) and status < 500:
+            _demote(record)
+        return True
+
+
+class OneLineClientErrors(logging.Filter):
+    """On the site's handler: ``django.security.*`` records (a client's bad Host header,
+    too many fields...) without their traceback, and DisallowedHost naming
+    ROOMCAST_ALLOWED_HOSTS."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("django.security."):
+            return True
+        message = record.getMessage()[:CLIENT_ERROR_MAX_CHARS]
+        if record.name == "django.security.DisallowedHost":
+            # Django: "Invalid HTTP_HOST header: 'h:8000'. You may need to add 'h' to
+            # ALLOWED_HOSTS." The bundled site reads that setting from the environment.
+            message = message.replace(
+                " to ALLOWED_HOSTS.",
+                " to ROOMCAST_ALLOWED_HOSTS (comma-separated) and restart roomcast serve.",
+            )
+        record.msg, record.args = message, None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
+    """uvicorn's default log configuration (``uvicorn.config.LOGGING_CONFIG``: its
+    formatters, stderr for the server, stdout for the access log), handlers at ``level``,
+    per-connection lines demoted by :class:`QuietConnections`."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "quiet_connections": {
+                "()": "roomcast.server.logs.QuietConnections",
+                "access_log": access_log,
+            }
+        },
+        "formatters": {
+            "default": {
+                "()": "uvicorn.logging.DefaultFormatter",
+                "fmt": "%(levelprefix)s %(message)s",
+                "use_colors": None,
+            },
+            "access": {
+                "()": "uvicorn.logging.AccessFormatter",
+                "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
+            },
+        },
+        "handlers": {
+            "default": {
+                "formatter": "default",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "level": level.upper(),
+            },
+            "access": {
+                "formatter": "access",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO", "filters": ["quiet_connections"]},
+            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
