@@ -369,7 +369,7 @@ async def stop(procs: h.Processes, state: RunState, server: Server) -> None:
 async def _measure(
     args: argparse.Namespace, procs: h.Processes, state: RunState, results: list[CaseOutcome]
 ) -> None:
-    from roomcast.cli import UVICORN_WS_MAX_BYTES  # roomcast serve's ws_max_size
+    from roomcast.cli.serve import UVICORN_WS_MAX_BYTES  # roomcast serve's ws_max_size
 
     state.workdir = procs.workdir
     phases = [("standard", UVICORN_WS_MAX_BYTES, CHAPTERS)]

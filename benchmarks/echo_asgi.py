@@ -69,7 +69,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvicorn
 
-    from roomcast.cli import UVICORN_WS_MAX_BYTES  # imports no uvicorn protocol
+    from roomcast.cli.serve import UVICORN_WS_MAX_BYTES  # imports no uvicorn protocol
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("port", type=int)

@@ -115,7 +115,7 @@ class OriginCheckMiddleware:
         if why is None:
             return True
         client = scope.get("client") or ("?", 0)
-        logger.info("WebSocket handshake refused from %s: %s", client[0], why)
+        logger.debug("WebSocket handshake refused from %s: %s", client[0], why)
         return False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:

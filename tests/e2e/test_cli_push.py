@@ -54,7 +54,7 @@ async def test_the_servers_refusals_are_shown_by_their_detail(serve) -> None:
     http = ("--server", server.http_url)
     too_long = await asyncio.to_thread(cli, server, "push", "lobby", "-", *http, stdin="x" * 20000)
     assert refused(too_long) == (
-        f"roomcast push: {server.http_url} answered 413: the message is too long: Frames are "
+        f"roomcast push: {server.http_url} answered 413: the message is too long: The body is "
         "limited to 16384 bytes."
     )
     long_name = await asyncio.to_thread(cli, server, "push", "r" * 201, "hi", *http)
