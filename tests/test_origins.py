@@ -175,7 +175,7 @@ async def test_null_and_every_origin_only_when_listed():
     assert await handshake(null, ["*"]) and await handshake(evil, ["*"])
 
 
-async def test_a_refusal_is_one_info_line_saying_why(caplog):
+async def test_a_refusal_is_one_debug_line_saying_why(caplog):
     """No traceback; the origin and the site's origin in one bounded line."""
     with caplog.at_level(logging.DEBUG, logger="roomcast"):
         assert not await handshake(host_and_origin("localhost:8000", "http://localhost:3000"))
@@ -185,7 +185,7 @@ async def test_a_refusal_is_one_info_line_saying_why(caplog):
         )
         assert not await handshake(host_and_origin("localhost", "https://localhost"))
     records = [r for r in caplog.records if r.name == "roomcast.security"]
-    assert [r.levelno for r in records] == [logging.INFO] * 3
+    assert [r.levelno for r in records] == [logging.DEBUG] * 3
     assert not any(r.exc_info for r in records)
     first, second, third = (r.getMessage() for r in records)
     assert first == (

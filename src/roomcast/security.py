@@ -6,7 +6,8 @@ hijacking by ``origins.OriginPolicy``: a page's ``Origin`` must be the site's ow
 ``ROOMCAST['ALLOWED_ORIGINS']``. A handshake without ``Origin`` does not come from a
 browser (CLI tools, servers) and carries no ambient cookie, so it is allowed; Channels'
 ``OriginValidator`` refuses it, which would lock out every non-browser client. A refused
-handshake gets HTTP 403, and the server log one INFO line saying why.
+handshake gets HTTP 403, and the server log one DEBUG line saying why (any page can
+cause one: noise is opt-in, `--log-level debug`).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class OriginCheckMiddleware:
         check_proxy_ssl_header()
 
     def allows(self, scope: Any) -> bool:
-        """Whether the handshake of ``scope`` may go on; if not, log one INFO line why."""
+        """Whether the handshake of ``scope`` may go on; if not, log one DEBUG line why."""
         origins = [value for name, value in scope.get("headers", ()) if name == b"origin"]
         if not origins:
             return True
