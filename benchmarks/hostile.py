@@ -86,8 +86,10 @@ async def ws_request(port: int, source: str) -> str:
         return f"refused: {type(exc).__name__}"
 
 
-async def flood(procs: Processes, env: dict[str, str], idle: int, nofile: int, wait: float):
-    server = procs.roomcast("roomcast", procs.workdir / "flood", env, nofile=-nofile)
+async def flood(
+    procs: Processes, label: str, env: dict[str, str], idle: int, nofile: int, wait: float
+):
+    server = procs.roomcast("roomcast", procs.workdir / f"flood-{label}", env, nofile=-nofile)
     held = []
     for _ in range(idle):
         try:
@@ -121,8 +123,12 @@ def deaf_socket(port: int, room: str) -> socket.socket:
     return sock
 
 
-async def deaf(procs: Processes, env: dict[str, str], count: int, posts: int, after: float):
-    server = procs.roomcast("roomcast", procs.workdir / "deaf", env)
+async def deaf(
+    procs: Processes, label: str, env: dict[str, str], count: int, posts: int, after: float
+):
+    # A data dir of its own: the same room and client_ids in one database would make
+    # every post of the second run a duplicate, stored once and never published again.
+    server = procs.roomcast("roomcast", procs.workdir / f"deaf-{label}", env)
     socks = [deaf_socket(server.port, "deaf") for _ in range(count)]
     url = f"ws://127.0.0.1:{server.port}/ws/chat/deaf/"
     base = tcp_memory_mb()
@@ -153,7 +159,10 @@ async def deaf(procs: Processes, env: dict[str, str], count: int, posts: int, af
             await writer.send(json.dumps({"message": text, "client_id": f"p{i}"}))
             peak = max(peak, tcp_memory_mb())
             await asyncio.sleep(0.05)
-        await asyncio.wait_for(reading, 180)
+        try:  # what the reader got is the measurement: a timeout is reported, not raised
+            await asyncio.wait_for(reading, 180)
+        except TimeoutError:
+            print(f"deaf: the reader got {received} of {posts} in time", file=sys.stderr)
         draining.cancel()
     start = time.monotonic()
     while time.monotonic() - start < after:
@@ -177,12 +186,20 @@ async def main_async(args: argparse.Namespace, procs: Processes) -> list[tuple[s
     raise_fd_limit(args.idle + 1000)
     results = []
     for name, env in (("off", OFF), ("on", ON)):
+        print(f"flood, limits {name}", file=sys.stderr, flush=True)
         results.append(
-            (f"flood, limits {name}", await flood(procs, env, args.idle, args.nofile, args.wait))
+            (
+                f"flood, limits {name}",
+                await flood(procs, name, env, args.idle, args.nofile, args.wait),
+            )
         )
     for name, env in (("off", OFF), ("on", ON)):
+        print(f"deaf, limits {name}", file=sys.stderr, flush=True)
         results.append(
-            (f"deaf, limits {name}", await deaf(procs, env, args.deaf, args.posts, args.after))
+            (
+                f"deaf, limits {name}",
+                await deaf(procs, name, env, args.deaf, args.posts, args.after),
+            )
         )
     return results
 
