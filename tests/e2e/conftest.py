@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 import websockets
+from playwright.async_api import Browser, async_playwright
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import CHROMIUM, free_port, wait_for_port
 
 ROOMCAST = str(Path(sys.executable).with_name("roomcast"))
 
@@ -186,3 +187,16 @@ async def clients() -> AsyncIterator[Any]:
             await asyncio.gather(*(c.ws.close() for c in opened), return_exceptions=True)
     for client in opened:
         client.ws.transport.abort()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, for one test (the flags this machine needs: no GPU,
+    no sandbox as root, no background requests to a network that is not there)."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        await chromium.close()

@@ -15,14 +15,14 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
-from tests.conftest import ARTIFACTS, CHROMIUM, free_port, wait_for_port
+from tests.conftest import ARTIFACTS, free_port, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -99,18 +99,6 @@ PROBE_HTML = """<!DOCTYPE html>
 # The room page's log as (seq, kind, text) rows; the text is the message's own text node.
 LOG_ROWS_JS = """() => Array.from(document.querySelectorAll("#chat-log li"),
     (li) => [li.dataset.seq, li.className, li.lastChild.textContent])"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test."""
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        await chromium.close()
 
 
 async def new_page(browser: Browser, errors: list[str]) -> Page:

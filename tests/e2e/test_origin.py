@@ -9,15 +9,13 @@ that user. Chromium, driving a page on another port of the same host, is in the 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import websockets
-from playwright.async_api import Browser, async_playwright
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import CHROMIUM, free_port
+from tests.conftest import free_port
 from tests.e2e.conftest import Client, connect
 from tests.e2e.test_example import example_env, example_server  # noqa: F401  (fixtures)
 
@@ -151,18 +149,6 @@ def test_a_host_name_instead_of_an_origin_stops_the_server(serve, value, fix):
         serve(ROOMCAST_ALLOWED_ORIGINS=f"https://ok.example, {value}")
     message = str(info.value)
     assert "roomcast.E011" in message and repr(value) in message and fix in message, message
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test."""
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        await chromium.close()
 
 
 # Opens a roomcast.v1 socket, posts one message once open, writes down what happens.

@@ -28,7 +28,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.conftest import free_port, wait_for_port
-from tests.e2e.test_browser import WAIT_MS, browser, new_page  # noqa: F401  (browser: fixture)
+from tests.e2e.test_browser import WAIT_MS, new_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.browser]
 
@@ -141,7 +141,7 @@ def test_readme_install_names_extras_that_exist() -> None:
 
 
 async def test_readme_project_chats_in_chromium(
-    browser: Browser,  # noqa: F811  (the fixture imported above)
+    browser: Browser,
     readme_project: tuple[str, dict[str, str]],
     tmp_path: Path,
 ) -> None:
