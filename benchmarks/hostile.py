@@ -24,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -128,7 +129,7 @@ async def deaf(
 ):
     # A data dir of its own: the same room and client_ids in one database would make
     # every post of the second run a duplicate, stored once and never published again.
-    server = procs.roomcast("roomcast", procs.workdir / f"deaf-{label}", env)
+    server = procs.roomcast("roomcast", procs.workdir / ("deaf-" + re.sub(r"\W+", "-", label)), env)
     socks = [deaf_socket(server.port, "deaf") for _ in range(count)]
     url = f"ws://127.0.0.1:{server.port}/ws/chat/deaf/"
     base = tcp_memory_mb()
@@ -193,7 +194,8 @@ async def main_async(args: argparse.Namespace, procs: Processes) -> list[tuple[s
                 await flood(procs, name, env, args.idle, args.nofile, args.wait),
             )
         )
-    for name, env in (("off", OFF), ("on", ON)):
+    capped = {**ON, "ROOMCAST_SOCKET_SEND_BUFFER_BYTES": "262144"}
+    for name, env in (("off", OFF), ("on", ON), ("on, 256 KiB send buffers", capped)):
         print(f"deaf, limits {name}", file=sys.stderr, flush=True)
         results.append(
             (

@@ -59,6 +59,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="roomcast.E012",
                 )
             )
+    value = roomcast_settings.SOCKET_SEND_BUFFER_BYTES
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or value < 4096
+    ):
+        errors.append(
+            Error(
+                f"ROOMCAST['SOCKET_SEND_BUFFER_BYTES'] must be None (the kernel's autotuning) "
+                f"or a whole number of bytes of at least 4096, not {value!r}.",
+                id="roomcast.E017",
+            )
+        )
     value = roomcast_settings.MAX_CONNECTIONS
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         errors.append(

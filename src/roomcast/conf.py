@@ -76,13 +76,17 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the server waits for the client to answer its close frame before it
     # resets the connection.
     "CLOSE_TIMEOUT_SECS": 5.0,
+    # roomcast serve: the kernel's send buffer per socket, in bytes (SO_SNDBUF); None
+    # leaves it to the kernel's autotuning (up to tcp_wmem's maximum, 4 MB on Linux). A
+    # cap bounds what a client that stops reading holds before it is cut off.
+    "SOCKET_SEND_BUFFER_BYTES": None,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
 _NOT_FROM_ENVIRON = frozenset({"API_KEYS"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: Keys whose default None means "work it out" (``auto`` in the environment).
-_INT_OR_AUTO = frozenset({"MAX_CONNECTIONS"})
+_INT_OR_AUTO = frozenset({"MAX_CONNECTIONS", "SOCKET_SEND_BUFFER_BYTES"})
 
 
 #: roomcast serve's own variables (docs/settings.md), and the test suite's.

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -290,3 +291,20 @@ def test_invalid_utf8_is_one_close_not_a_traceback(serve):
         assert int.from_bytes(close[2:4], "big") == 1007, close
     log = server.log()
     assert "Traceback" not in log and "Invalid UTF-8" not in log, log[-2000:]
+
+
+def test_socket_send_buffer_caps_the_kernels_buffer(serve):
+    """SOCKET_SEND_BUFFER_BYTES sets SO_SNDBUF on each accepted socket (Linux reports
+    twice the value), where autotuning would let it grow to tcp_wmem's maximum."""
+    server = serve(ROOMCAST_SOCKET_SEND_BUFFER_BYTES="65536")
+    sock = _ws_handshake(server.port, "/ws/chat/buffers/", "127.0.0.10")
+    try:
+        out = subprocess.run(
+            ["ss", "-tmnH", "state", "established", f"( sport = :{server.port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "tb131072" in out, out
+    finally:
+        sock.close()

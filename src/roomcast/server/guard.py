@@ -71,6 +71,7 @@ class Limits:
     handshake_timeout: float
     send_timeout: float
     close_timeout: float
+    send_buffer: int | None  # SO_SNDBUF per socket; None: the kernel's autotuning
 
 
 _limits: Limits | None = None
@@ -108,6 +109,7 @@ def limits() -> Limits:
             handshake_timeout=float(values.HANDSHAKE_TIMEOUT_SECS),
             send_timeout=float(values.SEND_TIMEOUT_SECS),
             close_timeout=float(values.CLOSE_TIMEOUT_SECS),
+            send_buffer=values.SOCKET_SEND_BUFFER_BYTES,
         )
     return _limits
 
@@ -196,6 +198,17 @@ def abort(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+def _set_send_buffer(transport: asyncio.Transport, size: int) -> None:
+    """Cap the kernel's send buffer of one socket (Linux doubles the value for its own
+    bookkeeping and then stops autotuning it)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            pass
+
+
 def peer_address(transport: asyncio.BaseTransport) -> str:
     """The peer's IP address (``""`` for a Unix socket)."""
     peer = transport.get_extra_info("peername")
@@ -233,6 +246,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         self._guard_address = address
+        send_buffer = limits().send_buffer
+        if send_buffer:
+            _set_send_buffer(transport, send_buffer)
         super().connection_made(transport)
         self._arm_deadline()
 
