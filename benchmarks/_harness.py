@@ -167,9 +167,16 @@ class Processes:
         return proc
 
     def roomcast(
-        self, name: str, data_dir: Path, env: dict[str, str], *, nofile: int | None = None
+        self,
+        name: str,
+        data_dir: Path,
+        env: dict[str, str],
+        *,
+        nofile: int | None = None,
+        binary: str = ROOMCAST,
     ) -> Proc:
-        """``roomcast serve`` on a free port, its data dir and settings from ``env``."""
+        """``roomcast serve`` on a free port, its data dir and settings from ``env``;
+        ``binary``: another build's ``roomcast`` (a checkout's ``.venv/bin/roomcast``)."""
         port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         env = {
@@ -181,7 +188,7 @@ class Processes:
             **env,
         }
         os.environ.pop("DJANGO_SETTINGS_MODULE", None)
-        argv = [ROOMCAST, "serve", "--port", str(port), "--log-level", "warning"]
+        argv = [binary, "serve", "--port", str(port), "--log-level", "warning"]
         return self.start(name, argv, port=port, env=env, nofile=nofile)
 
     def bare_uvicorn(self, name: str, ws: str = "lean", *, nofile: int | None = None) -> Proc:

@@ -173,7 +173,8 @@ def report(
     out += _table(
         "deliveries/s|p50 latency|p99 latency|first-receipt p50|server+redis CPU per delivery"
     )
-    for x, y in (("roomcast", "seed"), ("roomcast", "baseline"), ("pubsub", "core")):
+    pairs = (("roomcast", "seed"), ("roomcast", "baseline"), ("roomcast", "before"))
+    for x, y in (*pairs, ("pubsub", "core")):
         for rx in results:
             ry = _counterpart(results, rx, y) if rx.target == x else None
             if ry is None:

@@ -51,7 +51,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 THIS_FILE = Path(__file__).resolve()
-TARGETS = ("roomcast", "baseline", "seed")
+TARGETS = ("roomcast", "before", "baseline", "seed")
 
 
 # -- the publisher ----------------------------------------------------------------------------
@@ -303,6 +303,9 @@ async def _embedded(
             server = procs.seed("seed", redis)
             dialect, messages = "seed", args.seed_messages or args.messages
             phases = [(name, args.rate if name == "paced" else 0.0) for name in args.seed_phases]
+        elif target == "before":  # another build of roomcast, side by side (--before)
+            data_dir = procs.workdir / f"embedded-before-{round_}"
+            server = procs.roomcast("before", data_dir, {}, binary=args.before)
         else:
             data_dir = procs.workdir / f"embedded-{round_}"
             server = procs.roomcast("roomcast", data_dir, {})
@@ -438,8 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default="roomcast,baseline,seed",
-        help="embedded scenario's targets, comma-separated: roomcast, baseline (bare "
-        "websockets), seed (the tutorial on daphne + channels_redis; needs redis-server)",
+        help="embedded scenario's targets, comma-separated: roomcast, before (the build "
+        "given by --before), baseline (bare websockets), seed (the tutorial on daphne + "
+        "channels_redis; needs redis-server)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="ROOMCAST",
+        help="another build's roomcast command, for the 'before' target: e.g. "
+        "git worktree add /tmp/rc-old REV && /tmp/rc-old/scripts/install server, then "
+        "--before /tmp/rc-old/.venv/bin/roomcast",
     )
     parser.add_argument(
         "--layers", default="pubsub,core", help="redis scenario's layers: pubsub, core"
@@ -496,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown |= set(args.seed_phases) - {"paced", "burst"}
     if unknown or args.members < 2 or args.messages < 1 or args.rounds < 1:
         build_parser().error(f"bad arguments (unknown: {sorted(unknown)})")
+    if "before" in args.targets and not args.before:
+        build_parser().error("the 'before' target needs --before PATH/TO/roomcast")
     if "embedded" not in args.scenarios:
         args.targets = []
     h.raise_fd_limit(args.members + 1024)
