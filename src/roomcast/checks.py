@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from .conf import roomcast_settings
 from .origins import ANY_ORIGIN, NULL_ORIGIN, OriginSettingError, parse_allowed
@@ -104,10 +105,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("HANDSHAKE_TIMEOUT_SECS", "roomcast.E014"),
         ("SEND_TIMEOUT_SECS", "roomcast.E014"),
         ("CLOSE_TIMEOUT_SECS", "roomcast.E014"),
+        ("TOKEN_TTL_SECS", "roomcast.E016"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
+    errors.extend(_check_access_policy(roomcast_settings.ACCESS_POLICY))
     alias = roomcast_settings.CHANNEL_LAYER
     if alias not in getattr(settings, "CHANNEL_LAYERS", {}):
         errors.append(
@@ -171,3 +174,30 @@ def _check_allowed_origins(origins: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def _check_access_policy(path: Any) -> list[CheckMessage]:
+    """E015 unless ACCESS_POLICY is None or the dotted path of a callable."""
+    if path is None:
+        return []
+    problem = None
+    if not isinstance(path, str) or "." not in path:
+        problem = f"must be the dotted path of a callable, like 'myapp.access.check', not {path!r}"
+    else:
+        try:
+            function = import_string(path)
+        except ImportError as exc:
+            problem = f"{path!r} does not import ({exc})"
+        else:
+            if not callable(function):
+                problem = f"{path!r} is not callable"
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"ROOMCAST['ACCESS_POLICY'] {problem}.",
+            hint="Point it at check(user, room, action) -> bool, or remove it for the "
+            "built-in policy (public, private and read-only rooms).",
+            id="roomcast.E015",
+        )
+    ]

@@ -60,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
     # 1013, like OUTBOUND_BUFFER_FRAMES; whichever is reached first). A join's catch-up
     # (at most REPLAY_LIMIT frames) is allowed on top while it drains.
     "OUTBOUND_BUFFER_BYTES": 1024 * 1024,
+    # Dotted path of a callable check(user, room, action) -> bool that replaces the
+    # built-in access policy (roomcast.access); None: the built-in one.
+    "ACCESS_POLICY": None,
+    # Lifetime of a connection token when issue_token() is not given one, in seconds.
+    "TOKEN_TTL_SECS": 3600.0,
     # roomcast serve's connection limits, per process (roomcast.server.guard). Open
     # connections at most; None: 90% of the open-file limit. Over it: HTTP 503.
     "MAX_CONNECTIONS": None,
