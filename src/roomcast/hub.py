@@ -122,6 +122,7 @@ class Member:
         "_slack",
         "_writer",
         "closed",
+        "identity",
         "last_seq",
         "max_bytes",
         "max_frames",
@@ -139,6 +140,7 @@ class Member:
         v1: bool,
         user_id: int | None = None,
         max_bytes: int = 0,
+        identity: Any = None,
     ) -> None:
         self._send = send
         # uvicorn's websockets-sansio protocol when frames can be written to it directly
@@ -154,6 +156,8 @@ class Member:
         self._slack = 0
         self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
         self.user_id = user_id
+        # Who the socket is (roomcast.access.Identity), for re-checks when rights change.
+        self.identity = identity
         self.last_seq = 0
         self.closed = False
         self._held: list[tuple[int | None, str]] | None = []  # None once started
