@@ -27,9 +27,18 @@ _POSITIVE_INTS = (
     "STORE_QUEUE_LIMIT",
     "STORE_LOCK_TIMEOUT_MS",
     "OUTBOUND_BUFFER_BYTES",
+    "POST_BURST_PER_SOCKET",
+    "POST_BURST_PER_USER",
 )
 #: Whole numbers where 0 turns the limit off.
-_LIMIT_INTS = ("MAX_CONNECTIONS_PER_ADDRESS",)
+_LIMIT_INTS = (
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "RATE_LIMIT_CLOSE_AFTER",
+    "MAX_SOCKETS_PER_USER",
+    "MAX_SOCKETS_PER_ADDRESS",
+)
+#: Rates (per second) where 0 turns the limit off.
+_RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER")
 
 
 @register(Tags.compatibility)
@@ -58,6 +67,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 Error(
                     f"ROOMCAST[{key!r}] must be a whole number (0 for no limit), not {value!r}.",
                     id="roomcast.E012",
+                )
+            )
+    for key in _RATES:
+        value = getattr(roomcast_settings, key)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0 <= value < float("inf")
+        ):
+            errors.append(
+                Error(
+                    f"ROOMCAST[{key!r}] must be a number of posts per second, 0 or more "
+                    f"(0 for no limit), not {value!r}.",
+                    id="roomcast.E017",
                 )
             )
     value = roomcast_settings.MAX_CONNECTIONS
@@ -106,6 +129,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("SEND_TIMEOUT_SECS", "roomcast.E014"),
         ("CLOSE_TIMEOUT_SECS", "roomcast.E014"),
         ("TOKEN_TTL_SECS", "roomcast.E016"),
+        ("RATE_LIMIT_WINDOW_SECS", "roomcast.E018"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

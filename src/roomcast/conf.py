@@ -81,6 +81,23 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the server waits for the client to answer its close frame before it
     # resets the connection.
     "CLOSE_TIMEOUT_SECS": 5.0,
+    # Posts per second one socket may make, on average (0: no limit), and how many it may
+    # make at once after a pause; over it a post is refused with a rate_limited error
+    # (roomcast.limits). Per process. A person types a few messages a second at most.
+    "POST_RATE_PER_SOCKET": 5.0,
+    "POST_BURST_PER_SOCKET": 10,
+    # The same for all of one user's sockets together, in this process (0: no limit).
+    "POST_RATE_PER_USER": 10.0,
+    "POST_BURST_PER_USER": 20,
+    # A socket refused this many times within about RATE_LIMIT_WINDOW_SECS (it ignores
+    # retry_after) is closed with 4429 (0: never closed for it).
+    "RATE_LIMIT_CLOSE_AFTER": 10,
+    "RATE_LIMIT_WINDOW_SECS": 10.0,
+    # Room sockets one user, and one client address (IPv6: one /64), may have open in
+    # this process; one more is closed with 4429 (0: no cap). Behind a proxy that hides
+    # client addresses, set MAX_SOCKETS_PER_ADDRESS to 0.
+    "MAX_SOCKETS_PER_USER": 100,
+    "MAX_SOCKETS_PER_ADDRESS": 500,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
