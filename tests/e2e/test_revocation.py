@@ -170,3 +170,40 @@ async def test_logging_out_elsewhere_closes_that_sessions_sockets_on_every_proce
         assert (code, reason) == (4403, "logged out")
     await other.send({"type": "ping"})
     assert (await other.recv())["type"] == "pong"
+
+
+async def test_deactivating_a_user_closes_their_sockets_in_every_room_on_every_process(
+    cluster, clients
+):
+    """is_active=False saved in a third process closes the user's sockets in public
+    rooms on both processes (no room is named: every hub is reached through the control
+    group) with 'account deactivated'; another user's socket stays."""
+    a, b = cluster(2)
+    suffix = uuid.uuid4().hex[:6]
+    keys = json.loads(await asyncio.to_thread(shell, a, users_with_sessions(suffix, "dana", "eli")))
+    dana = [
+        await clients(
+            server.ws_url(f"{room} {suffix}"),
+            additional_headers={"Cookie": f"sessionid={keys['dana']}"},
+        )
+        for server, room in ((a, "lobby"), (b, "café"), (b, "lobby"))
+    ]
+    eli = await clients(
+        b.ws_url(f"lobby {suffix}"), additional_headers={"Cookie": f"sessionid={keys['eli']}"}
+    )
+    for socket in (*dana, eli):
+        await socket.recv_type("joined")
+    waits = [asyncio.ensure_future(closed(socket)) for socket in dana]
+    await asyncio.to_thread(
+        shell,
+        a,
+        "from django.contrib.auth import get_user_model\n"
+        f"user = get_user_model().objects.get(username='dana{suffix}')\n"
+        "user.is_active = False\n"
+        "user.save()\n"
+        "print('ok')",
+    )
+    for code, reason, _ in await asyncio.gather(*waits):
+        assert (code, reason) == (4403, "account deactivated")
+    await eli.send({"type": "ping"})
+    assert (await eli.recv())["type"] == "pong"
