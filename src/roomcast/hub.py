@@ -583,21 +583,21 @@ class Hub:
 
     async def _receive_control(self) -> None:
         delay = 0.1
-        while self._control_channel is None:
+        while True:
             try:
                 channel = await self.layer.new_channel("roomcast.control.")
                 await self.layer.group_add(CONTROL_GROUP, channel)
+                break
             except Exception:
                 logger.exception("Could not join the control group; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECS)
-                continue
-            self._control_channel = channel
+        self._control_channel = channel
         self.control_joined.set()
         delay = 0.1
-        while True:
+        while self._control_channel == channel:  # until close()
             try:
-                message = await self.layer.receive(self._control_channel)
+                message = await self.layer.receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception:
