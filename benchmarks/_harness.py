@@ -185,6 +185,12 @@ class Processes:
             # Every load client connects from 127.0.0.1: the per-address cap (1,000 by
             # default) would refuse scenarios (c) and (e).
             "ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS": "0",
+            # The same for room sockets (500 per address by default); and publishers
+            # send as fast as they can, which the post rate limits (5/s per socket by
+            # default) exist to stop: off, to measure the server, not the limit.
+            "ROOMCAST_MAX_SOCKETS_PER_ADDRESS": "0",
+            "ROOMCAST_POST_RATE_PER_SOCKET": "0",
+            "ROOMCAST_POST_RATE_PER_USER": "0",
             **env,
         }
         os.environ.pop("DJANGO_SETTINGS_MODULE", None)

@@ -13,7 +13,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from roomcast import fanout, services
-from roomcast.hub import CatchUp, Hub, Member
+from roomcast.hub import CONTROL_GROUP, CatchUp, Hub, Member, register_control
 from roomcast.protocol import CloseCode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -370,3 +370,53 @@ async def test_a_disconnect_with_an_unsendable_code_or_long_reason_still_closes(
     (close,) = [m for m in socket.sent if m["type"] == "websocket.close"]
     assert close["code"] == CloseCode.DISCONNECTED
     assert close["reason"] == "é" * 61  # 122 bytes: a 2-byte character does not fit the 123rd
+
+
+async def _nothing() -> CatchUp:
+    return CatchUp(preface=[], frames=[], last_seq=0)
+
+
+async def test_the_hub_joins_the_control_group_once_and_leaves_it_on_close():
+    """Every hub is in hub.CONTROL_GROUP with one channel, with or without members, so a
+    control message sent to the group reaches it; close() takes it out again."""
+    layer = fanout.get_layer()
+    hub = Hub(layer, services.DatabaseLoader(), fanout.room_group)
+    await asyncio.wait_for(hub.control_joined.wait(), 5)
+    assert list(layer.groups[CONTROL_GROUP]) == [hub._control_channel]
+    seen: list[dict] = []
+    register_control("test.seen", lambda the_hub, message: seen.append(message))
+    await layer.group_send(CONTROL_GROUP, {"type": "test.seen", "n": 1})
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [{"type": "test.seen", "n": 1}]
+    await hub.close()
+    assert not layer.groups.get(CONTROL_GROUP) and not hub.control_joined.is_set()
+
+
+async def test_the_hub_finds_a_users_members_in_every_room_until_they_leave(the_hub):
+    """user_members(uid) lists a user's members across rooms; guests are not indexed, and
+    the index forgets a user with their last member."""
+    members = [
+        Member(Socket(), room=room, max_frames=10, v1=True, user_id=user_id)
+        for room, user_id in (("a", 1), ("b", 1), ("a", 2), ("a", None))
+    ]
+    for member in members:
+        await the_hub.join(member, _nothing)
+    assert the_hub.user_members(1) == members[:2] and the_hub.user_members(2) == [members[2]]
+    the_hub.leave(members[0])
+    the_hub.leave(members[0])  # a second leave changes nothing
+    assert the_hub.user_members(1) == [members[1]]
+    for member in members[1:]:
+        the_hub.leave(member)
+    assert the_hub.user_members(1) == [] and the_hub._users == {}
+
+
+async def test_access_control_messages_count_in_access_epoch_others_do_not(the_hub):
+    """The epoch a joining member's rights are compared with counts access messages only."""
+    register_control("test.other", lambda hub, message: None)
+    before = the_hub.access_epoch
+    the_hub.control({"type": "test.other"})
+    the_hub.control({"type": "access.recheck", "room": "nowhere", "user_id": None})
+    assert the_hub.access_epoch == before + 1

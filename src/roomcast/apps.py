@@ -1,4 +1,4 @@
-"""Django app config: registers the system checks."""
+"""Django app config: registers the system checks and the revocation receivers."""
 
 from __future__ import annotations
 
@@ -13,4 +13,9 @@ class RoomcastConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the checks; import for side effect)
+        # checks registers the system checks: imported for that side effect.
+        from . import checks, revocation  # noqa: F401
+
+        # Rights taken away (access_changed, a user deactivated, deleted or logged out)
+        # reach live sockets on every process.
+        revocation.connect_receivers()

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from .conf import roomcast_settings
 from .origins import ANY_ORIGIN, NULL_ORIGIN, OriginSettingError, parse_allowed
@@ -26,9 +27,18 @@ _POSITIVE_INTS = (
     "STORE_QUEUE_LIMIT",
     "STORE_LOCK_TIMEOUT_MS",
     "OUTBOUND_BUFFER_BYTES",
+    "POST_BURST_PER_SOCKET",
+    "POST_BURST_PER_USER",
 )
 #: Whole numbers where 0 turns the limit off.
-_LIMIT_INTS = ("MAX_CONNECTIONS_PER_ADDRESS",)
+_LIMIT_INTS = (
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "RATE_LIMIT_CLOSE_AFTER",
+    "MAX_SOCKETS_PER_USER",
+    "MAX_SOCKETS_PER_ADDRESS",
+)
+#: Rates (per second) where 0 turns the limit off.
+_RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER")
 
 
 @register(Tags.compatibility)
@@ -67,9 +77,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error(
                 f"ROOMCAST['SOCKET_SEND_BUFFER_BYTES'] must be None (the kernel's autotuning) "
                 f"or a whole number of bytes of at least 4096, not {value!r}.",
-                id="roomcast.E017",
+                id="roomcast.E019",
             )
         )
+    for key in _RATES:
+        value = getattr(roomcast_settings, key)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0 <= value < float("inf")
+        ):
+            errors.append(
+                Error(
+                    f"ROOMCAST[{key!r}] must be a number of posts per second, 0 or more "
+                    f"(0 for no limit), not {value!r}.",
+                    id="roomcast.E017",
+                )
+            )
     value = roomcast_settings.MAX_CONNECTIONS
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         errors.append(
@@ -115,10 +139,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("HANDSHAKE_TIMEOUT_SECS", "roomcast.E014"),
         ("SEND_TIMEOUT_SECS", "roomcast.E014"),
         ("CLOSE_TIMEOUT_SECS", "roomcast.E014"),
+        ("TOKEN_TTL_SECS", "roomcast.E016"),
+        ("RATE_LIMIT_WINDOW_SECS", "roomcast.E018"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
+    errors.extend(_check_access_policy(roomcast_settings.ACCESS_POLICY))
     alias = roomcast_settings.CHANNEL_LAYER
     if alias not in getattr(settings, "CHANNEL_LAYERS", {}):
         errors.append(
@@ -182,3 +209,30 @@ def _check_allowed_origins(origins: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def _check_access_policy(path: Any) -> list[CheckMessage]:
+    """E015 unless ACCESS_POLICY is None or the dotted path of a callable."""
+    if path is None:
+        return []
+    problem = None
+    if not isinstance(path, str) or "." not in path:
+        problem = f"must be the dotted path of a callable, like 'myapp.access.check', not {path!r}"
+    else:
+        try:
+            function = import_string(path)
+        except ImportError as exc:
+            problem = f"{path!r} does not import ({exc})"
+        else:
+            if not callable(function):
+                problem = f"{path!r} is not callable"
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"ROOMCAST['ACCESS_POLICY'] {problem}.",
+            hint="Point it at check(user, room, action) -> bool, or remove it for the "
+            "built-in policy (public, private and read-only rooms).",
+            id="roomcast.E015",
+        )
+    ]

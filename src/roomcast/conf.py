@@ -60,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
     # 1013, like OUTBOUND_BUFFER_FRAMES; whichever is reached first). A join's catch-up
     # (at most REPLAY_LIMIT frames) is allowed on top while it drains.
     "OUTBOUND_BUFFER_BYTES": 1024 * 1024,
+    # Dotted path of a callable check(user, room, action) -> bool that replaces the
+    # built-in access policy (roomcast.access); None: the built-in one.
+    "ACCESS_POLICY": None,
+    # Lifetime of a connection token when issue_token() is not given one, in seconds.
+    "TOKEN_TTL_SECS": 3600.0,
     # roomcast serve's connection limits, per process (roomcast.server.guard). Open
     # connections at most; None: 90% of the open-file limit. Over it: HTTP 503.
     "MAX_CONNECTIONS": None,
@@ -80,6 +85,23 @@ DEFAULTS: dict[str, Any] = {
     # leaves it to the kernel's autotuning (up to tcp_wmem's maximum, 4 MB on Linux). A
     # cap bounds what a client that stops reading holds before it is cut off.
     "SOCKET_SEND_BUFFER_BYTES": None,
+    # Posts per second one socket may make, on average (0: no limit), and how many it may
+    # make at once after a pause; over it a post is refused with a rate_limited error
+    # (roomcast.limits). Per process. A person types a few messages a second at most.
+    "POST_RATE_PER_SOCKET": 5.0,
+    "POST_BURST_PER_SOCKET": 10,
+    # The same for all of one user's sockets together, in this process (0: no limit).
+    "POST_RATE_PER_USER": 10.0,
+    "POST_BURST_PER_USER": 20,
+    # A socket refused this many times within about RATE_LIMIT_WINDOW_SECS (it ignores
+    # retry_after) is closed with 4429 (0: never closed for it).
+    "RATE_LIMIT_CLOSE_AFTER": 10,
+    "RATE_LIMIT_WINDOW_SECS": 10.0,
+    # Room sockets one user, and one client address (IPv6: one /64), may have open in
+    # this process; one more is closed with 4429 (0: no cap). Behind a proxy that hides
+    # client addresses, set MAX_SOCKETS_PER_ADDRESS to 0.
+    "MAX_SOCKETS_PER_USER": 100,
+    "MAX_SOCKETS_PER_ADDRESS": 500,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).

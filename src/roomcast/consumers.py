@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import services
+from . import limits, services
 from .conf import roomcast_settings
 from .exceptions import RefusedError
 from .hub import Member
@@ -45,7 +45,7 @@ class RoomConsumer:
     instance serves one connection.
     """
 
-    __slots__ = ("member", "room", "scope", "send", "v1")
+    __slots__ = ("member", "quota", "room", "scope", "send", "v1")
 
     def __init__(self, scope: dict[str, Any], send: Any) -> None:
         self.scope = scope
@@ -54,6 +54,7 @@ class RoomConsumer:
         self.send = scope.get(SERVER_SEND) or send
         self.room = ""
         self.member: Member | None = None
+        self.quota: limits.Quota | None = None  # rate and socket limits (roomcast.limits)
         self.v1 = PROTOCOL_V1 in (scope.get("subprotocols") or ())
 
     @classmethod
@@ -94,6 +95,7 @@ class RoomConsumer:
                 raw_room, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS
             )
             since = codec.parse_since(self.scope.get("query_string", b""))
+            self.quota = limits.admit(self.scope, getattr(self.scope.get("user"), "pk", None))
         except ProtocolError as exc:
             # Accept, then close with the code and reason, so the client can tell why
             # (a refusal before accept reaches a browser as a bare HTTP 403).
@@ -113,6 +115,8 @@ class RoomConsumer:
 
     def disconnect(self) -> None:
         """Leave the room."""
+        if self.quota is not None:
+            self.quota.release()
         if self.member is not None:
             self.member.closed = True
             services.leave_room(self.member)
@@ -154,6 +158,8 @@ class RoomConsumer:
             )
 
     async def _on_message(self, member: Member, frame: SendMessageFrame) -> None:
+        if self.quota is not None and not self.quota.allow_post(member, frame["client_id"]):
+            return  # over the rate limit: the client was told (rate_limited, or 4429)
         user = self.scope.get("user")
         services.check_can_post(user)
         stored = await services.apost_message(

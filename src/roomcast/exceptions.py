@@ -13,6 +13,7 @@
     │   └── UnknownTypeError
     ├── UnsupportedDataError
     ├── FrameTooLargeError              closes with 1009
+    ├── limits.TooManySocketsError      closes with 4429 (sockets per user or address)
     └── BadRequestError                 closes with 4400
         ├── InvalidRoomNameError
         └── InvalidSinceError

@@ -31,7 +31,7 @@ from django.db import transaction
 
 from .conf import roomcast_settings
 from .exceptions import PushError, SynchronousCallError
-from .hub import running_hub
+from .hub import CONTROL_GROUP, running_hub
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,16 @@ async def publish(room: str, message: dict[str, Any]) -> None:
         hub.dispatch(room, message)
         return
     await layer.group_send(room_group(room), message)
+
+
+async def publish_control(message: dict[str, Any]) -> None:
+    """Send a control message to the hub of every process (:data:`hub.CONTROL_GROUP`).
+
+    Through the layer even when it is the in-memory one: every hub of the process is in
+    the group, and control messages (revocations) are rare, so the in-memory layer's
+    per-send costs that :func:`publish` avoids do not matter here.
+    """
+    await get_layer().group_send(CONTROL_GROUP, message)
 
 
 async def publish_stored(room: str, message: dict[str, Any]) -> None:

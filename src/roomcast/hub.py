@@ -32,6 +32,14 @@ Bounded queues and their overflow policy:
 * The frames a member holds while joining count against the same limit.
 * The layer's own queues are bounded by the layer's ``capacity``; what they drop shows up
   here as a gap and is read back from the database.
+
+The control group. Besides its rooms, every hub joins :data:`CONTROL_GROUP` once, with
+one channel of its own, whether or not it has members anywhere: messages that concern
+sockets wherever they are (re-check access in a room or for a user, close a user's
+sockets) go there, one layer message per change for the whole cluster. The hub keeps an
+index of its members by user for them, and hands each control message to the handler
+registered for its type (:func:`register_control`; ``roomcast.revocation`` registers
+the access ones): the hub knows sockets, not rights.
 """
 
 from __future__ import annotations
@@ -70,6 +78,20 @@ GROUP_REFRESH_SECS = 300.0
 POSITION_CHECK_BATCH = 500
 #: Longest wait between retries when the layer or the database fails.
 MAX_RETRY_SECS = 5.0
+#: The group every hub joins once, for messages about sockets in any room (revocation).
+#: Not a room's group: those all start with ``fanout.GROUP_PREFIX`` ("chat_").
+CONTROL_GROUP = "roomcast.control"
+
+#: A control message's handler: called on the hub's loop with the hub and the message.
+ControlHandler = Callable[["Hub", dict[str, Any]], None]
+_control_handlers: dict[str, ControlHandler] = {}
+
+
+def register_control(kind: str, handler: ControlHandler) -> None:
+    """Hand control messages of type ``kind`` (dotted, e.g. ``"access.recheck"``) to
+    ``handler(hub, message)`` in every hub of the process. The handler must not block:
+    work that waits goes in a task (:meth:`Hub.start_task`)."""
+    _control_handlers[kind.replace(".", "_")] = handler
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,9 +144,12 @@ class Member:
         "_slack",
         "_writer",
         "closed",
+        "identity",
         "last_seq",
         "max_bytes",
         "max_frames",
+        "rights",
+        "rights_epoch",
         "room",
         "user_id",
         "v1",
@@ -139,6 +164,9 @@ class Member:
         v1: bool,
         user_id: int | None = None,
         max_bytes: int = 0,
+        identity: Any = None,
+        rights: dict[str, bool] | None = None,
+        rights_epoch: int | None = None,
     ) -> None:
         self._send = send
         # uvicorn's websockets-sansio protocol when frames can be written to it directly
@@ -154,6 +182,22 @@ class Member:
         self._slack = 0
         self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
         self.user_id = user_id
+        # Who the socket is (roomcast.access.Identity), for re-checks when rights change.
+        self.identity = identity
+        # What the socket may do in its room, as last checked: {action: allowed} for the
+        # actions of roomcast.access (join, read, post), or None if not checked yet.
+        # Set by the join path, replaced (never mutated: members share these dicts) by a
+        # re-check when rights change (roomcast.revocation); the consumer reads "post"
+        # before storing a post, instead of asking the database per post.
+        self.rights = rights
+        # The hub's access_epoch read before those rights were checked: a member whose
+        # check is older than a revocation this hub has seen is re-checked when it joins
+        # (it was not yet registered when the revocation came). Pass it when the check
+        # happens before the Member is made; else the epoch at construction is used.
+        if rights_epoch is None:
+            hub = running_hub()
+            rights_epoch = hub.access_epoch if hub is not None else 0
+        self.rights_epoch = rights_epoch
         self.last_seq = 0
         self.closed = False
         self._held: list[tuple[int | None, str]] | None = []  # None once started
@@ -400,6 +444,13 @@ class Hub:
         self.loader = loader
         self._group_name = group_name
         self._rooms: dict[str, _Room] = {}
+        # Members by user id (guests are not indexed), for messages about a user.
+        self._users: dict[int, list[Member]] = {}
+        # Control messages about access seen by this hub (see Member.rights_epoch).
+        self.access_epoch = 0
+        self._control_channel: str | None = None
+        # Set once the hub is in the control group (revocations reach it from then on).
+        self.control_joined = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[_Room, dict[str, Any]], None]] = {
             "room_message": self._on_message,
@@ -412,6 +463,7 @@ class Hub:
         }
         self._spawn(self._refresh_groups())
         self._spawn(self._check_positions(position_check_secs))
+        self._spawn(self._receive_control())
 
     # -- membership ----------------------------------------------------------------------
 
@@ -423,6 +475,13 @@ class Hub:
                 member.room, self._group_name(member.room), self.recent_count
             )
         room.members[member] = None  # from here on it holds live frames
+        if member.user_id is not None:
+            self._users.setdefault(member.user_id, []).append(member)
+        if member.rights_epoch != self.access_epoch:
+            # Access changed somewhere since this member's rights were checked, before
+            # it was registered here to be found: check it again (roomcast.revocation).
+            recheck = {"type": "access.recheck", "room": member.room, "user_id": member.user_id}
+            self._run_control("access_recheck", recheck)
         try:
             await self._ensure_subscribed(room)
             result = await catch_up()
@@ -436,6 +495,13 @@ class Hub:
         room = self._rooms.get(member.room)
         if room is None or room.members.pop(member, False) is False:
             return
+        if member.user_id is not None and (same := self._users.get(member.user_id)):
+            try:
+                same.remove(member)
+            except ValueError:
+                pass
+            if not same:
+                del self._users[member.user_id]
         if not room.members:
             self._spawn(self._unsubscribe_if_empty(room))
 
@@ -484,9 +550,63 @@ class Hub:
         return last, [item for item in recent if item[0] > since], True
 
     def members(self, room: str) -> list[Member]:
-        """The local members of ``room`` (for tests and diagnostics)."""
+        """The local members of ``room``."""
         state = self._rooms.get(room)
         return list(state.members) if state else []
+
+    def user_members(self, user_id: int) -> list[Member]:
+        """The local members of user ``user_id``, in every room."""
+        return list(self._users.get(user_id, ()))
+
+    # -- control messages ------------------------------------------------------------------
+
+    def control(self, message: dict[str, Any]) -> None:
+        """Handle a control message now, as if it had come through the control group."""
+        kind = str(message.get("type", "")).replace(".", "_")
+        if kind.startswith("access_"):
+            self.access_epoch += 1
+        self._run_control(kind, message)
+
+    def _run_control(self, kind: str, message: dict[str, Any]) -> None:
+        handler = _control_handlers.get(kind)
+        if handler is None:
+            logger.warning("Ignoring control message of unknown type %r", kind)
+            return
+        try:
+            handler(self, message)
+        except Exception:
+            logger.exception("Handling control message %r failed", message)
+
+    def start_task(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a task of the hub (cancelled by :meth:`close`)."""
+        return self._spawn(coro)
+
+    async def _receive_control(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                channel = await self.layer.new_channel("roomcast.control.")
+                await self.layer.group_add(CONTROL_GROUP, channel)
+                break
+            except Exception:
+                logger.exception("Could not join the control group; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECS)
+        self._control_channel = channel
+        self.control_joined.set()
+        delay = 0.1
+        while self._control_channel == channel:  # until close()
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Channel layer receive failed for the control group; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECS)
+                continue
+            delay = 0.1
+            self.control(message)
 
     async def _ensure_subscribed(self, room: _Room) -> None:
         if room.ready:
@@ -693,6 +813,11 @@ class Hub:
     async def _refresh_groups(self) -> None:
         while True:
             await asyncio.sleep(GROUP_REFRESH_SECS)
+            if self._control_channel is not None:
+                try:
+                    await self.layer.group_add(CONTROL_GROUP, self._control_channel)
+                except Exception:
+                    logger.exception("Could not refresh group %s", CONTROL_GROUP)
             for room in list(self._rooms.values()):
                 if room.ready and room.channel:
                     try:
@@ -710,6 +835,13 @@ class Hub:
 
     async def close(self) -> None:
         """Leave every group and stop the hub's tasks (server shutdown, tests)."""
+        if self._control_channel is not None:
+            try:
+                await self.layer.group_discard(CONTROL_GROUP, self._control_channel)
+            except Exception:
+                logger.exception("Could not leave group %s", CONTROL_GROUP)
+            self._control_channel = None
+            self.control_joined.clear()
         for room in list(self._rooms.values()):
             if room.ready and room.channel:
                 try:
@@ -717,6 +849,7 @@ class Hub:
                 except Exception:
                     logger.exception("Could not leave group %s", room.group)
         self._rooms.clear()
+        self._users.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

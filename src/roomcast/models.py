@@ -12,14 +12,27 @@ from django.db import models
 
 
 class Room(models.Model):
-    """A chat room, named by any Unicode text (NFC-normalised, see protocol.codec)."""
+    """A chat room, named by any Unicode text (NFC-normalised, see protocol.codec).
+
+    Who may join, read and post is decided by ``roomcast.access`` from ``visibility``
+    and the room's :class:`RoomMember` rows; a room that has no row yet is public.
+    """
+
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "public: anyone may join, read and post"
+        PRIVATE = "private", "private: members and staff only"
+        READ_ONLY = "read_only", "read-only: anyone may read; staff and room admins post"
 
     name = models.CharField(max_length=200, unique=True)
     last_seq = models.BigIntegerField(default=0, help_text="Seq of the room's latest message.")
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ("name",)
+        permissions = [("post_in_read_only", "Can post in read-only rooms")]
 
     def __str__(self) -> str:
         return self.name
@@ -59,3 +72,27 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq}"
+
+
+class RoomMember(models.Model):
+    """A user's membership of a room: needed to join a private room; admins moderate."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member", "member"
+        ADMIN = "admin", "admin"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="roomcast_memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("room", "user")
+        constraints = [
+            models.UniqueConstraint(fields=("room", "user"), name="roomcast_roommember_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.room_id} ({self.role})"

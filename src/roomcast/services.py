@@ -18,7 +18,7 @@ from django.db import (
     router,
 )
 
-from . import fanout
+from . import access, fanout
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError
 from .hub import CatchUp, Hub, Member, Send, get_hub
@@ -175,13 +175,23 @@ def hub() -> Hub:
 
 
 async def join_room(
-    room: str, *, send: Send, since: int | None, v1: bool, user: Any = None
+    room: str,
+    *,
+    send: Send,
+    since: int | None,
+    v1: bool,
+    user: Any = None,
+    identity: access.Identity | None = None,
 ) -> Member:
     """Make ``send``'s socket a member of ``room`` and queue its catch-up.
 
+    ``identity`` is who the socket is (made from ``user`` when not given).
+
     After calling this, you must call :func:`leave_room` when the socket closes.
     """
-    user_id = user.pk if user is not None and user.is_authenticated else None
+    if identity is None:
+        identity = access.identity_for(user)
+    user_id = identity.user_id
     member = Member(
         send,
         room=room,
@@ -189,6 +199,7 @@ async def join_room(
         max_bytes=roomcast_settings.OUTBOUND_BUFFER_BYTES,
         v1=v1,
         user_id=user_id,
+        identity=identity,
     )
 
     the_hub = hub()

@@ -246,7 +246,10 @@ async def test_clients_that_never_read_are_cut_off(serve, path):
             "ROOMCAST_OUTBOUND_BUFFER_BYTES": "200000",
             "ROOMCAST_CLOSE_TIMEOUT_SECS": "1",
         }
-    server = serve(ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS="0", **env)
+    # 300 posts as fast as they go: no post rate limit (test_limits_rate.py tests it).
+    server = serve(
+        ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS="0", ROOMCAST_POST_RATE_PER_SOCKET="0", **env
+    )
     room = f"never-read-{path}"
     posts = 300
     deaf = [

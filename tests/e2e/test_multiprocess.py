@@ -22,6 +22,9 @@ def cluster(serve, redis_server, redis_prefix, postgres_database):
             "ROOMCAST_REDIS_URL": redis_server.url,
             "ROOMCAST_REDIS_PREFIX": redis_prefix,
             "ROOMCAST_LAYER": layer,
+            # These tests post faster than a person types, to test delivery; the post
+            # rate limits have tests of their own (test_limits_rate.py).
+            "ROOMCAST_POST_RATE_PER_SOCKET": "0",
         }
         return [serve(**env) for _ in range(n)]
 

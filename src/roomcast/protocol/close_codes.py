@@ -24,7 +24,10 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # this socket fell too far behind: reconnect with since=
     DISCONNECTED = 4000  # disconnected by the server (push.disconnect): do not reconnect
     BAD_REQUEST = 4400  # the URL is wrong (room name, since=): fix it before reconnecting
-    FORBIDDEN = 4403  # not allowed in this room
+    UNAUTHORIZED = 4401  # the token is forged, expired or names an inactive user
+    FORBIDDEN = 4403  # not allowed in this room (any more): do not reconnect
+    TOO_MANY = 4429  # kept flooding after rate_limited, or too many sockets: do not reconnect
+    TOKEN_EXPIRED = 4501  # the socket's token expired: reconnect with a fresh token
     NOT_FOUND = 4404  # no WebSocket endpoint at this path (server without HTTP denial)
 
 

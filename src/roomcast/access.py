@@ -1,0 +1,197 @@
+"""Who a client is, and what it may do in a room: the one place access is decided.
+
+Layer: services (domain). Reads the models; never touches a socket or the channel layer.
+
+A connection's identity is resolved once, when it connects (session cookie, a token in
+the ``Authorization`` header, or a token in its first frame: ``roomcast.security``),
+into an :class:`Identity`. Every decision then goes through :func:`check` /
+:func:`acheck`: "may this identity do ``action`` in ``room``". Transports ask on join
+and remember the answer for posts; a change that takes rights away publishes a re-check
+(``roomcast.revocation``), so a live socket loses what it lost within a second, without
+a database read per delivered frame or per post.
+
+The built-in policy (``ROOMCAST["ACCESS_POLICY"] = None``):
+
+==============  =====================  ==========================================
+room            join / read            post
+==============  =====================  ==========================================
+public          everyone               logged-in users; guests if ALLOW_ANONYMOUS
+private         members, staff         members, staff
+read-only       everyone               staff, room admins, holders of the
+                                       ``roomcast.post_in_read_only`` permission
+==============  =====================  ==========================================
+
+``moderate`` (edit or delete others' messages, manage members) is for staff and room
+admins everywhere. A room that does not exist yet is public: the seed's rooms come into
+being when they are first used. Inactive users get nothing (they cannot connect either).
+
+A project replaces the policy with one callable, ``ROOMCAST["ACCESS_POLICY"] =
+"myapp.access.check"``, called as ``check(user, room, action)`` with the Django user
+(``AnonymousUser`` for guests), the room name and one of :data:`ACTIONS`, returning True
+or False. It runs in a worker thread and may use the ORM.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.utils.module_loading import import_string
+
+from .conf import roomcast_settings
+from .models import Room, RoomMember
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Identity",
+    "acheck",
+    "anonymous",
+    "check",
+    "identity_for",
+    "policy",
+]
+
+Action = Literal["join", "read", "post", "moderate"]
+#: What :func:`check` is asked about: ``join`` (subscribe, get the live stream and the
+#: catch-up), ``read`` (history pages, ``since`` replays, the HTTP history), ``post``,
+#: ``moderate``.
+ACTIONS: tuple[Action, ...] = ("join", "read", "post", "moderate")
+
+#: A guest's name: "guest-" and this many hex digits (enough that two guests in a room
+#: rarely share one; the name is for reading, not for telling accounts apart).
+GUEST_SUFFIX_HEX = 6
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    """Who a connection is, resolved once when it connects.
+
+    ``user_id`` is None for a guest. ``expires_at`` is the token's expiry (Unix time) for
+    a connection that authenticated with a token, else None. ``session_key`` is the
+    Django session it came with (so a logout can close it).
+    """
+
+    user_id: int | None
+    name: str
+    is_staff: bool = False
+    is_superuser: bool = False
+    via: Literal["session", "token", "anonymous"] = "anonymous"
+    expires_at: float | None = None
+    session_key: str | None = None
+    # The Django user behind it, for a project's policy; not compared or shown.
+    user: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def authenticated(self) -> bool:
+        """True for a user account, False for a guest."""
+        return self.user_id is not None
+
+    def django_user(self) -> Any:
+        """The Django user (``AnonymousUser`` for a guest), loaded if not at hand."""
+        if self.user is not None:
+            return self.user
+        if self.user_id is None:
+            return AnonymousUser()
+        return get_user_model()._default_manager.get(pk=self.user_id)
+
+
+def anonymous(name: str | None = None) -> Identity:
+    """A guest: ``name``, or a new ``guest-xxxxxx``."""
+    return Identity(user_id=None, name=name or f"guest-{secrets.token_hex(GUEST_SUFFIX_HEX // 2)}")
+
+
+def identity_for(
+    user: Any,
+    *,
+    via: Literal["session", "token", "anonymous"] = "session",
+    expires_at: float | None = None,
+    session_key: str | None = None,
+    guest_name: str | None = None,
+) -> Identity:
+    """The identity of a Django user (``AnonymousUser`` or None: a guest)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return anonymous(guest_name)
+    return Identity(
+        user_id=user.pk,
+        name=user.get_username(),
+        is_staff=bool(user.is_staff),
+        is_superuser=bool(user.is_superuser),
+        via=via,
+        expires_at=expires_at,
+        session_key=session_key,
+        user=user,
+    )
+
+
+# -- the policy ---------------------------------------------------------------------------
+
+
+def builtin_policy(identity: Identity, room: str, action: Action) -> bool:
+    """The built-in rules (the table in the module docstring)."""
+    if identity.is_staff or identity.is_superuser:
+        return True
+    row = Room.objects.filter(name=room).values_list("id", "visibility").first()
+    visibility = row[1] if row else Room.Visibility.PUBLIC
+    role = None
+    if identity.user_id is not None and row is not None:
+        role = (
+            RoomMember.objects.filter(room_id=row[0], user_id=identity.user_id)
+            .values_list("role", flat=True)
+            .first()
+        )
+    if action == "moderate":
+        return role == RoomMember.Role.ADMIN
+    if visibility == Room.Visibility.PRIVATE:
+        return role is not None
+    if action in ("join", "read"):
+        return True
+    if visibility == Room.Visibility.READ_ONLY:
+        if role == RoomMember.Role.ADMIN:
+            return True
+        user = identity.django_user()
+        return bool(user.is_active and user.has_perm("roomcast.post_in_read_only"))
+    return identity.authenticated or bool(roomcast_settings.ALLOW_ANONYMOUS)
+
+
+def _project_policy(path: str) -> Callable[[Identity, str, Action], bool]:
+    function = import_string(path)
+
+    def call(identity: Identity, room: str, action: Action) -> bool:
+        return bool(function(identity.django_user(), room, action))
+
+    return call
+
+
+def policy() -> Callable[[Identity, str, Action], bool]:
+    """The policy in force: the project's ``ACCESS_POLICY``, or :func:`builtin_policy`."""
+    path = roomcast_settings.ACCESS_POLICY
+    return builtin_policy if not path else _project_policy(path)
+
+
+def check(identity: Identity, room: str, action: Action) -> bool:
+    """Whether ``identity`` may do ``action`` in ``room`` (sync; uses the database)."""
+    if action not in ACTIONS:
+        raise ValueError(f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.")
+    return policy()(identity, room, action)
+
+
+async def acheck(identity: Identity, room: str, action: Action) -> bool:
+    """Async twin of :func:`check`."""
+    return await database_sync_to_async(check)(identity, room, action)
+
+
+async def acheck_many(
+    identity: Identity, room: str, actions: tuple[Action, ...]
+) -> dict[str, bool]:
+    """:func:`check` for several actions in one thread hop: ``{action: allowed}``."""
+
+    def run() -> dict[str, bool]:
+        return {action: check(identity, room, action) for action in actions}
+
+    return await database_sync_to_async(run)()
