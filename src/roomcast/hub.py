@@ -109,6 +109,13 @@ class Member:
     costs no task, and fan-out to a room creates none per member and message: a task per
     delivery cost a third of the server's time and fed the cyclic GC (measured,
     benchmarks/results/2026-11-25.md).
+
+    Access (issue 7): ``identity`` is who the socket is (``roomcast.access.Identity``);
+    ``rights`` is the frozenset of actions (``"join"``, ``"read"``, ``"post"``) it may do
+    in its room, decided once when it joins (``services.join_room``) and read by the
+    consumer for each ``history`` frame and post, so that neither costs a database read.
+    When rights change, ``await services.arecheck(member)`` asks the policy again,
+    replaces ``rights``, and closes the socket with 4403 if ``join`` is gone.
     """
 
     __slots__ = (
@@ -126,6 +133,7 @@ class Member:
         "last_seq",
         "max_bytes",
         "max_frames",
+        "rights",
         "room",
         "user_id",
         "v1",
@@ -158,6 +166,8 @@ class Member:
         self.user_id = user_id
         # Who the socket is (roomcast.access.Identity), for re-checks when rights change.
         self.identity = identity
+        # What it may do in the room: set by services.join_room (see the class docstring).
+        self.rights: frozenset[str] = frozenset()
         self.last_seq = 0
         self.closed = False
         self._held: list[tuple[int | None, str]] | None = []  # None once started
