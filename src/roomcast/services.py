@@ -55,12 +55,6 @@ async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     return stored
 
 
-def check_can_post(user: Any) -> None:
-    """Raise :class:`PermissionDeniedError` if ``user`` may not post."""
-    if not roomcast_settings.ALLOW_ANONYMOUS and (user is None or not user.is_authenticated):
-        raise PermissionDeniedError("Log in to post in this room.")
-
-
 # -- reading ---------------------------------------------------------------------------------
 
 
