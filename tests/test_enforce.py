@@ -75,9 +75,9 @@ def people(db):
 
     def make():
         made = {
-            "alice": User.objects.create_user("alice", password="pw-alice-123"),
+            "alice": User.objects.create_user("alice"),
             "bob": User.objects.create_user("bob"),
-            "carol": User.objects.create_user("carol", password="pw-carol-123"),
+            "carol": User.objects.create_user("carol"),
             "sam": User.objects.create_user("sam", is_staff=True),
             "pat": User.objects.create_user("pat"),
         }
