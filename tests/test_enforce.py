@@ -298,11 +298,7 @@ async def test_an_auth_frame_token_expires_too(people, sockets):
 async def test_the_expiry_timer_is_cancelled_when_the_socket_closes(people, app):
     """A socket that goes away before its token expires is not kept alive by its timer
     (an hour, by default) for the token's lifetime."""
-    communicator = RoomCommunicator(
-        app,
-        "lobby",
-        headers=[(b"authorization", f"Bearer {await token_of(people['alice'])}".encode())],
-    )
+    communicator = RoomCommunicator(app, "lobby", token=await token_of(people["alice"]))
     await communicator.join()
     assert len(consumers()) == 1
     await communicator.disconnect()

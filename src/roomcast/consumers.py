@@ -191,9 +191,14 @@ class RoomConsumer:
         if self.phase == "closed":
             return
         self.phase = "closed"
-        await self.send(
-            {"type": "websocket.close", "code": int(code), "reason": codec.close_reason(reason)}
-        )
+        try:
+            await self.send(
+                {"type": "websocket.close", "code": int(code), "reason": codec.close_reason(reason)}
+            )
+        except (OSError, RuntimeError):
+            # Gone already (uvicorn's ClientDisconnected is an OSError), or closed by the
+            # server first (a second close is a RuntimeError), as in hub.Member.close.
+            logger.debug("Socket of room %r was gone before its close", self.room)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Parse one client frame and act on it; bad frames get an error event or a close."""

@@ -175,6 +175,10 @@ SOCKET_ACTIONS: tuple[access.Action, ...] = ("join", "read", "post")
 NOT_ALLOWED_REASON = "not allowed in this room"
 REVOKED_REASON = "not allowed in this room any more"
 
+# A member's rights while its join decides them: no action (so nothing is allowed), and
+# told apart from a decision by identity (see join_room).
+_UNDECIDED: frozenset[str] = frozenset({"undecided"})
+
 # One frozenset per combination of rights, shared by every member that has it: a set of
 # its own per socket would cost about 200 bytes of each idle socket.
 _RIGHTS: dict[frozenset[str], frozenset[str]] = {}
@@ -276,29 +280,34 @@ async def join_room(
         user_id=identity.user_id,
         identity=identity,
     )
+    member.rights = _UNDECIDED
 
     the_hub = hub()
     replay_limit = roomcast_settings.REPLAY_LIMIT
 
     def decide_and_read() -> tuple[frozenset[str], Any]:
         rights = decide_rights(identity, room)
-        if "join" not in rights:
-            return rights, None
-        return rights, read_catch_up(room, since)
+        return rights, (read_catch_up(room, since) if "join" in rights else None)
 
     async def catch_up() -> CatchUp:
         # One thread hop when the hub's recent frames cannot answer: the decision and
-        # the read together. When they can, ask recent() again after the decision's hop:
-        # between recent() and the member's start there must be no await.
+        # the read together. When they can, the decision's hop comes first, and recent()
+        # is asked after it: between recent() and the member's start, no await.
+        cached = None
         if the_hub.recent(room, since, replay_limit=replay_limit) is None:
             rights, cached = await database_sync_to_async(decide_and_read)()
         else:
             rights = await arights(identity, room)
+        if member.rights is _UNDECIDED:
+            member.rights = rights
+        # else a re-check (arecheck) ran while this decision was on its way, for a change
+        # this decision may have read before: the re-check's answer stands.
+        if "join" in member.rights and cached is None:
             cached = the_hub.recent(room, since, replay_limit=replay_limit)
-            if cached is None and "join" in rights:
+            if cached is None:
                 cached = await database_sync_to_async(read_catch_up)(room, since)
-        member.rights = rights
-        if "join" not in rights:
+        rights = member.rights  # the latest answer, after every await
+        if "join" not in rights or cached is None:
             raise PermissionDeniedError(NOT_ALLOWED_REASON)
         last_seq, frames, recovered = cached
         if "read" not in rights:
