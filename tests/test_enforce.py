@@ -270,6 +270,21 @@ async def test_the_header_comes_before_the_auth_frame_and_the_session(people, so
     assert (await frame(framed, "joined"))["room"] == "board"
 
 
+async def test_the_member_carries_who_it_is_for_revocation(people, sockets):
+    """member.identity says how the socket came (session with its key, token with its
+    expiry, guest): what logout and deactivation find sockets by."""
+    cookie = await session_cookie(people["alice"])
+    await joined(await sockets("plaza", headers=[cookie]))
+    await joined(await sockets("plaza", token=await token_of(people["bob"], ttl=600)))
+    await joined(await sockets("plaza"))
+    session, token, guest = (m.identity for m in hub.running_hub().members("plaza"))
+    assert (session.via, session.name, session.user_id) == ("session", "alice", people["alice"].pk)
+    assert f"sessionid={session.session_key}".encode() == cookie[1]
+    assert (token.via, token.name, token.session_key) == ("token", "bob", None)
+    assert 590 < token.expires_at - time.time() <= 600
+    assert (guest.via, guest.user_id, guest.expires_at) == ("anonymous", None, None)
+
+
 async def test_a_token_socket_is_closed_4501_when_its_token_expires(people, sockets):
     """At the token's expiry the socket is closed with 4501, though it never sends again;
     a session socket in the same room stays."""
