@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 from channels.auth import AuthMiddlewareStack
@@ -59,7 +60,8 @@ async def test_seed_client_sends_and_reads_message_key(room_of):
     for member in (alice, bob):
         frame = await member.receive_event("message")
         assert frame["message"] == "hello"
-        assert frame["seq"] == 1 and frame["kind"] == "chat" and frame["user"] is None
+        assert frame["seq"] == 1 and frame["kind"] == "chat"
+        assert re.fullmatch(r"guest-[0-9a-f]{6}", frame["user"])  # a guest, by its own name
     # The seed's dialect gets no joined/ack frames: nothing else is waiting.
     assert await alice.receive_nothing(0.1)
     # An empty message (Enter on an empty box) is refused with an error its page can show.

@@ -174,6 +174,17 @@ def policy() -> Callable[[Identity, str, Action], bool]:
     return builtin_policy if not path else _project_policy(path)
 
 
+# One frozenset per combination of rights, shared by every member that has it: a set of
+# its own per socket would cost about 200 bytes of each idle socket.
+_RIGHTS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def rights_from(answers: dict[str, bool]) -> frozenset[str]:
+    """The actions answered True, as the frozenset a socket keeps (``Member.rights``)."""
+    allowed = frozenset(action for action, ok in answers.items() if ok)
+    return _RIGHTS.setdefault(allowed, allowed)
+
+
 def check(identity: Identity, room: str, action: Action) -> bool:
     """Whether ``identity`` may do ``action`` in ``room`` (sync; uses the database)."""
     if action not in ACTIONS:

@@ -131,6 +131,13 @@ class Member:
     costs no task, and fan-out to a room creates none per member and message: a task per
     delivery cost a third of the server's time and fed the cyclic GC (measured,
     benchmarks/results/2026-11-25.md).
+
+    Access (issue 7): ``identity`` is who the socket is (``roomcast.access.Identity``);
+    ``rights`` is the frozenset of actions (``"join"``, ``"read"``, ``"post"``) it may do
+    in its room, decided once when it joins (``services.join_room``) and read by the
+    consumer for each ``history`` frame and post, so that neither costs a database read.
+    When rights change, ``await services.arecheck(member)`` asks the policy again,
+    replaces ``rights``, and closes the socket with 4403 if ``join`` is gone.
     """
 
     __slots__ = (
@@ -165,7 +172,7 @@ class Member:
         user_id: int | None = None,
         max_bytes: int = 0,
         identity: Any = None,
-        rights: dict[str, bool] | None = None,
+        rights: frozenset[str] | None = None,
         rights_epoch: int | None = None,
     ) -> None:
         self._send = send
@@ -184,12 +191,13 @@ class Member:
         self.user_id = user_id
         # Who the socket is (roomcast.access.Identity), for re-checks when rights change.
         self.identity = identity
-        # What the socket may do in its room, as last checked: {action: allowed} for the
-        # actions of roomcast.access (join, read, post), or None if not checked yet.
-        # Set by the join path, replaced (never mutated: members share these dicts) by a
-        # re-check when rights change (roomcast.revocation); the consumer reads "post"
-        # before storing a post, instead of asking the database per post.
-        self.rights = rights
+        # What the socket may do in its room: the actions of roomcast.access it was
+        # allowed (join, read, post) when last checked, as a frozenset shared by every
+        # member with the same answers. Set by the join path (services.join_room),
+        # replaced, never mutated, by a re-check when rights change (roomcast.revocation);
+        # the consumer reads it for each post and history request instead of asking the
+        # database. Empty (nothing allowed) until decided.
+        self.rights: frozenset[str] = rights if rights is not None else frozenset()
         # The hub's access_epoch read before those rights were checked: a member whose
         # check is older than a revocation this hub has seen is re-checked when it joins
         # (it was not yet registered when the revocation came). Pass it when the check

@@ -224,7 +224,7 @@ async def _recheck(room: str, members: list[Member]) -> None:
         if member.closed:
             continue
         if rights.get("join"):
-            member.rights = rights
+            member.rights = access.rights_from(rights)
         else:
             member.close(CloseCode.FORBIDDEN, NO_LONGER_ALLOWED)
 

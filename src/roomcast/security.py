@@ -1,4 +1,5 @@
-"""The room socket's middleware: origin check, session user, the server's send.
+"""The room socket's middleware (origin check, session user, the server's send), and who a
+socket is: its :class:`~roomcast.access.Identity`.
 
 Layer: transport. Browsers' handshakes are checked against cross-site WebSocket
 hijacking by ``origins.OriginPolicy``: a page's ``Origin`` must be the site's own
@@ -8,6 +9,21 @@ browser (CLI tools, servers) and carries no ambient cookie, so it is allowed; Ch
 ``OriginValidator`` refuses it, which would lock out every non-browser client. A refused
 handshake gets HTTP 403, and the server log one DEBUG line saying why (any page can
 cause one: noise is opt-in, `--log-level debug`).
+
+Who a socket is, in order of precedence (docs/protocol.md, "Authentication"):
+
+1. a token in the handshake's ``Authorization: Bearer TOKEN`` header (non-browser
+   clients);
+2. a token in the first frame, ``{"type": "auth", "token": TOKEN}``, for a socket opened
+   with ``?auth=1`` (browser pages without a session: a browser cannot set headers on a
+   WebSocket);
+3. the Django session cookie (the site's own pages), with the session's key so that a
+   logout can close the socket;
+4. a guest, named ``guest-xxxxxx``; the site's room page keeps one name per browser
+   session (:data:`GUEST_NAME_SESSION_KEY`), so a guest keeps it across reloads.
+
+A token that does not let its bearer in closes the socket with 4401 and a reason from
+:data:`TOKEN_REFUSALS`; a token in the URL (``?token=``) with 4400.
 """
 
 from __future__ import annotations
@@ -18,10 +34,12 @@ from importlib import import_module
 from typing import Any
 
 from channels.auth import get_user
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
+from . import access, auth
 from .conf import roomcast_settings
 from .origins import OriginPolicy, check_proxy_ssl_header
 from .protocol import CloseCode
@@ -32,6 +50,86 @@ _SESSION_KEY = re.compile(r"[a-z0-9]{1,64}")
 
 #: Scope key of the server's unwrapped ``send``: the hub writes room frames with it.
 SERVER_SEND = "roomcast.server_send"
+
+#: Django session key under which the site's room page keeps a guest's name
+#: (``views.room``), so that a guest is one name across reloads and tabs.
+GUEST_NAME_SESSION_KEY = "roomcast_guest_name"
+
+#: Close reasons (with 4401) for a token that does not let its bearer in, by
+#: ``TokenError.code``: what the client must fix.
+TOKEN_REFUSALS = {
+    auth.TokenExpiredError.code: "token expired",
+    auth.InvalidTokenError.code: "invalid token",
+    auth.InactiveUserError.code: "inactive user",
+}
+
+#: Close reason (4501) of a live socket whose token expired: the client reconnects with
+#: a fresh token.
+TOKEN_EXPIRED_REASON = "token expired: reconnect with a new token"
+
+
+class AuthenticationFailed(Exception):
+    """The client said who it is, and it does not hold: close with 4401 and ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def bearer_token(headers: Any) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header among ASGI ``headers``.
+
+    None when there is none, or when the header has another scheme: a browser sends the
+    site's HTTP Basic credentials on its WebSocket handshakes too, and those are not
+    roomcast's to refuse. More than one ``Authorization`` header, or an empty bearer
+    token, is an invalid token (:class:`AuthenticationFailed`).
+    """
+    values = [value for name, value in headers if name == b"authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthenticationFailed(TOKEN_REFUSALS[auth.InvalidTokenError.code])
+    raw: bytes = values[0]
+    scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not token:
+        raise AuthenticationFailed(TOKEN_REFUSALS[auth.InvalidTokenError.code])
+    return token
+
+
+async def identity_from_token(token: str) -> access.Identity:
+    """The identity a token proves (checked in a worker thread: it reads the user).
+
+    Raises:
+        AuthenticationFailed: expired, forged or damaged, or its user is inactive.
+    """
+    try:
+        user, expires_at = await database_sync_to_async(auth.verify_token)(token)
+    except auth.TokenError as exc:
+        raise AuthenticationFailed(TOKEN_REFUSALS.get(exc.code, "invalid token")) from None
+    return access.identity_for(user, via="token", expires_at=expires_at)
+
+
+async def identity_from_session(scope: Any) -> access.Identity:
+    """The identity of a socket that brought no token: the session's user, or a guest
+    (named from the session when the site's room page gave it a name)."""
+    user = scope.get("user")
+    session = scope.get("session")
+    if user is not None and user.is_authenticated:
+        key = getattr(session, "session_key", None) if session is not None else None
+        return access.identity_for(user, via="session", session_key=key)
+    name = None
+    if session is not None:
+        # Loaded by get_user already under RoomcastMiddleware; a project's own session
+        # middleware may load it lazily, which is a database read: in a worker thread.
+        name = await database_sync_to_async(session.get)(GUEST_NAME_SESSION_KEY)
+    return access.anonymous(name if _is_guest_name(name) else None)
+
+
+def _is_guest_name(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith("guest-") and 6 < len(name) <= 32
 
 
 class RoomcastMiddleware:

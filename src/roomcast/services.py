@@ -14,16 +14,15 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import (
-    router,
-)
+from django.contrib.auth import get_user_model
+from django.db import router
 
 from . import access, fanout
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError
 from .hub import CatchUp, Hub, Member, Send, get_hub
 from .models import Message, Room
-from .protocol import codec
+from .protocol import CloseCode, codec
 from .stream import StoredMessage as StoredMessage
 from .stream import message_frame, writer
 from .stream import store_message as store_message
@@ -54,12 +53,6 @@ async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     if not stored.duplicate:
         await fanout.publish_stored(room, layer_message(stored))
     return stored
-
-
-def check_can_post(user: Any) -> None:
-    """Raise :class:`PermissionDeniedError` if ``user`` may not post."""
-    if not roomcast_settings.ALLOW_ANONYMOUS and (user is None or not user.is_authenticated):
-        raise PermissionDeniedError("Log in to post in this room.")
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -174,6 +167,75 @@ def hub() -> Hub:
     return get_hub(_make_hub)
 
 
+#: What a socket is asked about when it joins; the answers are kept on ``Member.rights``
+#: (posts and history frames read them there, not from the database).
+SOCKET_ACTIONS: tuple[access.Action, ...] = ("join", "read", "post")
+
+#: Close reasons for 4403 (docs/protocol.md): refused at join, and lost while connected.
+NOT_ALLOWED_REASON = "not allowed in this room"
+REVOKED_REASON = "not allowed in this room any more"
+
+# A member's rights while its join decides them: no action (so nothing is allowed), and
+# told apart from a decision by identity (see join_room).
+_UNDECIDED: frozenset[str] = frozenset({"undecided"})
+
+_rights = access.rights_from
+
+
+def decide_rights(identity: access.Identity, room: str) -> frozenset[str]:
+    """The actions of :data:`SOCKET_ACTIONS` that ``identity`` may do in ``room`` (sync;
+    asks the access policy, so it may read the database)."""
+    return _rights({action: access.check(identity, room, action) for action in SOCKET_ACTIONS})
+
+
+async def arights(identity: access.Identity, room: str) -> frozenset[str]:
+    """Async twin of :func:`decide_rights` (one thread hop for all the actions)."""
+    return _rights(await access.acheck_many(identity, room, SOCKET_ACTIONS))
+
+
+def _fresh_identity(identity: access.Identity) -> access.Identity | None:
+    """``identity`` as the database has it now: None if its user is gone or inactive."""
+    if identity.user_id is None:
+        return identity
+    user = get_user_model()._default_manager.filter(pk=identity.user_id).first()
+    if user is None or not user.is_active:
+        return None
+    return access.identity_for(
+        user,
+        via=identity.via,
+        expires_at=identity.expires_at,
+        session_key=identity.session_key,
+    )
+
+
+async def arecheck(member: Member) -> bool:
+    """Decide again what ``member`` may do in its room: its rights may have changed.
+
+    Reloads the member's user (a deactivated or deleted user loses everything, a user
+    no longer staff loses what staff alone had), asks the policy again and replaces
+    ``member.identity`` and ``member.rights``. A member that may no longer join is closed
+    with 4403 :data:`REVOKED_REASON`. Returns whether the member is still in the room.
+    For ``roomcast.revocation``; one thread hop, so call it per affected member only.
+    """
+    if member.closed:
+        return False
+
+    def decide() -> tuple[access.Identity | None, frozenset[str]]:
+        identity = _fresh_identity(member.identity)
+        if identity is None:
+            return None, frozenset()
+        return identity, decide_rights(identity, member.room)
+
+    identity, rights = await database_sync_to_async(decide)()
+    if identity is not None:
+        member.identity = identity
+    member.rights = rights
+    if "join" not in rights:
+        member.close(CloseCode.FORBIDDEN, REVOKED_REASON)
+        return False
+    return True
+
+
 async def join_room(
     room: str,
     *,
@@ -185,30 +247,64 @@ async def join_room(
 ) -> Member:
     """Make ``send``'s socket a member of ``room`` and queue its catch-up.
 
-    ``identity`` is who the socket is (made from ``user`` when not given).
+    ``identity`` is who the socket is (made from ``user`` when not given). What it may
+    do is decided here, once (``member.rights``, see :class:`~roomcast.hub.Member`):
+    without ``join`` nothing is sent and :class:`PermissionDeniedError` is raised;
+    without ``read`` the socket gets the live stream only (no history, no ``since``
+    replay: ``recovered`` is false).
+
+    The decision is made after the member is registered with the hub (it holds live
+    frames until its catch-up is sent), so a change of rights committed while it joins
+    either is seen by the decision or finds the member to re-check (:func:`arecheck`).
+
+    Raises:
+        PermissionDeniedError: ``identity`` may not join ``room``.
 
     After calling this, you must call :func:`leave_room` when the socket closes.
     """
     if identity is None:
         identity = access.identity_for(user)
-    user_id = identity.user_id
     member = Member(
         send,
         room=room,
         max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES,
         max_bytes=roomcast_settings.OUTBOUND_BUFFER_BYTES,
         v1=v1,
-        user_id=user_id,
+        user_id=identity.user_id,
         identity=identity,
     )
+    member.rights = _UNDECIDED
 
     the_hub = hub()
+    replay_limit = roomcast_settings.REPLAY_LIMIT
+
+    def decide_and_read() -> tuple[frozenset[str], Any]:
+        rights = decide_rights(identity, room)
+        return rights, (read_catch_up(room, since) if "join" in rights else None)
 
     async def catch_up() -> CatchUp:
-        cached = the_hub.recent(room, since, replay_limit=roomcast_settings.REPLAY_LIMIT)
-        if cached is None:
-            cached = await database_sync_to_async(read_catch_up)(room, since)
+        # One thread hop when the hub's recent frames cannot answer: the decision and
+        # the read together. When they can, the decision's hop comes first, and recent()
+        # is asked after it: between recent() and the member's start, no await.
+        cached = None
+        if the_hub.recent(room, since, replay_limit=replay_limit) is None:
+            rights, cached = await database_sync_to_async(decide_and_read)()
+        else:
+            rights = await arights(identity, room)
+        if member.rights is _UNDECIDED:
+            member.rights = rights
+        # else a re-check (arecheck) ran while this decision was on its way, for a change
+        # this decision may have read before: the re-check's answer stands.
+        if "join" in member.rights and cached is None:
+            cached = the_hub.recent(room, since, replay_limit=replay_limit)
+            if cached is None:
+                cached = await database_sync_to_async(read_catch_up)(room, since)
+        rights = member.rights  # the latest answer, after every await
+        if "join" not in rights or cached is None:
+            raise PermissionDeniedError(NOT_ALLOWED_REASON)
         last_seq, frames, recovered = cached
+        if "read" not in rights:
+            frames, recovered = [], (None if since is None else False)
         preface = [codec.encode(codec.joined_event(room=room, seq=last_seq, recovered=recovered))]
         return CatchUp(preface=preface if v1 else [], frames=frames, last_seq=last_seq)
 

@@ -74,6 +74,8 @@ BATCH_MAX = 100
 # LOCKED_RETRY_SECS and fail with ``busy`` after STORE_LOCKED_GIVE_UP_SECS. Other
 # processes' writers hold a room only for one batch.
 LOCKED_RETRY_SECS = 1.0
+#: Longest username stored with a message: ``Message.username``'s max_length.
+USERNAME_MAX_CHARS = 150
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -112,14 +114,16 @@ class RoomLocked(Exception):
     """A post's room is locked by another transaction: set aside, to be tried again."""
 
 
-def _post(room: str, text: str, user: Any, kind: str, client_id: str) -> _Post:
+def _post(room: str, text: str, user: Any, kind: str, client_id: str, username: str = "") -> _Post:
     authenticated = user is not None and user.is_authenticated
     return _Post(
         room=room,
         text=text,
         kind=kind,
         user_id=user.pk if authenticated else None,
-        username=user.get_username() if authenticated else "",
+        # A guest's name (guest-3fa9c1) is kept as the message's username: its posts show
+        # who said them, in history too, without an account behind them.
+        username=user.get_username() if authenticated else username[:USERNAME_MAX_CHARS],
         client_id=client_id,
     )
 
@@ -134,8 +138,12 @@ def store_message(
     user: Any = None,
     kind: str = Message.Kind.CHAT,
     client_id: str = "",
+    username: str = "",
 ) -> StoredMessage:
     """Store ``text`` as the room's next message (creating the room) and return it.
+
+    ``username`` is the name shown for a poster without an account (a guest); a user's
+    own name is taken from ``user``.
 
     Runs in its own transaction, or joins the caller's. Does not publish: see
     ``services.post_message``.
@@ -145,7 +153,7 @@ def store_message(
     instead of a second copy. Checked in the storing statement itself, and backed by a
     unique index on (room, client_id) for two sends racing each other.
     """
-    return _store_one(_post(room, text, user, kind, client_id))
+    return _store_one(_post(room, text, user, kind, client_id, username))
 
 
 def _store_one(post: _Post) -> StoredMessage:
@@ -496,6 +504,7 @@ class StreamWriter:
         user: Any = None,
         kind: str = Message.Kind.CHAT,
         client_id: str = "",
+        username: str = "",
     ) -> StoredMessage:
         """Store one message (see :func:`store_message`) on a writer thread."""
         waiting = self._queue.qsize()
@@ -507,7 +516,7 @@ class StreamWriter:
             raise StoreBusyError(f"{limit} messages are waiting to be stored; send again shortly.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredMessage] = loop.create_future()
-        self._queue.put((_post(room, text, user, kind, client_id), (loop, future)))
+        self._queue.put((_post(room, text, user, kind, client_id, username), (loop, future)))
         if self._started < self.threads:
             self._start_threads()
         return await future

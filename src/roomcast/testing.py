@@ -33,7 +33,12 @@ class RoomCommunicator(WebsocketCommunicator):
         since: int | None = None,
         v1: bool = True,
         headers: list[tuple[bytes, bytes]] | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: a connection token (``roomcast.auth.issue_token``), sent as the
+        handshake's ``Authorization: Bearer`` header."""
+        if token is not None:
+            headers = [*(headers or []), (b"authorization", f"Bearer {token}".encode())]
         path = f"/ws/chat/{quote(room, safe='')}/"
         if since is not None:
             path += f"?since={since}"

@@ -7,7 +7,11 @@ Python or not on a machine with Redis access (``roomcast push`` uses it)::
     GET  /api/rooms/<room>/messages?before=SEQ&limit=N     -> 200 {"messages", "has_more"}
     POST /api/rooms/<room>/disconnect  {"reason": TEXT, "user_id": ID}   -> 202
 
-Each needs ``Authorization: Bearer KEY`` with a key from ``ROOMCAST['API_KEYS']``.
+Each takes ``Authorization: Bearer KEY`` with a key from ``ROOMCAST['API_KEYS']`` (full
+access). Reading history also takes a user's connection token in the same header
+(``roomcast.auth``), or the session of a logged-in user: then only rooms that user may
+read, and any other room, existing or not, is a 404 (a private room's existence does
+not leak). A token in the URL (``?token=``) is refused with 400 ``token_in_url``.
 
 Every input is read through the protocol's functions (room names, JSON, integers), so a
 request gets the same answer as the same thing sent over the room socket: bad input is a
@@ -30,10 +34,18 @@ from django.urls import get_script_prefix, reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import push, services
+from . import access, auth, push, services
 from .conf import roomcast_settings
 from .models import Room
-from .protocol import FrameTooLargeError, InvalidFrameError, InvalidJSONError, ProtocolError, codec
+from .protocol import (
+    FrameTooLargeError,
+    InvalidFrameError,
+    InvalidJSONError,
+    ProtocolError,
+    TokenInURLError,
+    codec,
+)
+from .security import GUEST_NAME_SESSION_KEY
 
 #: The room socket's path under the site's script prefix: the route of
 #: ``roomcast.routing.websocket_urlpatterns``. WebSocket routes are not in Django's URLconf,
@@ -66,6 +78,7 @@ def room(request: HttpRequest, room_name: str) -> HttpResponse:
         name = _room_name(request, room_name)
     except ProtocolError as exc:
         return render(request, "roomcast/index.html", _index_page([], exc.detail), status=400)
+    _keep_guest_name(request)
     page = {
         "room": name,
         "clientUrl": static("roomcast/roomcast.js"),
@@ -73,6 +86,19 @@ def room(request: HttpRequest, room_name: str) -> HttpResponse:
         "maxFrameBytes": roomcast_settings.MAX_FRAME_BYTES,
     }
     return render(request, "roomcast/room.html", {"room_name": name, "page": page})
+
+
+def _keep_guest_name(request: HttpRequest) -> None:
+    """Give a visitor who is not logged in a guest name in the session, once: the room
+    socket reads it from there (``security.identity_from_session``), so the guest is one
+    name across reloads and tabs. Without Django's session middleware, each socket is a
+    new guest."""
+    session = getattr(request, "session", None)
+    user = getattr(request, "user", None)
+    if session is None or (user is not None and user.is_authenticated):
+        return
+    if not isinstance(session.get(GUEST_NAME_SESSION_KEY), str):
+        session[GUEST_NAME_SESSION_KEY] = access.anonymous().name
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:
@@ -84,9 +110,7 @@ def _authorized(request: HttpRequest) -> JsonResponse | None:
     if not keys:
         return _error(403, "api_disabled", "The push API is off: set ROOMCAST['API_KEYS'].")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(given.encode(), key.encode()) for key in keys
-    ):
+    if scheme.lower() != "bearer" or not _is_api_key(given):
         response = _error(401, "unauthorized", "Send Authorization: Bearer <API key>.")
         response["WWW-Authenticate"] = "Bearer"
         return response
@@ -155,12 +179,12 @@ def _response_for(exc: ProtocolError) -> JsonResponse:
 @require_http_methods(["GET", "POST"])
 async def api_messages(request: HttpRequest, room_name: str) -> HttpResponse:
     """POST: push a message to the room. GET: a page of its history."""
+    if request.method == "GET":
+        return await _get_messages(request, room_name)
     if (denied := _authorized(request)) is not None:
         return denied
     try:
         name = _room_name(request, room_name)
-        if request.method == "GET":
-            return await _history(request, name)
         frame = codec.parse_frame(_body_text(request), max_bytes=roomcast_settings.MAX_FRAME_BYTES)
         if frame["type"] != "message":
             raise InvalidFrameError('Send {"message": TEXT}.')
@@ -170,14 +194,80 @@ async def api_messages(request: HttpRequest, room_name: str) -> HttpResponse:
     return JsonResponse({"room": stored.room, "seq": stored.seq}, status=201)
 
 
-async def _history(request: HttpRequest, room: str) -> HttpResponse:
-    before = limit = None
-    if "before" in request.GET:
-        before = codec.parse_query_int(request.GET["before"], name="before", minimum=1)
-    if "limit" in request.GET:
-        limit = codec.parse_query_int(request.GET["limit"], name="limit", minimum=1)
+def _is_api_key(given: str) -> bool:
+    # Every key compared, in constant time: how many match or where is not given away.
+    found = False
+    for key in roomcast_settings.API_KEYS:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+async def _reader(request: HttpRequest) -> access.Identity | JsonResponse | None:
+    """Who reads: None for an API key (full access), the identity of a user's token or
+    logged-in session, or the error response for anything else."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        if _is_api_key(given):
+            return None
+        try:
+            user, expires_at = await database_sync_to_async(auth.verify_token)(given)
+        except auth.TokenError as exc:
+            response = _error(401, exc.code, str(exc))
+            response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            return response
+        return access.identity_for(user, via="token", expires_at=expires_at)
+    if hasattr(request, "auser"):  # Django's AuthenticationMiddleware is installed
+        user = await request.auser()
+        if user.is_authenticated:
+            session = getattr(request, "session", None)
+            key = session.session_key if session is not None else None
+            return access.identity_for(user, via="session", session_key=key)
+    if not roomcast_settings.API_KEYS:
+        return _error(
+            403, "api_disabled", "Log in, send a user's token, or set ROOMCAST['API_KEYS']."
+        )
+    response = _error(
+        401, "unauthorized", "Send Authorization: Bearer <API key or a user's token>, or log in."
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _readable_history(
+    identity: access.Identity, room: str, before: int | None, limit: int
+) -> tuple[list[str], bool] | None:
+    """:func:`services.read_history` if ``room`` exists and ``identity`` may read it."""
+    if not Room.objects.filter(name=room).exists() or not access.check(identity, room, "read"):
+        return None
+    return services.read_history(room, before, limit)
+
+
+async def _get_messages(request: HttpRequest, room_name: str) -> HttpResponse:
+    try:
+        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
+            raise TokenInURLError()
+        reader = await _reader(request)
+        if isinstance(reader, HttpResponse):
+            return reader
+        room = _room_name(request, room_name)
+        before = limit = None
+        if "before" in request.GET:
+            before = codec.parse_query_int(request.GET["before"], name="before", minimum=1)
+        if "limit" in request.GET:
+            limit = codec.parse_query_int(request.GET["limit"], name="limit", minimum=1)
+    except ProtocolError as exc:
+        return _response_for(exc)
     limit = min(limit or codec.HISTORY_PAGE_DEFAULT, codec.HISTORY_PAGE_MAX)
-    frames, has_more = await database_sync_to_async(services.read_history)(room, before, limit)
+    if reader is None:
+        page = await database_sync_to_async(services.read_history)(room, before, limit)
+    else:
+        found = await database_sync_to_async(_readable_history)(reader, room, before, limit)
+        if found is None:
+            # One answer for "no such room" and "not yours to read".
+            return _error(404, "not_found", f"No room {room!r} that you may read.")
+        page = found
+    frames, has_more = page
     body = (
         '{"messages":['
         + ",".join(frames)

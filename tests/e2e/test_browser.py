@@ -208,7 +208,8 @@ async def test_room_page_unicode_room_chat_and_push(browser: Browser, serve: Any
     await expect(alice.locator("#chat-message-input")).to_have_value("")
     line = bob.locator('#chat-log li[data-seq="1"]')
     await expect(line).to_contain_text("你好, bob! <b>not bold</b>", timeout=WAIT_MS)
-    await expect(line.locator(".user")).to_have_text("anonymous")
+    # Each visitor is a guest of its own name, kept in its session (issue 7).
+    await expect(line.locator(".user")).to_have_text(re.compile(r"^guest-[0-9a-f]{6}$"))
     await expect(line.locator("b")).to_have_count(0)  # text, never markup
 
     assert await cli_push(server, room, "Deploy finished ✓") == 2

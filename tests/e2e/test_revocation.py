@@ -122,11 +122,6 @@ async def test_removing_a_member_from_a_third_process_closes_their_socket_within
     assert {f["type"] for f in frames} == {"message", "ack"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the enforce branch (issue 7): the room socket's Identity made with the "
-    "session_key it came with; until then no socket is known to belong to a session",
-)
 async def test_logging_out_elsewhere_closes_that_sessions_sockets_on_every_process(
     cluster, clients
 ):

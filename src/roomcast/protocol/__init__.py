@@ -11,7 +11,9 @@ from __future__ import annotations
 from .close_codes import CloseCode, should_reconnect
 from .codec import (
     PROTOCOL_V1,
+    ConnectQuery,
     encode,
+    parse_connect_query,
     parse_frame,
     parse_since,
     validate_room_name,
@@ -26,6 +28,7 @@ from .errors import (
     InvalidSinceError,
     NotFoundError,
     ProtocolError,
+    TokenInURLError,
     UnknownTypeError,
     UnsupportedDataError,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "PROTOCOL_V1",
     "BadRequestError",
     "CloseCode",
+    "ConnectQuery",
     "FrameTooLargeError",
     "InvalidFrameError",
     "InvalidJSONError",
@@ -42,9 +46,11 @@ __all__ = [
     "InvalidSinceError",
     "NotFoundError",
     "ProtocolError",
+    "TokenInURLError",
     "UnknownTypeError",
     "UnsupportedDataError",
     "encode",
+    "parse_connect_query",
     "parse_frame",
     "parse_since",
     "should_reconnect",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 from .errors import (
@@ -17,11 +17,13 @@ from .errors import (
     InvalidQueryError,
     InvalidSinceError,
     ProtocolError,
+    TokenInURLError,
     UnknownTypeError,
     UnsupportedDataError,
 )
 from .messages import (
     AckEvent,
+    AuthFrame,
     ClientFrame,
     ErrorEvent,
     HistoryFrame,
@@ -42,11 +44,13 @@ __all__ = [
     "HISTORY_PAGE_MAX",
     "PROTOCOL_V1",
     "SEQ_MAX",
+    "ConnectQuery",
     "check_path_encoding",
     "check_text",
     "close_reason",
     "decode_json",
     "encode",
+    "parse_connect_query",
     "parse_frame",
     "parse_query_int",
     "parse_since",
@@ -113,6 +117,8 @@ def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) 
         return _parse_history(obj)
     if kind == "ping":
         return PingFrame(type="ping")
+    if kind == "auth":
+        return _parse_auth(obj)
     if not isinstance(kind, str):
         raise InvalidFrameError('"type" must be a string.')
     raise UnknownTypeError(f"Unknown frame type {kind[:40]!r}; expected message, history or ping.")
@@ -165,6 +171,13 @@ def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
     return HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
 
 
+def _parse_auth(obj: dict[str, Any]) -> AuthFrame:
+    token = obj.get("token")
+    if not isinstance(token, str) or not token:
+        raise InvalidFrameError(f'"token" must be a non-empty string, not {_json_type(token)}.')
+    return AuthFrame(type="auth", token=token)
+
+
 def check_text(value: str, field: str) -> None:
     """Raise :class:`InvalidFrameError` if ``value`` cannot be stored and sent as text."""
     # A lone surrogate ("\ud800" is valid JSON) cannot be encoded as UTF-8: stored, it
@@ -201,6 +214,38 @@ def parse_since(query_string: bytes | str) -> int | None:
     if not values:
         return None
     return parse_query_int(values[-1], name="since", minimum=0, error=InvalidSinceError)
+
+
+#: Query parameters that would carry a token in the URL: refused (TokenInURLError).
+TOKEN_QUERY_PARAMETERS = ("token", "access_token")
+
+
+class ConnectQuery(NamedTuple):
+    """What a room socket's query string says."""
+
+    since: int | None  # the last seq the client saw (recover after it), or None
+    auth: bool  # ?auth=1: the client sends its token in the first frame
+
+
+def parse_connect_query(query_string: bytes | str) -> ConnectQuery:
+    """Read a room socket's query string: ``since=N`` and ``auth=1``.
+
+    Raises:
+        TokenInURLError: a ``token=`` (or ``access_token=``) parameter.
+        InvalidSinceError: ``since`` is not a non-negative integer.
+        InvalidQueryError: ``auth`` is neither 1 nor 0.
+    """
+    if isinstance(query_string, bytes):
+        query_string = query_string.decode("latin-1")
+    params = parse_qs(query_string, keep_blank_values=True)
+    if any(name in params for name in TOKEN_QUERY_PARAMETERS):
+        raise TokenInURLError()
+    auth = params.get("auth", ["0"])[-1]
+    if auth not in ("0", "1"):
+        raise InvalidQueryError(
+            f"auth={auth[:20]!r}: use auth=1 to send the token in the first frame."
+        )
+    return ConnectQuery(since=parse_since(query_string), auth=auth == "1")
 
 
 def parse_query_int(

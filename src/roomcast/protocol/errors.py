@@ -84,6 +84,14 @@ class InvalidQueryError(BadRequestError):
     default_detail = "A query-string parameter is not valid."
 
 
+class TokenInURLError(BadRequestError):
+    """A token in the URL's query string (``?token=``): refused, because URLs end up in
+    proxy and server logs. Tokens go in the ``Authorization`` header or the auth frame."""
+
+    code = "token_in_url"
+    default_detail = "tokens go in the Authorization header or the first frame (auth), not the URL"
+
+
 class NotFoundError(ProtocolError):
     """No WebSocket endpoint at this path: denied with HTTP 404 where the server can
     send one, else closed with 4404 (do not reconnect)."""

@@ -34,7 +34,14 @@ class PingFrame(TypedDict):
     type: Literal["ping"]
 
 
-ClientFrame = SendMessageFrame | HistoryFrame | PingFrame
+class AuthFrame(TypedDict):
+    """The first frame of a socket opened with ``?auth=1``: who the client is."""
+
+    type: Literal["auth"]
+    token: str
+
+
+ClientFrame = SendMessageFrame | HistoryFrame | PingFrame | AuthFrame
 
 # -- server to client -------------------------------------------------------------------
 
