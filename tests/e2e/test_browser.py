@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
 
 from tests.conftest import ARTIFACTS, CHROMIUM, free_port, wait_for_port
 
@@ -101,14 +101,19 @@ LOG_ROWS_JS = """() => Array.from(document.querySelectorAll("#chat-log li"),
     (li) => [li.dataset.seq, li.className, li.lastChild.textContent])"""
 
 
+async def launch(playwright: Playwright) -> Browser:
+    """Debian's Chromium, headless, with the flags this machine needs."""
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless, for one test."""
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        chromium = await launch(playwright)
         yield chromium
         await chromium.close()
 
