@@ -401,7 +401,7 @@ async def scripted(
     browser: Browser, answer: Callable[[str, int], Any]
 ) -> tuple[Page, ScriptedServer]:
     server = ScriptedServer(answer)
-    page = await harness(chromium, ORIGIN, [], client_js=True)
+    page = await harness(browser, ORIGIN, [], client_js=True)
     await server.install(page)
     return page, server
 
