@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,17 +92,33 @@ def test_top_level_help_is_plain_text_listing_the_commands(tmp_path: Path) -> No
     result = run(tmp_path, "--help")
     assert result.returncode == 0
     assert "`" not in result.stdout, result.stdout  # no reST/Markdown markup
-    for command in ("serve", "push", "disconnect", "manage", "--version", "docs/cli.md"):
+    for command in ("serve", "push", "disconnect", "user", "room", "token", "manage"):
         assert command in result.stdout
+    for text in ("--version", "docs/cli.md"):
+        assert text in result.stdout
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, prefix: str = "roomcast"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command and action (``roomcast room members``...) with its parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from subcommands(sub, f"{prefix} {name}")
 
 
 def test_every_flag_of_every_command_has_help() -> None:
-    parser = build_parser()
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"serve", "push", "disconnect", "manage"}
-    for name, sub in commands.choices.items():
+    commands = dict(subcommands(build_parser()))
+    assert {name for name in commands if name.count(" ") == 1} == {
+        f"roomcast {name}"
+        for name in ("serve", "push", "disconnect", "user", "room", "token", "manage")
+    }
+    assert {"roomcast room members", "roomcast user create"} <= set(commands)
+    for name, sub in commands.items():
         for action in sub._actions:
-            assert action.help, f"roomcast {name} {action.option_strings or action.dest}"
+            assert action.help, f"{name} {action.option_strings or action.dest}"
 
 
 def test_serve_help_lists_every_variable(tmp_path: Path) -> None:
@@ -128,10 +145,8 @@ def test_the_variables_table_is_the_one_in_the_docs() -> None:
 
 def test_docs_cli_names_every_flag() -> None:
     text = (DOCS / "cli.md").read_text()
-    parser = build_parser()
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
-        assert f"roomcast {name}" in text
+    for name, sub in subcommands(build_parser()):
+        assert f"`{name}" in text, f"docs/cli.md does not document {name}"
         for action in sub._actions:
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):

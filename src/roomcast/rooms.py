@@ -124,7 +124,11 @@ def create_room(room: str, *, visibility: str = Room.Visibility.PUBLIC) -> Room:
     name, visibility = _name(room), _visibility(visibility)
     try:
         with transaction.atomic(using=router.db_for_write(Room)):
-            return Room.objects.create(name=name, visibility=visibility)
+            made = Room.objects.create(name=name, visibility=visibility)
+            if visibility != Room.Visibility.PUBLIC:
+                # Sockets may be in it already: a room has no row until first used.
+                _changed(name)
+            return made
     except IntegrityError:
         raise RoomExistsError(f"Room {name!r} exists already.") from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import api, views
 
 app_name = "roomcast"
 
@@ -13,4 +13,14 @@ urlpatterns = [
     path("chat/<str:room_name>/", views.room, name="room"),
     path("api/rooms/<str:room_name>/messages", views.api_messages, name="api-messages"),
     path("api/rooms/<str:room_name>/disconnect", views.api_disconnect, name="api-disconnect"),
+    # The management API (roomcast.api): tokens, rooms, members.
+    path("api/tokens", api.tokens, name="api-tokens"),
+    path("api/rooms", api.rooms_create, name="api-rooms"),
+    path("api/rooms/<str:room_name>", api.room_detail, name="api-room"),
+    path("api/rooms/<str:room_name>/members", api.room_members, name="api-room-members"),
+    path(
+        "api/rooms/<str:room_name>/members/<str:username>",
+        api.room_member,
+        name="api-room-member",
+    ),
 ]

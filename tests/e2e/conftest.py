@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import websockets
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Playwright, async_playwright
 
 from tests.conftest import CHROMIUM, free_port, wait_for_port
 
@@ -189,14 +189,19 @@ async def clients() -> AsyncIterator[Any]:
         client.ws.transport.abort()
 
 
+async def launch(playwright: Playwright) -> Browser:
+    """Debian's Chromium, headless, with the flags this machine needs: no GPU, no sandbox
+    as root, no background requests to a network that is not there."""
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, for one test (the flags this machine needs: no GPU,
-    no sandbox as root, no background requests to a network that is not there)."""
+    """Debian's Chromium, headless, for one test."""
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        chromium = await launch(playwright)
         yield chromium
         await chromium.close()

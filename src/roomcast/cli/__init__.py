@@ -1,9 +1,10 @@
-"""The ``roomcast`` console script: ``serve``, ``push``, ``disconnect``, ``manage``.
+"""The ``roomcast`` console script: ``serve``, ``push``, ``disconnect``, ``user``,
+``room``, ``token``, ``manage``.
 
-One module per command group: ``serve``, ``push`` (push and disconnect), ``manage``;
-``_common`` (errors, exit codes, set-up), ``_database`` (reaching the database and
-Redis), ``_api`` (the HTTP push API's client), ``_environ`` (the variables and flags of
-serve, shared with docs/settings.md). A new command group (``roomcast user``...) is a
+One module per command group: ``serve``, ``push`` (push and disconnect), ``user``,
+``room``, ``token``, ``manage``; ``_common`` (errors, exit codes, set-up), ``_database``
+(reaching the database and Redis), ``_api`` (the HTTP API's client), ``_environ`` (the
+variables and flags of serve, shared with docs/settings.md). A new command group is a
 module with an ``add_parser(commands)``, added in :func:`build_parser`.
 Each module's ``add_parser`` sets ``run``, called as ``run(args, parser)``, returning the
 exit code or raising :class:`~._common.CommandError`, which :func:`main` prints as one
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from . import manage, push, serve
+from . import manage, push, room, serve, token, user
 from ._common import EXIT_USAGE, SERVER_EXTRA_MODULES, CommandError, Parser, missing_extra
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +32,8 @@ DESCRIPTION = """\
 roomcast: real-time rooms and server push for Django.
 
 Run the bundled chat site with 'roomcast serve', then open http://127.0.0.1:8000/chat/;
-push to its rooms from the shell with 'roomcast push ROOM TEXT'."""
+push to its rooms from the shell with 'roomcast push ROOM TEXT'; make rooms private
+with 'roomcast room', users with 'roomcast user', tokens with 'roomcast token'."""
 
 EPILOG = """\
 'roomcast COMMAND --help' lists a command's flags and environment variables;
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     serve.add_parser(commands)
     push.add_parsers(commands)
+    user.add_parser(commands)
+    room.add_parser(commands)
+    token.add_parser(commands)
     manage.add_parser(commands)
     return parser
 
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("give a COMMAND: serve, push, disconnect or manage")
+        parser.error("give a COMMAND: serve, push, disconnect, user, room, token or manage")
     try:
         return int(args.run(args, parser))
     except CommandError as exc:

@@ -1,5 +1,5 @@
-"""The HTTP push API's client, for ``roomcast push`` and ``disconnect`` (and later
-commands that call a running server): the key, the request, and one line for each way
+"""The HTTP API's client, for ``roomcast push`` and ``disconnect``, and for ``roomcast
+room`` and ``token`` with ``--server``: the key, the request, and one line for each way
 the call can fail, the server's own ``detail`` first.
 
 Layer: command line; the standard library only (``urllib``), so pushing over HTTP needs
@@ -24,9 +24,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: Longest wait for the server's answer, in seconds: a push is stored before the answer,
 #: and a server that has not answered by then is stuck (its store queue is bounded).
 HTTP_TIMEOUT_SECS = 30
-#: Most bytes read from a server's answer (a push API reply is under 200 bytes; an error
-#: page of a proxy may be a few KB).
-REPLY_MAX_BYTES = 64 * 1024
+#: Most bytes read from a server's answer: a push API reply is under 200 bytes, an error
+#: page of a proxy a few KB, but a room's answer lists its members (about 40 bytes each).
+REPLY_MAX_BYTES = 16 * 1024 * 1024
 
 
 def server_url(args: argparse.Namespace) -> str:
@@ -64,17 +64,33 @@ def _api_key(args: argparse.Namespace) -> tuple[str, str]:
 def call(args: argparse.Namespace, room: str, action: str, body: dict[str, Any]) -> Any:
     """POST ``body`` to ``/api/rooms/<room>/<action>`` of ``--server`` with the API key;
     the JSON answer, or a CommandError."""
+    return request(args, "POST", f"/api/rooms/{quote(room)}/{action}", body)
+
+
+def quote(name: str) -> str:
+    """A room or user name as one segment of an API path."""
+    return urllib.parse.quote(name, safe="")
+
+
+def request(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
+    """``method`` ``path`` (with ``body`` as JSON) on ``--server`` with the API key; the
+    JSON answer, or a CommandError."""
     server = server_url(args)
-    url = f"{server}/api/rooms/{urllib.parse.quote(room, safe='')}/{action}"
+    url = f"{server}{path}"
     key, source = _api_key(args)
-    request = urllib.request.Request(
+    headers = {"Authorization": f"Bearer {key}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    http_request = urllib.request.Request(
         url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        method="POST",
+        data=None if body is None else json.dumps(body).encode(),
+        headers=headers,
+        method=method,
     )
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECS) as response:
+        with urllib.request.urlopen(http_request, timeout=HTTP_TIMEOUT_SECS) as response:
             reply = response.read(REPLY_MAX_BYTES)
     except urllib.error.HTTPError as exc:
         raise _refused(exc, server, source) from None

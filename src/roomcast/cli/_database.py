@@ -21,7 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_FAILED, EXIT_USAGE, CommandError
+from ._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CommandError,
+    require_server_extra,
+    service_modules,
+    setup_django,
+)
 
 #: Where the database URL comes from, for messages.
 _DATABASE_FLAG = "--database (or ROOMCAST_DATABASE_URL)"
@@ -55,6 +62,15 @@ def database_error(exc: BaseException) -> CommandError:
     # The first line: libpq adds hints on the next ones ("Is the server running...").
     text = " ".join(str(exc).strip().split("\n")[0].split()) or type(exc).__name__
     params = connection.settings_dict
+    if re.search(r'no such table|relation ".+?" does not exist', text):
+        # A site whose tables were never created: roomcast serve, and the commands
+        # that need them (user, room, token), migrate first; manage does not.
+        return CommandError(
+            f"the database {database_in_use()} has no tables yet ({text}): create them "
+            "with `roomcast manage migrate` (roomcast serve does too), with the same "
+            f"{_DATABASE_FLAG}",
+            EXIT_USAGE,
+        )
     if connection.vendor == "sqlite":
         return _sqlite_error(Path(str(params["NAME"])), text)
     return _postgres_error(params, text)
@@ -202,3 +218,26 @@ def check_redis(*, same_database: bool) -> None:
             f"would store the message in {ours}: pass {_DATABASE_FLAG} with the servers' "
             "database, or --server URL to push through a server's HTTP API"
         )
+
+
+# -- commands that read and write the site's tables --------------------------------------
+
+
+def ready_database(command: str) -> None:
+    """Set the bundled site up for ``command`` (``roomcast user`` ...), which works on its
+    database: the extras it needs, the settings, the database reached, and its tables
+    created or migrated as ``roomcast serve`` would (so ``roomcast user create`` works
+    before the first ``serve``). Each failure is one CommandError.
+
+    Call :func:`~._common.apply_service_flags` first.
+    """
+    require_server_extra(command, service_modules())
+    setup_django()
+    from django.core.management import call_command
+    from django.db import DatabaseError
+
+    check_database()
+    try:
+        call_command("migrate", interactive=False, verbosity=0)
+    except DatabaseError as exc:  # e.g. a read-only SQLite file, no CREATE permission
+        raise database_error(exc) from None

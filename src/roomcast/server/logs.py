@@ -16,6 +16,10 @@ Lines that come with every connection or request are kept at DEBUG, shown by
   ``SuspiciousOperation``, logs an ERROR with a traceback that says nothing about the
   server: :class:`OneLineClientErrors` keeps one line, and for ``DisallowedHost`` names
   the variable that fixes it (``ROOMCAST_ALLOWED_HOSTS``, not Django's setting).
+* Secrets are never written: at DEBUG websockets logs each handshake header, which would
+  put the ``Authorization: Bearer`` token and the session cookie in the log, and the
+  handshake and access lines carry the URL's query, where a client may have put a
+  ``?token=`` (refused, but already sent): :class:`RedactSecrets` blanks them.
 
 A demoted record gets level DEBUG before the handlers see it, so each handler's level
 (the chosen log level) decides whether it is written.
@@ -27,6 +31,7 @@ name these filters without importing uvicorn or Django.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 #: websockets' per-connection lines (``websockets.server``, ``websockets.protocol``),
@@ -43,6 +48,13 @@ CONNECTION_LINES = frozenset(
 HANDSHAKE_PREFIX = '%s - "WebSocket %s"'
 #: Longest logged message of a client-caused error: the Host header is the client's.
 CLIENT_ERROR_MAX_CHARS = 300
+#: Handshake headers whose values are credentials (a token, an API key, a session id).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+#: websockets' format of a logged header line (``< name: value``, ``> name: value``).
+HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
+#: A token (or key) in a URL's query: ``token=...``, ``api_key=...``, ``key=...``.
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:token|access_token|api_key|key)=)[^&#\s\"]*")
+REDACTED = "[redacted]"
 
 
 def _demote(record: logging.LogRecord) -> None:
@@ -95,10 +107,30 @@ class OneLineClientErrors(logging.Filter):
         return True
 
 
+class RedactSecrets(logging.Filter):
+    """On ``uvicorn.error`` and ``uvicorn.access``: credential headers and ``token=``
+    query values replaced by ``[redacted]`` before any handler writes the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        if record.msg in HEADER_LINES and len(args) == 2:
+            if str(args[0]).lower() in SECRET_HEADERS:
+                record.args = (args[0], REDACTED)
+            return True
+        if any(isinstance(a, str) and "=" in a for a in args):
+            record.args = tuple(
+                _QUERY_SECRET.sub(rf"\1{REDACTED}", a) if isinstance(a, str) else a for a in args
+            )
+        return True
+
+
 def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
     """uvicorn's default log configuration (``uvicorn.config.LOGGING_CONFIG``: its
     formatters, stderr for the server, stdout for the access log), handlers at ``level``,
-    per-connection lines demoted by :class:`QuietConnections`."""
+    per-connection lines demoted by :class:`QuietConnections`, secrets blanked by
+    :class:`RedactSecrets`."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -106,7 +138,8 @@ def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
             "quiet_connections": {
                 "()": "roomcast.server.logs.QuietConnections",
                 "access_log": access_log,
-            }
+            },
+            "redact_secrets": {"()": "roomcast.server.logs.RedactSecrets"},
         },
         "formatters": {
             "default": {
@@ -134,7 +167,15 @@ def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
-            "uvicorn.error": {"level": "INFO", "filters": ["quiet_connections"]},
-            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {
+                "level": "INFO",
+                "filters": ["redact_secrets", "quiet_connections"],
+            },
+            "uvicorn.access": {
+                "handlers": ["access"],
+                "level": "INFO",
+                "propagate": False,
+                "filters": ["redact_secrets"],
+            },
         },
     }

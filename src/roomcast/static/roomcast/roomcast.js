@@ -9,6 +9,11 @@
 // with ?since=<last seq>; it never shows a message twice. A message sent while offline is
 // queued and sent once the connection is back, unless the replay shows it was stored.
 //
+// Pages without a session cookie pass a connection token, `{ token }` or
+// `{ getToken: async () => token }`: the client connects with ?auth=1 and sends
+// {"type": "auth", "token": ...} as its first frame (never the token in the URL), and
+// after 4501 (token expired) or 4401 (token refused) it asks getToken() for a fresh one.
+//
 // send() never leaves a promise hanging: it resolves with the stored seq or rejects with a
 // SendError subclass carrying the text (FrameTooLargeError, QueueFullError, RefusedError,
 // ClosedError). After a close code that says not to reconnect the client stops
@@ -24,6 +29,15 @@ export function shouldReconnect(code) {
 }
 
 export const MESSAGE_TOO_BIG = 1009;
+export const UNAUTHORIZED = 4401;   // the token was refused (expired, forged, inactive user)
+export const TOKEN_EXPIRED = 4501;  // the socket's token expired: reconnect with a fresh one
+
+// Token failures in a row (getToken() threw, timed out or gave no token, or the server
+// refused what it gave) before the client stops: a token source that keeps failing
+// ends in status "closed", never in a silent loop.
+export const MAX_TOKEN_FAILURES = 5;
+// Longest wait for getToken(), in milliseconds; past it the attempt counts as failed.
+export const GET_TOKEN_TIMEOUT_MS = 15000;
 
 // The server's default MAX_FRAME_BYTES; pages get the configured one from the view.
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024;
@@ -94,10 +108,14 @@ export function describeClose(code, reason) {
     1013: "fell behind",
     4000: "disconnected by the server",
     4400: "bad request",
+    4401: "not authorized",
     4403: "not allowed in this room",
+    4429: "too many requests",
+    4501: "token expired",
   };
   const name = names[code] ?? "closed";
   const why = (reason || "").replace(/\.$/, ""); // the server's reasons are sentences
+  if (why.startsWith(name)) return `${why} (${code})`; // "not allowed in this room any more"
   return why ? `${name}: ${why} (${code})` : `${name} (${code})`;
 }
 
@@ -105,7 +123,10 @@ export class RoomClient extends EventTarget {
   /**
    * Options: url (default: defaultUrl(room)), since (last seq already shown),
    * maxFrameBytes (the server's MAX_FRAME_BYTES; null: no check), minDelayMs and
-   * maxDelayMs (reconnect backoff).
+   * maxDelayMs (reconnect backoff), token (a connection token) or getToken (a function
+   * returning a token or a promise of one, called for the first connection and whenever
+   * the server refuses or expires the token; getTokenTimeoutMs bounds each call).
+   * Without either the page's session cookie, if any, says who it is.
    */
   constructor(
     room,
@@ -115,9 +136,18 @@ export class RoomClient extends EventTarget {
       maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
       minDelayMs = 250,
       maxDelayMs = 10000,
+      token = null,
+      getToken = null,
+      getTokenTimeoutMs = GET_TOKEN_TIMEOUT_MS,
     } = {},
   ) {
     super();
+    if (getToken !== null && typeof getToken !== "function") {
+      throw new TypeError("getToken must be a function returning a token (or a promise of one)");
+    }
+    if (token !== null && (typeof token !== "string" || !token)) {
+      throw new TypeError("token must be a non-empty string");
+    }
     this.room = room;
     this.url = url || defaultUrl(room);
     this.lastSeq = since;           // last seq shown; null before the first join
@@ -133,6 +163,12 @@ export class RoomClient extends EventTarget {
     this._joinedSeq = null;         // the stream position announced by the last "joined"
     this._history = [];             // waiting history requests, answered in order
     this._counter = 0;
+    this._getToken = getToken;
+    this._getTokenTimeout = getTokenTimeoutMs;
+    this._usesToken = token !== null || getToken !== null;
+    this._token = token;            // the token the next connection sends; null: ask getToken
+    this._tokenFailures = 0;        // in a row; reset by a join
+    this._tokenRequest = 0;         // the getToken() call whose answer is awaited
     this._connect();
   }
 
@@ -193,12 +229,15 @@ export class RoomClient extends EventTarget {
     if (!this._closed) return;
     this._closed = false;
     this._attempt = 0;
+    this._tokenFailures = 0;
+    if (this._getToken) this._token = null; // a fresh one
     this._setStatus("connecting");
     this._connect();
   }
 
   close() {
     this._closed = true;
+    this._tokenRequest++; // an answer of getToken() still on its way is dropped
     clearTimeout(this._timer);
     this.lastClose = { code: 1000, reason: "closed by the page" };
     if (this._ws) this._ws.close(1000);
@@ -210,8 +249,22 @@ export class RoomClient extends EventTarget {
     return this._ws && this._ws.readyState === WebSocket.OPEN && this.status === "open";
   }
 
+  _socketUrl() {
+    // The token never goes in the URL (proxies log URLs): ?auth=1 says it comes in the
+    // first frame.
+    const query = [];
+    if (this._usesToken) query.push("auth=1");
+    if (this.lastSeq !== null) query.push(`since=${this.lastSeq}`);
+    if (!query.length) return this.url;
+    return this.url + (this.url.includes("?") ? "&" : "?") + query.join("&");
+  }
+
   _connect() {
-    const url = this.lastSeq === null ? this.url : `${this.url}?since=${this.lastSeq}`;
+    if (this._usesToken && this._token === null) {
+      this._fetchToken();
+      return;
+    }
+    const url = this._socketUrl();
     let ws;
     try {
       ws = new WebSocket(url, [PROTOCOL]);
@@ -221,7 +274,12 @@ export class RoomClient extends EventTarget {
       return;
     }
     this._ws = ws;
-    ws.onopen = () => { this._everOpen = true; };
+    const token = this._token;
+    ws.onopen = () => {
+      this._everOpen = true;
+      // First, before anything else: the server joins the room only after it.
+      if (token !== null) ws.send(JSON.stringify({ type: "auth", token }));
+    };
     ws.onmessage = (e) => {
       let frame;
       try {
@@ -234,10 +292,52 @@ export class RoomClient extends EventTarget {
     ws.onclose = (e) => { if (this._ws === ws) this._onClose(e); };
   }
 
+  async _fetchToken() {
+    const request = ++this._tokenRequest;
+    let token = null;
+    let failure = null;
+    let timer;
+    try {
+      const timeout = new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`no answer within ${this._getTokenTimeout / 1000} s`)),
+          this._getTokenTimeout,
+        );
+      });
+      token = await Promise.race([Promise.resolve().then(() => this._getToken()), timeout]);
+      if (typeof token !== "string" || !token) {
+        throw new Error(`getToken() gave ${token === null ? "null" : typeof token}, not a token`);
+      }
+    } catch (err) {
+      failure = (err && err.message) || String(err);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this._closed || request !== this._tokenRequest) return; // closed meanwhile
+    if (failure !== null) {
+      this._tokenFailed(UNAUTHORIZED, `could not get a token: ${failure}`);
+      return;
+    }
+    this._token = token;
+    this._connect();
+  }
+
+  _tokenFailed(code, reason) {
+    // Counted, and retried with the backoff until MAX_TOKEN_FAILURES in a row.
+    this._token = null;
+    if (++this._tokenFailures >= MAX_TOKEN_FAILURES) {
+      this._stop(code, `${reason} (${this._tokenFailures} times in a row)`);
+      return;
+    }
+    this.lastClose = { code, reason };
+    this._retry(code, reason, false);
+  }
+
   _onFrame(frame) {
     switch (frame.type) {
       case "joined":
         this._attempt = 0;
+        this._tokenFailures = 0;
         this._joinedSeq = frame.seq;
         if (frame.recovered === false || (this.lastSeq !== null && frame.seq < this.lastSeq)) {
           // The gap was too long to replay (or the server's stream is not the one we saw):
@@ -311,6 +411,7 @@ export class RoomClient extends EventTarget {
 
   _stop(code, reason) {
     this._closed = true;
+    this.lastClose = { code, reason };
     this._rejectPending(() => true, code, reason);
     this._setStatus("closed", { code, reason });
   }
@@ -329,10 +430,25 @@ export class RoomClient extends EventTarget {
       // Reject them, so that they are not sent again to the same end, and reconnect:
       // the connection itself was fine.
       this._rejectPending((entry) => entry.sent, code, reason);
-    } else if (!shouldReconnect(code)) {
+    } else if ((code === UNAUTHORIZED || code === TOKEN_EXPIRED) && this._getToken) {
+      // A fresh token may do: ask for one before the next attempt (a refused one counts
+      // as a failure; an expired one that had let the socket in does not).
+      if (code === TOKEN_EXPIRED) {
+        this._token = null;
+        this._retry(code, reason, wasOpen);
+      } else {
+        this._tokenFailed(code, reason);
+      }
+      return;
+    } else if (!shouldReconnect(code) || code === TOKEN_EXPIRED) {
+      // TOKEN_EXPIRED without getToken(): the same token would be refused.
       this._stop(code, reason);
       return;
     }
+    this._retry(code, reason, wasOpen);
+  }
+
+  _retry(code, reason, wasOpen) {
     for (const entry of this._pending.values()) entry.sent = false; // resend unless replayed
     const ceiling = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt++);
     const delayMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
