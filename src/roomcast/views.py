@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -281,7 +282,8 @@ async def _get_messages(request: HttpRequest, room_name: str) -> HttpResponse:
 @csrf_exempt
 @require_http_methods(["POST"])
 async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
-    """Close the room's sockets in every process (only one user's with ``user_id``)."""
+    """Close the room's sockets in every process (only one user's, with ``user_id`` or
+    ``user``, a username: 404 if there is no such user)."""
     if (denied := _authorized(request)) is not None:
         return denied
     try:
@@ -295,6 +297,13 @@ async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
             and abs(user_id) <= codec.SEQ_MAX
         ):
             raise InvalidFrameError("user_id must be an integer (a user's primary key).")
+        username = body.get("user")
+        if username is not None:
+            if user_id is not None:
+                raise InvalidFrameError('Give "user" (a username) or "user_id", not both.')
+            if not isinstance(username, str) or not 0 < len(username) <= 150:
+                raise InvalidFrameError('"user" must be a username (1 to 150 characters).')
+            codec.check_text(username, "user")
         if not isinstance(reason, str):
             raise InvalidFrameError("reason must be a string.")
         codec.check_text(reason, "reason")
@@ -305,5 +314,15 @@ async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
             )
     except ProtocolError as exc:
         return _response_for(exc)
+    if username is not None:
+        user_id = await database_sync_to_async(_user_id_of)(username)
+        if user_id is None:
+            return _error(404, "not_found", f"No user {username!r}.")
     await push.adisconnect(name, user_id=user_id, reason=reason)
     return JsonResponse({"room": name}, status=202)
+
+
+def _user_id_of(username: str) -> int | None:
+    User = get_user_model()
+    found = User._default_manager.filter(**{User.USERNAME_FIELD: username}).values("pk").first()
+    return int(found["pk"]) if found else None

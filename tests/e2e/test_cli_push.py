@@ -78,8 +78,10 @@ async def test_the_servers_refusals_are_shown_by_their_detail(serve) -> None:
     )
 
 
-async def test_disconnect_one_user(serve, clients) -> None:
-    """--user-id closes that user's sockets (4000) and leaves the other members."""
+@pytest.mark.parametrize("by", ["--user-id", "--user"])
+async def test_disconnect_one_user(serve, clients, by) -> None:
+    """--user-id or --user closes that user's sockets (4000) and leaves the other members;
+    a username the site does not know is one line saying so."""
     server = serve()
     made = await asyncio.to_thread(
         cli,
@@ -106,12 +108,18 @@ async def test_disconnect_one_user(serve, clients) -> None:
     other = await clients(server.ws_url(room))
     for member in (ann, other):
         await member.recv_type("joined")
+    who = user_id if by == "--user-id" else "ann"
+    nobody = await asyncio.to_thread(
+        cli, server, "disconnect", room, "--user", "nobody", "--server", server.http_url
+    )
+    assert nobody.returncode != 0 and "No user 'nobody'" in nobody.stderr, nobody.stderr
     kicked = await asyncio.to_thread(
-        cli, server, "disconnect", room, "--user-id", user_id, "--reason", "spam",
+        cli, server, "disconnect", room, by, who, "--reason", "spam",
         "--server", server.http_url,
     )  # fmt: skip
     assert kicked.returncode == 0, kicked.stderr
-    assert kicked.stdout == f"asked every server to close user {user_id}'s sockets in {room!r}\n"
+    whose = f"user {user_id}'s sockets" if by == "--user-id" else "ann's sockets"
+    assert kicked.stdout == f"asked every server to close {whose} in {room!r}\n"
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await ann.recv(timeout=10)
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "spam")

@@ -76,17 +76,21 @@ def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
         description=describe(
             "Close the WebSockets of ROOM in every server process, with close "
             "code 4000 (clients do not reconnect): every member's, or only those of the user "
-            "given by --user-id. Through the HTTP push API or Redis, like roomcast push."
+            "given by --user (a username) or --user-id. Through the HTTP push API or Redis, "
+            "like roomcast push."
         ),
-        epilog="example:\n  roomcast disconnect lobby --user-id 42 --reason 'banned for spam'",
+        epilog="examples:\n  roomcast disconnect lobby --user alice --reason 'banned for spam'"
+        "\n  roomcast disconnect lobby --user-id 42",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     disconnect.add_argument("room", metavar="ROOM", help="the room's name")
-    disconnect.add_argument(
+    whose = disconnect.add_mutually_exclusive_group()
+    whose.add_argument("--user", metavar="NAME", help="close only this user's sockets")
+    whose.add_argument(
         "--user-id",
         type=_user_id,
         metavar="ID",
-        help="close only this user's sockets (the id of Django's user model)",
+        help="close only this user's sockets, by the id of Django's user model",
     )
     disconnect.add_argument(
         "--reason",
@@ -217,6 +221,14 @@ def run_disconnect(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         from roomcast.exceptions import PushError
         from roomcast.push import disconnect
 
+        if args.user is not None:
+            from django.contrib.auth import get_user_model
+
+            User = get_user_model()
+            found = User._default_manager.filter(**{User.USERNAME_FIELD: args.user}).first()
+            if found is None:
+                raise CommandError(f"no user {args.user!r} in this site's database")
+            args.user_id = found.pk
         try:
             disconnect(room, user_id=args.user_id, reason=reason)
         except ProtocolError as exc:
@@ -225,9 +237,16 @@ def run_disconnect(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             raise CommandError(str(exc), EXIT_FAILED) from None
     else:
         body: dict[str, Any] = {"reason": reason}
-        if args.user_id is not None:
+        if args.user is not None:
+            body["user"] = args.user
+        elif args.user_id is not None:
             body["user_id"] = args.user_id
         call(args, room, "disconnect", body)
-    whose = f"user {args.user_id}'s sockets" if args.user_id is not None else "every socket"
+    if args.user is not None:
+        whose = f"{args.user}'s sockets"
+    elif args.user_id is not None:
+        whose = f"user {args.user_id}'s sockets"
+    else:
+        whose = "every socket"
     print(f"asked every server to close {whose} in {room!r}")
     return 0
