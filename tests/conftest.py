@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,16 @@ def _fresh_channel_layers() -> Iterator[None]:
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture
+async def app() -> Any:
+    """The WebSocket application as a project mounts it; the hub is closed afterwards."""
+    # Imported here: this module is loaded before pytest-django sets Django up.
+    from roomcast import hub
+    from roomcast.routing import websocket_application
+
+    yield websocket_application()
+    running = hub.running_hub()
+    if running is not None:
+        await running.close()

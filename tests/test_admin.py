@@ -120,7 +120,7 @@ def test_room_list_shows_visibility_and_members_and_filters(admin_client, board,
     members_page = admin_client.get("/admin/roomcast/roommember/?room__visibility__exact=private")
     assert members_page.status_code == 200
     assert len(members_page.context["cl"].result_list) == 2
-    assert changes == []
+    assert changes == [("news", None)]  # made read-only: its sockets are re-checked
 
 
 def test_room_page_lists_members_inline_and_keeps_the_name(admin_client, board, people):

@@ -28,15 +28,6 @@ UNICODE_ROOMS = ["技术交流", "café", "a room with spaces", "é" * 200, "lob
 
 
 @pytest.fixture
-async def app():
-    """The WebSocket application as a project mounts it; the hub is closed afterwards."""
-    yield websocket_application()
-    running = hub.running_hub()
-    if running is not None:
-        await running.close()
-
-
-@pytest.fixture
 async def room_of(app):
     """``await room_of(name, **kwargs)`` joins a RoomCommunicator; all disconnect at the end."""
     opened = []

@@ -25,22 +25,12 @@ from roomcast import auth, hub, rooms, services
 from roomcast.consumers import RoomConsumer
 from roomcast.models import Message, RoomMember
 from roomcast.protocol import CloseCode
-from roomcast.routing import websocket_application
 from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 API_KEY = "test-api-key-0123456789"  # tests/settings.py
 TOKEN_IN_URL = "tokens go in the Authorization header or the first frame (auth), not the URL"
-
-
-@pytest.fixture
-async def app():
-    """The WebSocket application as a project mounts it; the hub is closed afterwards."""
-    yield websocket_application()
-    running = hub.running_hub()
-    if running is not None:
-        await running.close()
 
 
 @pytest.fixture

@@ -205,3 +205,21 @@ async def browser() -> AsyncIterator[Browser]:
         chromium = await launch(playwright)
         yield chromium
         await chromium.close()
+
+
+@pytest.fixture
+def cluster(serve: Any, redis_server: Any, redis_prefix: str, postgres_database: str) -> Any:
+    """``cluster(n, layer)``: n ``roomcast serve`` processes on one PostgreSQL database
+    and one Redis prefix (tests using it carry the redis and postgres marks)."""
+
+    def start(n: int = 2, layer: str = "pubsub", **env: str) -> list[ServerProcess]:
+        shared = {
+            "ROOMCAST_DATABASE_URL": postgres_database,
+            "ROOMCAST_REDIS_URL": redis_server.url,
+            "ROOMCAST_REDIS_PREFIX": redis_prefix,
+            "ROOMCAST_LAYER": layer,
+            **env,
+        }
+        return [serve(**shared) for _ in range(n)]
+
+    return start

@@ -13,20 +13,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 
 @pytest.fixture
-def cluster(serve, redis_server, redis_prefix, postgres_database):
-    """``cluster(n)`` starts n processes on one PostgreSQL database and one Redis prefix."""
+def cluster(cluster):
+    """conftest's cluster, posting faster than a person types: these tests test delivery;
+    the post rate limits have tests of their own (test_limits_rate.py)."""
 
     def start(n: int = 2, layer: str = "pubsub"):
-        env = {
-            "ROOMCAST_DATABASE_URL": postgres_database,
-            "ROOMCAST_REDIS_URL": redis_server.url,
-            "ROOMCAST_REDIS_PREFIX": redis_prefix,
-            "ROOMCAST_LAYER": layer,
-            # These tests post faster than a person types, to test delivery; the post
-            # rate limits have tests of their own (test_limits_rate.py).
-            "ROOMCAST_POST_RATE_PER_SOCKET": "0",
-        }
-        return [serve(**env) for _ in range(n)]
+        return cluster(n, layer, ROOMCAST_POST_RATE_PER_SOCKET="0")
 
     return start
 

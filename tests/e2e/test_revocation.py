@@ -22,22 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 REVOCATION_SECS = 1.0
 
 
-@pytest.fixture
-def cluster(serve, redis_server, redis_prefix, postgres_database):
-    """``cluster(n, layer)``: n processes on one PostgreSQL database and one Redis prefix."""
-
-    def start(n: int = 2, layer: str = "pubsub"):
-        env = {
-            "ROOMCAST_DATABASE_URL": postgres_database,
-            "ROOMCAST_REDIS_URL": redis_server.url,
-            "ROOMCAST_REDIS_PREFIX": redis_prefix,
-            "ROOMCAST_LAYER": layer,
-        }
-        return [serve(**env) for _ in range(n)]
-
-    return start
-
-
 def shell(server, code: str) -> str:
     """Run ``code`` in ``roomcast manage shell`` with ``server``'s configuration (a third
     process); its last line of output."""
