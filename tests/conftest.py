@@ -182,3 +182,13 @@ async def app() -> Any:
     running = hub.running_hub()
     if running is not None:
         await running.close()
+
+
+@pytest.fixture(autouse=True)
+def _forget_room_visibility() -> Iterator[None]:
+    """Each test starts with no remembered room visibility (roomcast.access caches what
+    it read for a few seconds; tests make rooms private behind its back, with the ORM)."""
+    from roomcast import access  # this module is loaded before Django is set up
+
+    access.forget_visibility()
+    yield

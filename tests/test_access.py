@@ -160,3 +160,30 @@ def test_changes_that_take_rights_away_send_access_changed(people):
         assert rooms.room_info("club").members == [("alice", "member")]
     finally:
         access_changed.disconnect(receiver)
+
+
+def test_public_rooms_are_remembered_and_forgotten_when_they_change(people):
+    """A room read as public answers later joins without the database; a visibility
+    change forgets it at once, and a read under way during a change remembers nothing."""
+    guest, alice = access.anonymous(), who(people["alice"])
+    rooms.create_room("plaza")
+    assert access.known_rights(guest, "plaza") is None  # never read yet
+    assert access.check(guest, "plaza", "join")
+    assert access.known_rights(guest, "plaza") == {"join", "read", "post"}
+    assert access.known_rights(alice, "plaza") == {"join", "read", "post"}
+    rooms.set_visibility("plaza", "private")  # access_changed: forgotten here
+    assert access.known_rights(guest, "plaza") is None
+    assert not access.check(guest, "plaza", "join")
+    assert access.known_rights(guest, "plaza") is None  # private rooms are never remembered
+    # A read that began before a change does not remember what it read.
+    epoch = access._epoch
+    access.forget_visibility("elsewhere")
+    access._remember("plaza", "public", epoch)
+    assert access.known_rights(guest, "plaza") is None
+
+
+def test_a_project_policy_is_always_asked(people, settings):
+    rooms.create_room("plaza")
+    access.check(access.anonymous(), "plaza", "join")
+    settings.ROOMCAST = {"ACCESS_POLICY": "tests.test_access.deny_bob"}
+    assert access.known_rights(access.anonymous(), "plaza") is None

@@ -234,6 +234,8 @@ _rechecks: weakref.WeakKeyDictionary[Hub, _Rechecks] = weakref.WeakKeyDictionary
 
 def _on_recheck(hub: Hub, message: dict[str, Any]) -> None:
     room, user_id = message.get("room"), message.get("user_id")
+    if room is not None:  # its visibility may have changed: joins read it again
+        access.forget_visibility(str(room))
     queue = _rechecks.get(hub)
     if queue is None:
         queue = _rechecks[hub] = _Rechecks(hub)
@@ -349,6 +351,8 @@ def _on_access_changed(
     if room is None and user_id is None:
         logger.warning("access_changed sent without room or user_id; ignored")
         return
+    if room is not None:  # here at once; other processes when the re-check reaches them
+        access.forget_visibility(room)
     publish_recheck(room=room, user_id=user_id)
 
 

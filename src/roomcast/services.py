@@ -287,7 +287,10 @@ async def join_room(
         # the read together. When they can, the decision's hop comes first, and recent()
         # is asked after it: between recent() and the member's start, no await.
         cached = None
-        if the_hub.recent(room, since, replay_limit=replay_limit) is None:
+        known = access.known_rights(identity, room)  # a public room: no database at all
+        if known is not None:
+            rights = known
+        elif the_hub.recent(room, since, replay_limit=replay_limit) is None:
             rights, cached = await database_sync_to_async(decide_and_read)()
         else:
             rights = await arights(identity, room)
