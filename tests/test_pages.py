@@ -126,3 +126,31 @@ def test_no_hard_coded_paths(name: str) -> None:
         text = re.sub(r"/\*.*?\*/|^\s*//[^\n]*", "", text, flags=re.DOTALL | re.MULTILINE)
     found = _ABSOLUTE_PATH.findall(text)
     assert found == (["`/ws/chat/${encodeURIComponent(room)}/"] if name.endswith(".js") else [])
+
+
+def test_the_index_lists_a_private_room_only_to_those_inside_it():
+    """Private rooms' names stay out of the index for guests and non-members (the socket
+    and the HTTP API do not tell them either); members and staff see them."""
+    from django.contrib.auth.models import User
+
+    from roomcast import rooms
+
+    alice = User.objects.create_user("alice", password="pw-alice-1")
+    User.objects.create_user("bob", password="pw-bob-1")
+    User.objects.create_user("sam", password="pw-sam-1", is_staff=True)
+    rooms.create_room("plaza")
+    rooms.create_room("news", visibility="read_only")
+    rooms.create_room("secret board", visibility="private")
+    rooms.add_members("secret board", [alice])
+
+    def listed(username: str | None) -> set[str]:
+        client = Client()
+        if username:
+            assert client.login(username=username, password=f"pw-{username}-1")
+        html = client.get("/chat/").content.decode()
+        return {name for name in ("plaza", "news", "secret board") if f">{name}<" in html}
+
+    assert listed(None) == {"plaza", "news"}
+    assert listed("bob") == {"plaza", "news"}
+    assert listed("alice") == {"plaza", "news", "secret board"}
+    assert listed("sam") == {"plaza", "news", "secret board"}

@@ -33,6 +33,7 @@ or False. It runs in a worker thread and may use the ORM.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -223,6 +224,7 @@ def builtin_policy(identity: Identity, room: str, action: Action) -> bool:
     return identity.authenticated or bool(roomcast_settings.ALLOW_ANONYMOUS)
 
 
+@functools.lru_cache(maxsize=8)  # imported once per path (settings may change in tests)
 def _project_policy(path: str) -> Callable[[Identity, str, Action], bool]:
     function = import_string(path)
 

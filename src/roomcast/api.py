@@ -38,6 +38,7 @@ from . import auth, rooms
 from .conf import roomcast_settings
 from .models import Room, RoomMember
 from .protocol import InvalidFrameError, ProtocolError, codec
+from .views import USERNAME_MAX_CHARS as _USERNAME_MAX_CHARS
 from .views import _authorized, _error, _json_body, _response_for, _room_name
 
 __all__ = [
@@ -61,7 +62,7 @@ TOKEN_TTL_MAX_SECS = 30 * 24 * 60 * 60
 
 #: Longest username accepted in a request, in characters: Django's default user model
 #: allows 150, custom ones that log in by e-mail address 254.
-USERNAME_MAX_CHARS = 254
+USERNAME_MAX_CHARS = _USERNAME_MAX_CHARS  # the same bound as the push API's disconnect
 
 #: Most users one members request names: each is a query in one transaction (the body
 #: limit, MAX_FRAME_BYTES, already keeps a request to about this many short names).

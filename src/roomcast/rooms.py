@@ -37,6 +37,7 @@ __all__ = [
     "add_members",
     "create_room",
     "get_room",
+    "get_user",
     "remove_members",
     "room_info",
     "set_visibility",
@@ -92,6 +93,15 @@ def _user(user: Any) -> Any:
     if found is None:
         raise UserNotFoundError(f"No user {user!r}.")
     return found
+
+
+def get_user(user: Any) -> Any:
+    """The user given as a user object, a username or a primary key.
+
+    Raises:
+        UserNotFoundError: there is none.
+    """
+    return _user(user)
 
 
 def get_room(room: str) -> Room:

@@ -26,8 +26,8 @@ from typing import Any
 from urllib.parse import quote
 
 from channels.db import database_sync_to_async
-from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.templatetags.static import static
@@ -36,6 +36,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from . import access, auth, push, services
+from . import rooms as rooms_api
 from .conf import roomcast_settings
 from .models import Room
 from .protocol import (
@@ -66,10 +67,28 @@ def _index_page(rooms: list[str], error: str | None = None) -> dict[str, Any]:
     return {"rooms": rooms, "error": error, "page": {"roomUrl": [before, after]}}
 
 
+#: Longest username the APIs take: an email address (user models that log in by email).
+USERNAME_MAX_CHARS = 254
+
+#: Rooms the index page lists, busiest first.
+INDEX_ROOMS = 20
+
+
 def index(request: HttpRequest) -> HttpResponse:
-    """Pick a room: a name box and the busiest rooms."""
-    rooms = Room.objects.order_by("-last_seq").values_list("name", flat=True)[:20]
-    return render(request, "roomcast/index.html", _index_page(list(rooms)))
+    """Pick a room: a name box and the busiest rooms the visitor may join (a private
+    room's name is not shown to those outside it)."""
+    user = getattr(request, "user", None)
+    rooms = Room.objects.order_by("-last_seq")
+    if not (user is not None and user.is_authenticated and (user.is_staff or user.is_superuser)):
+        visible = Q(visibility__in=(Room.Visibility.PUBLIC, Room.Visibility.READ_ONLY))
+        if user is not None and user.is_authenticated:
+            visible |= Q(memberships__user=user)
+        rooms = rooms.filter(visible).distinct()
+    names = list(rooms.values_list("name", flat=True)[:INDEX_ROOMS])
+    if roomcast_settings.ACCESS_POLICY:  # the project's rules decide, room by room
+        identity = access.identity_for(user)
+        names = [name for name in names if access.check(identity, name, "join")]
+    return render(request, "roomcast/index.html", _index_page(names))
 
 
 def room(request: HttpRequest, room_name: str) -> HttpResponse:
@@ -301,8 +320,10 @@ async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
         if username is not None:
             if user_id is not None:
                 raise InvalidFrameError('Give "user" (a username) or "user_id", not both.')
-            if not isinstance(username, str) or not 0 < len(username) <= 150:
-                raise InvalidFrameError('"user" must be a username (1 to 150 characters).')
+            if not isinstance(username, str) or not 0 < len(username) <= USERNAME_MAX_CHARS:
+                raise InvalidFrameError(
+                    f'"user" must be a username (1 to {USERNAME_MAX_CHARS} characters).'
+                )
             codec.check_text(username, "user")
         if not isinstance(reason, str):
             raise InvalidFrameError("reason must be a string.")
@@ -323,6 +344,7 @@ async def api_disconnect(request: HttpRequest, room_name: str) -> HttpResponse:
 
 
 def _user_id_of(username: str) -> int | None:
-    User = get_user_model()
-    found = User._default_manager.filter(**{User.USERNAME_FIELD: username}).values("pk").first()
-    return int(found["pk"]) if found else None
+    try:
+        return int(rooms_api.get_user(username).pk)
+    except rooms_api.UserNotFoundError:
+        return None
