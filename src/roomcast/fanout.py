@@ -56,6 +56,21 @@ def room_group(room: str) -> str:
     return GROUP_PREFIX + "." + hashlib.blake2b(room.encode("utf-8"), digest_size=16).hexdigest()
 
 
+#: Prefix of a user's own stream, stored and delivered like a room's: ``user/<user id>``.
+#: Room names may not contain "/", so no client can name (or subscribe to) one.
+USER_STREAM_PREFIX = "user/"
+
+
+def user_room(user_id: int) -> str:
+    """The stream (a room row, a group) of user ``user_id``'s own channel."""
+    return f"{USER_STREAM_PREFIX}{int(user_id)}"
+
+
+def is_user_room(room: str) -> bool:
+    """Whether ``room`` names a user's own stream rather than a chat room."""
+    return room.startswith(USER_STREAM_PREFIX)
+
+
 def get_layer() -> Any:
     """The channel layer roomcast publishes on (``ROOMCAST['CHANNEL_LAYER']``)."""
     alias = roomcast_settings.CHANNEL_LAYER
