@@ -40,6 +40,7 @@ __all__ = [
     "InvalidJSONError",
     "InvalidRoomNameError",
     "InvalidSinceError",
+    "MessageNotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
     "PushError",
@@ -85,3 +86,10 @@ class StoreBusyError(RefusedError):
     been locked by another transaction too long (``STORE_LOCKED_GIVE_UP_SECS``)."""
 
     code = "busy"
+
+
+class MessageNotFoundError(RefusedError):
+    """No message with that seq in that room to edit or delete (none, an event, or a
+    message deleted already)."""
+
+    code = "not_found"
