@@ -29,6 +29,9 @@ _POSITIVE_INTS = (
     "OUTBOUND_BUFFER_BYTES",
     "POST_BURST_PER_SOCKET",
     "POST_BURST_PER_USER",
+    "MAX_SUBSCRIPTIONS",
+    "PRESENCE_LIVE_MAX",
+    "PRESENCE_LIST_MAX",
 )
 #: Whole numbers where 0 turns the limit off.
 _LIMIT_INTS = (
@@ -141,10 +144,22 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("CLOSE_TIMEOUT_SECS", "roomcast.E014"),
         ("TOKEN_TTL_SECS", "roomcast.E016"),
         ("RATE_LIMIT_WINDOW_SECS", "roomcast.E018"),
+        ("TYPING_INTERVAL_SECS", "roomcast.E020"),
+        ("PRESENCE_TTL_SECS", "roomcast.E020"),
+        ("PRESENCE_BATCH_SECS", "roomcast.E020"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
+    value = roomcast_settings.EDIT_WINDOW_SECS
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e12:
+        errors.append(
+            Error(
+                f"ROOMCAST['EDIT_WINDOW_SECS'] must be a number of seconds, 0 or more "
+                f"(0: authors never edit), not {value!r}.",
+                id="roomcast.E021",
+            )
+        )
     errors.extend(_check_access_policy(roomcast_settings.ACCESS_POLICY))
     alias = roomcast_settings.CHANNEL_LAYER
     if alias not in getattr(settings, "CHANNEL_LAYERS", {}):

@@ -102,6 +102,24 @@ DEFAULTS: dict[str, Any] = {
     # client addresses, set MAX_SOCKETS_PER_ADDRESS to 0.
     "MAX_SOCKETS_PER_USER": 100,
     "MAX_SOCKETS_PER_ADDRESS": 500,
+    # Rooms one /ws/ connection may be subscribed to at once; one more subscribe gets a
+    # too_many_subscriptions error.
+    "MAX_SUBSCRIPTIONS": 100,
+    # Seconds between two typing frames forwarded for one user in one room (per process);
+    # the ones in between are dropped, whatever the client sends.
+    "TYPING_INTERVAL_SECS": 2.0,
+    # Seconds after posting during which the author may edit or delete a message (0:
+    # never; moderators, staff and room admins, always may).
+    "EDIT_WINDOW_SECS": 900.0,
+    # Presence (roomcast.presence). A process that stops refreshing its entries (it
+    # died) drops out of everyone's presence after this many seconds, with leave frames.
+    "PRESENCE_TTL_SECS": 30.0,
+    # Join/leave changes of a room are gathered for this long and sent together.
+    "PRESENCE_BATCH_SECS": 0.2,
+    # Rooms with more users than this get presence_count frames instead of join/leave.
+    "PRESENCE_LIVE_MAX": 200,
+    # Users listed in a presence frame at most (the rest are counted).
+    "PRESENCE_LIST_MAX": 1000,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
