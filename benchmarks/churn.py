@@ -73,6 +73,8 @@ class ChurnResult(PhaseResult):
     churn_skipped: int = 0  # not started: no free user or too many churners at once
     churn_failed: int = 0
     churn_first_error: str = ""
+    churn_joined: int = 0  # joins that got their joined frame (the whole churn)
+    churn_left: int = 0  # of those, the ones that left (closed) cleanly
     joins_in_window: int = 0  # joined frames received within the window
     leaves_in_window: int = 0  # sockets closed within the window
     joins_per_sec: float = 0.0
@@ -106,6 +108,8 @@ def _churn_figures(result: ChurnResult, stats: ChurnStats, start: float, end: fl
     failed = [j for j in joins if j.error]
     result.churn_failed = len(failed)
     result.churn_first_error = failed[0].error if failed else ""
+    result.churn_joined = sum(1 for j in joins if not math.isnan(j.joined))
+    result.churn_left = sum(1 for j in joins if not math.isnan(j.left))
     result.joins_in_window = sum(1 for j in joins if start <= j.joined <= end)
     result.leaves_in_window = sum(1 for j in joins if start <= j.left <= end)
     window = max(end - start, 1e-9)
@@ -293,14 +297,16 @@ def churn_report(results: list[ChurnResult], args: argparse.Namespace) -> str:
     if churned:
         out += ["", f"## Churn: asked {args.joins:g} joins/s, each staying {args.stay:g} s", ""]
         out += [
-            "| round | joins started | skipped | failed | joins/s in window | leaves/s in window "
+            "| round | joins started | joined | left | skipped | failed | joins/s in window "
+            "| leaves/s in window "
             "| join p50 ms | join p99 ms | join max ms | churn process cores "
             "| frames to churners |",
-            "|" + " --- |" * 11,
+            "|" + " --- |" * 13,
         ]
         for r in churned:
             out.append(
-                f"| {r.round} | {r.churn_scheduled:,} | {r.churn_skipped} | {r.churn_failed} "
+                f"| {r.round} | {r.churn_scheduled:,} | {r.churn_joined:,} | {r.churn_left:,} "
+                f"| {r.churn_skipped} | {r.churn_failed} "
                 f"| {r.joins_per_sec:.1f} | {r.leaves_per_sec:.1f} | {_ms(r.join_ms, 'p50')} "
                 f"| {_ms(r.join_ms, 'p99')} | {_ms(r.join_ms, 'max')} "
                 f"| {r.cpu.get('churners', 0):.2f} | {r.churn_frames:,} |"
