@@ -65,6 +65,7 @@ class ChurnResult(PhaseResult):
     """A burst of one target, with what the presence frames and the churn did."""
 
     member_auth: str = "guests"
+    server_us: float = 0.0  # server CPU µs per delivery (in the JSON; PhaseResult's property)
     window_secs: float = 0.0  # first send -> last receipt: the window of the rates below
     presence_frames: int = 0  # received by the members within the window
     presence_by_kind: dict[str, int] = field(default_factory=dict)
@@ -174,6 +175,7 @@ async def _burst(
         if cid.startswith(f"{tag}-")
     }
     analyse(result, records, acks, texts, sent)
+    result.server_us = result.server_us_per_delivery
     received = [t for rec in records for t in rec.received]
     end = max(received, default=start)
     result.window_secs = end - start

@@ -260,7 +260,9 @@ def _targets_f(data: dict[str, Any]) -> list[Row]:
         ratio = churn["deliveries_per_sec"] / chat["deliveries_per_sec"]
         bad = churn["lost"] + churn["duplicates"] + churn["out_of_order"]
         measured = (
-            f"{churn['deliveries_per_sec']:,.0f} vs {chat['deliveries_per_sec']:,.0f}/s; "
+            f"{churn['deliveries_per_sec']:,.0f} vs {chat['deliveries_per_sec']:,.0f}/s "
+            f"(server CPU {churn['server_us']:.1f} vs {chat['server_us']:.1f} µs per "
+            "delivery); "
             f"{churn['presence_per_member_sec']:.2f} presence frames per member per s; "
             f"{churn['joins_per_sec']:.1f} joins/s, {churn['leaves_per_sec']:.1f} leaves/s; "
             f"lost {churn['lost']}, dup {churn['duplicates']}, "
@@ -287,7 +289,8 @@ def _targets_f(data: dict[str, Any]) -> list[Row]:
             (
                 "(f) the same on /ws/ without churn / (a)",
                 "none; 0 lost",
-                f"{mux['deliveries_per_sec']:,.0f}/s, lost {mux['lost']}",
+                f"{mux['deliveries_per_sec']:,.0f}/s ({mux['server_us']:.1f} µs per delivery), "
+                f"lost {mux['lost']}",
                 f"{ratio:.2f}x",
                 _verdict(mux["lost"] == 0),
             )
