@@ -10,12 +10,18 @@ above. It also writes down every event it gets (``events``: ``[room, type, detai
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from playwright.async_api import Browser, Page
+import pytest
+from playwright.async_api import Browser, Page, expect
 
-from tests.e2e.test_browser import WAIT_MS, new_page
+from tests.conftest import ARTIFACTS
+from tests.e2e.test_browser import WAIT_MS, cli_push, new_page
+from tests.e2e.test_browser_auth import make_user, token_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 MUX_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>roomcast: many rooms</title>
@@ -171,3 +177,203 @@ async def events_of(page: Page, room: str, kind: str) -> list[dict[str, Any]]:
 def js(value: Any) -> str:
     """``value`` as a JavaScript literal."""
     return json.dumps(value)
+
+
+# -- against real ``roomcast serve`` processes -------------------------------------------------
+
+ROOMS = ["lobby", "技术 café", "ops"]
+
+
+async def user_page(browser: Browser, server: Any, name: str, errors: list[str]) -> Page:
+    """The test page on ``server``'s origin, connected as user ``name`` (a token) to ROOMS,
+    once every room is subscribed."""
+    token = await asyncio.to_thread(token_for, server, name)
+    page = await mux_page(browser, server.http_url, errors)
+    await start(page, ROOMS, token=token)
+    await wait_js(page, "conn.subscriptions.every((s) => s.state === 'subscribed')")
+    return page
+
+
+async def make_users(server: Any, *names: str) -> None:
+    for name in names:
+        await asyncio.to_thread(make_user, server, name)
+
+
+def section(page: Page, room: str) -> Any:
+    return page.locator(f'section[data-room="{room}"]')
+
+
+async def test_mux_two_users_three_rooms(browser: Browser, serve: Any) -> None:
+    """Two users, one socket each, three rooms: every message in its own room's log (once,
+    tagged with the room), send() resolving with its seq; presence lists both users in
+    each room; typing reaches the other user in that room alone; an edit and a delete
+    change both pages."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    alice = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+
+    for n, room in enumerate(ROOMS):
+        assert await alice.evaluate(f"subs[{js(room)}].send('a' + {n})") == 1
+        assert await bob.evaluate(f"subs[{js(room)}].send('b' + {n})") == 2
+    for page in (alice, bob):
+        for room in ROOMS:
+            await wait_rows(page, room, 2)
+        assert await logs(page) == {
+            room: [[1, room, f"a{n}", ""], [2, room, f"b{n}", ""]] for n, room in enumerate(ROOMS)
+        }
+        for room in ROOMS:
+            await expect(section(page, room).locator(".presence")).to_have_text(
+                "here: alice, bob (0 guests)", timeout=WAIT_MS
+            )
+
+    assert await bob.evaluate("subs.lobby.typing()") is True
+    await expect(section(alice, "lobby").locator(".typing")).to_have_text(
+        "bob is typing…", timeout=WAIT_MS
+    )
+    edit_seq = await alice.evaluate("subs.lobby.edit(1, 'a0, edited')")
+    delete_seq = await alice.evaluate(f"subs[{js(ROOMS[1])}].delete(1)")
+    assert (edit_seq, delete_seq) == (3, 3)
+    for page in (alice, bob):
+        row = section(page, "lobby").locator('li[data-seq="1"]')
+        await expect(row).to_have_text("a0, edited", timeout=WAIT_MS)
+        await expect(row).to_have_class("edited")
+        gone = section(page, ROOMS[1]).locator('li[data-seq="1"]')
+        await expect(gone).to_have_class("deleted", timeout=WAIT_MS)
+        await expect(gone).to_have_text("")
+    # Typing went to the other user of that room only: no other room, not the sender.
+    typing = [(r, d["user"]) for r, t, d in await alice.evaluate("events") if t == "typing"]
+    assert typing == [("lobby", "bob")]
+    assert [t for r, t, d in await bob.evaluate("events") if t == "typing"] == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    await alice.screenshot(path=ARTIFACTS / "mux-page.png", full_page=True)
+    assert errors == []
+
+
+async def test_mux_restart_recovers_every_room(browser: Browser, serve: Any) -> None:
+    """A server restart: the socket comes back, every room is subscribed again with its
+    since and gets what was stored meanwhile, once and in order; a message typed while
+    the server was down is sent after the replay."""
+    server = serve()
+    await make_users(server, "alice")
+    errors: list[str] = []
+    page = await user_page(browser, server, "alice", errors)
+    sockets: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def on_socket(ws: Any) -> None:
+        frames: list[dict[str, Any]] = []
+        sockets.append((ws.url, frames))
+        ws.on("framesent", lambda payload: frames.append(json.loads(payload)))
+
+    page.on("websocket", on_socket)
+    for room in ROOMS:
+        assert await page.evaluate(f"subs[{js(room)}].send('before')") == 1
+
+    await asyncio.to_thread(server.stop)
+    await wait_js(page, "conn.status === 'reconnecting'")
+    for room in ROOMS:  # stored while the server is down: only a replay can bring them
+        for n in (2, 3):
+            assert await cli_push(server, room, f"down {n}", http=False) == n
+    queued = asyncio.ensure_future(page.evaluate("subs.ops.send('typed while down')"))
+    await wait_js(page, "subs.ops.waiting === 1")
+    await asyncio.to_thread(server.start)  # same port, same data dir
+
+    assert await queued == 4
+    await wait_js(page, "conn.subscriptions.every((s) => s.state === 'subscribed')")
+    await wait_rows(page, "ops", 4)
+    expected = {
+        room: [
+            [1, room, "before", ""],
+            [2, room, "down 2", ""],
+            [3, room, "down 3", ""],
+            *([[4, room, "typed while down", ""]] if room == "ops" else []),
+        ]
+        for room in ROOMS
+    }
+    assert await logs(page) == expected
+    subscribes = [f for url, frames in sockets for f in frames if f.get("type") == "subscribe"]
+    assert sorted((f["room"], f["since"]) for f in subscribes) == sorted((r, 1) for r in ROOMS)
+    joined = await events_of(page, "lobby", "joined")
+    assert [j.get("recovered") for j in joined] == [None, True]
+    assert all("WebSocket" in e for e in errors), errors
+
+
+async def test_mux_a_room_made_private_ends_alone(browser: Browser, serve: Any) -> None:
+    """A room made private while bob (no member) is in it: bob's subscription ends with
+    4403, his sends there are refused at once, and his other rooms go on both ways;
+    alice, a member, keeps the room."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    alice = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    for args in (("members", "ops", "add", "alice"), ("set", "ops", "--private")):
+        result = await asyncio.to_thread(server.cli, "room", *args, "--server", server.http_url)
+        assert result.returncode == 0, result.stderr
+
+    await wait_js(bob, "subs.ops.state === 'unsubscribed'")
+    ended = await events_of(bob, "ops", "unsubscribed")
+    assert ended == [{"room": "ops", "code": 4403, "reason": "not allowed in this room any more"}]
+    refused = await bob.evaluate("subs.ops.send('x').then(() => 'sent', (e) => [e.name, e.code])")
+    assert refused == ["ClosedError", 4403]
+    assert await bob.evaluate("conn.status") == "open"
+
+    assert await alice.evaluate("subs.ops.send('members only')") == 1
+    assert await alice.evaluate("subs.lobby.send('hi bob')") == 1
+    assert await bob.evaluate(f"subs[{js(ROOMS[1])}].send('hi alice')") == 1
+    assert (await wait_rows(bob, "lobby", 1)) == [[1, "lobby", "hi bob", ""]]
+    assert (await wait_rows(alice, ROOMS[1], 1))[0][2] == "hi alice"
+    assert (await wait_rows(alice, "ops", 1))[0][2] == "members only"
+    assert (await logs(bob))["ops"] == []
+    await expect(section(alice, "ops").locator(".presence")).to_have_text(
+        "here: alice (0 guests)", timeout=WAIT_MS
+    )
+    assert errors == []
+
+
+async def test_mux_read_on_one_tab_updates_the_other(browser: Browser, serve: Any) -> None:
+    """Two tabs of alice: bob's messages count as unread on both (her own do not); she
+    reads on one tab and the other's count drops too."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    tab1 = await user_page(browser, server, "alice", errors)
+    tab2 = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    for n in range(3):
+        await bob.evaluate(f"subs.lobby.send('unread {n}')")
+    await tab1.evaluate("subs.lobby.send('mine')")
+    for tab in (tab1, tab2):
+        await wait_rows(tab, "lobby", 4)
+        await expect(section(tab, "lobby").locator(".unread")).to_have_text("3", timeout=WAIT_MS)
+        await expect(section(tab, "ops").locator(".unread")).to_have_text("0")
+
+    assert await tab1.evaluate("subs.lobby.read()") is True
+    for tab in (tab1, tab2):
+        await expect(section(tab, "lobby").locator(".unread")).to_have_text("0", timeout=WAIT_MS)
+        assert await tab.evaluate("subs.lobby.readSeq") == 4
+    # A tab opened now starts from the stored cursor.
+    tab3 = await user_page(browser, server, "alice", errors)
+    await expect(section(tab3, "lobby").locator(".unread")).to_have_text("0", timeout=WAIT_MS)
+    assert errors == []
+
+
+async def test_mux_user_message(browser: Browser, serve: Any) -> None:
+    """``roomcast push --user``: every socket of that user shows it, nobody else's."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    tab1 = await user_page(browser, server, "alice", errors)
+    tab2 = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    result = await asyncio.to_thread(
+        server.cli, "push", "--user", "alice", "your export is ready", "--server", server.http_url
+    )
+    assert result.returncode == 0, result.stderr
+    for tab in (tab1, tab2):
+        await expect(tab.locator("#notes li")).to_have_text(
+            ["your export is ready"], timeout=WAIT_MS
+        )
+    assert await bob.locator("#notes li").count() == 0
+    assert errors == []

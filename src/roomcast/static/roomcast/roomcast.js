@@ -19,6 +19,10 @@
 // ClosedError). After a close code that says not to reconnect the client stops
 // (status "closed") until reconnect() is called; after 1009 it rejects the messages the
 // server had not answered and reconnects (docs/protocol.md, "The browser client").
+//
+// The parts RoomClient is made of, SocketLink (the socket, its token, backoff and status)
+// and RoomStream (one room's stream), make connection.js's Connection too: many rooms on
+// one /ws/ socket.
 
 export const PROTOCOL = "roomcast.v1";
 
