@@ -127,7 +127,7 @@ export class Connection extends SocketLink {
     switch (frame.type) {
       case "connected":
         this.user = frame.user ?? null;
-        if (frame.user_seq === undefined) {
+        if (frame.user_seq == null) {
           this.userSeq = null; // a guest: no user channel
         } else if (
           frame.recovered === false ||
