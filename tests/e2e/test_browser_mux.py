@@ -183,6 +183,15 @@ def js(value: Any) -> str:
 
 ROOMS = ["lobby", "技术 café", "ops"]
 
+# Parts of issue 8 built by other helpers, on main once merged (the integrator removes the
+# marks then): strict, so that a pass is noticed.
+NEEDS_DURABLE = pytest.mark.xfail(
+    strict=True, reason="needs edits, cursors and push --user (helper durable) on main"
+)
+NEEDS_PRESENCE = pytest.mark.xfail(
+    strict=True, reason="needs presence wired to the hub (helper presence) on main"
+)
+
 
 async def user_page(browser: Browser, server: Any, name: str, errors: list[str]) -> Page:
     """The test page on ``server``'s origin, connected as user ``name`` (a token) to ROOMS,
@@ -205,9 +214,8 @@ def section(page: Page, room: str) -> Any:
 
 async def test_mux_two_users_three_rooms(browser: Browser, serve: Any) -> None:
     """Two users, one socket each, three rooms: every message in its own room's log (once,
-    tagged with the room), send() resolving with its seq; presence lists both users in
-    each room; typing reaches the other user in that room alone; an edit and a delete
-    change both pages."""
+    tagged with the room), send() resolving with its seq; typing reaches the other user
+    in that room alone."""
     server = serve()
     await make_users(server, "alice", "bob")
     errors: list[str] = []
@@ -223,31 +231,83 @@ async def test_mux_two_users_three_rooms(browser: Browser, serve: Any) -> None:
         assert await logs(page) == {
             room: [[1, room, f"a{n}", ""], [2, room, f"b{n}", ""]] for n, room in enumerate(ROOMS)
         }
-        for room in ROOMS:
-            await expect(section(page, room).locator(".presence")).to_have_text(
-                "here: alice, bob (0 guests)", timeout=WAIT_MS
-            )
 
     assert await bob.evaluate("subs.lobby.typing()") is True
+    assert await bob.evaluate("subs.lobby.typing()") is False  # within TYPING_INTERVAL_MS
     await expect(section(alice, "lobby").locator(".typing")).to_have_text(
         "bob is typing…", timeout=WAIT_MS
     )
-    edit_seq = await alice.evaluate("subs.lobby.edit(1, 'a0, edited')")
-    delete_seq = await alice.evaluate(f"subs[{js(ROOMS[1])}].delete(1)")
-    assert (edit_seq, delete_seq) == (3, 3)
-    for page in (alice, bob):
-        row = section(page, "lobby").locator('li[data-seq="1"]')
-        await expect(row).to_have_text("a0, edited", timeout=WAIT_MS)
-        await expect(row).to_have_class("edited")
-        gone = section(page, ROOMS[1]).locator('li[data-seq="1"]')
-        await expect(gone).to_have_class("deleted", timeout=WAIT_MS)
-        await expect(gone).to_have_text("")
     # Typing went to the other user of that room only: no other room, not the sender.
     typing = [(r, d["user"]) for r, t, d in await alice.evaluate("events") if t == "typing"]
     assert typing == [("lobby", "bob")]
     assert [t for r, t, d in await bob.evaluate("events") if t == "typing"] == []
     ARTIFACTS.mkdir(exist_ok=True)
     await alice.screenshot(path=ARTIFACTS / "mux-page.png", full_page=True)
+    assert errors == []
+
+
+@NEEDS_PRESENCE
+async def test_mux_presence_across_two_users(browser: Browser, serve: Any) -> None:
+    """Each room's presence line lists both users on both pages; bob unsubscribing from
+    one room leaves the others' lists as they were."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    alice = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    for page in (alice, bob):
+        for room in ROOMS:
+            await expect(section(page, room).locator(".presence")).to_have_text(
+                "here: alice, bob (0 guests)", timeout=WAIT_MS
+            )
+    await bob.evaluate("subs.ops.unsubscribe()")
+    await expect(section(alice, "ops").locator(".presence")).to_have_text(
+        "here: alice (0 guests)", timeout=WAIT_MS
+    )
+    await expect(section(alice, "lobby").locator(".presence")).to_have_text(
+        "here: alice, bob (0 guests)"
+    )
+    assert await alice.evaluate("subs.ops.presence") == {
+        "users": [{"user": "alice", "connections": 1}],
+        "count": 1,
+        "anonymous": 0,
+        "truncated": False,
+    }
+    assert errors == []
+
+
+@NEEDS_DURABLE
+async def test_mux_edit_and_delete_update_both_pages(browser: Browser, serve: Any) -> None:
+    """alice edits her message in one room and deletes hers in another: each promise gives
+    the event's own seq, and both pages show the new text and the tombstone."""
+    server = serve()
+    await make_users(server, "alice", "bob")
+    errors: list[str] = []
+    alice = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    for room in ROOMS[:2]:
+        assert await alice.evaluate(f"subs[{js(room)}].send('first')") == 1
+        await wait_rows(bob, room, 1)
+    edit_seq = await alice.evaluate("subs.lobby.edit(1, 'first, edited')")
+    delete_seq = await alice.evaluate(f"subs[{js(ROOMS[1])}].delete(1)")
+    assert (edit_seq, delete_seq) == (2, 2)
+    for page in (alice, bob):
+        row = section(page, "lobby").locator('li[data-seq="1"]')
+        await expect(row).to_have_text("first, edited", timeout=WAIT_MS)
+        await expect(row).to_have_class("edited")
+        gone = section(page, ROOMS[1]).locator('li[data-seq="1"]')
+        await expect(gone).to_have_class("deleted", timeout=WAIT_MS)
+        await expect(gone).to_have_text("")
+    refused = await bob.evaluate(
+        "subs.lobby.edit(1, 'not mine').then(() => 'edited', (e) => [e.name, e.code])"
+    )
+    assert refused == ["RefusedError", "forbidden"]
+    # A page opened now sees the final states in the catch-up.
+    late = await user_page(browser, server, "bob", errors)
+    await wait_rows(late, ROOMS[1], 1)
+    rows = await logs(late)
+    assert rows["lobby"][0] == [1, "lobby", "first, edited", "edited"]
+    assert rows[ROOMS[1]][0] == [1, ROOMS[1], "", "deleted"]
     assert errors == []
 
 
@@ -306,11 +366,16 @@ async def test_mux_a_room_made_private_ends_alone(browser: Browser, serve: Any) 
     server = serve()
     await make_users(server, "alice", "bob")
     errors: list[str] = []
-    alice = await user_page(browser, server, "alice", errors)
-    bob = await user_page(browser, server, "bob", errors)
-    for args in (("members", "ops", "add", "alice"), ("set", "ops", "--private")):
+
+    async def room(*args: str) -> None:
         result = await asyncio.to_thread(server.cli, "room", *args, "--server", server.http_url)
         assert result.returncode == 0, result.stderr
+
+    await room("create", "ops")
+    await room("members", "ops", "add", "alice")
+    alice = await user_page(browser, server, "alice", errors)
+    bob = await user_page(browser, server, "bob", errors)
+    await room("set", "ops", "--private")
 
     await wait_js(bob, "subs.ops.state === 'unsubscribed'")
     ended = await events_of(bob, "ops", "unsubscribed")
@@ -326,12 +391,10 @@ async def test_mux_a_room_made_private_ends_alone(browser: Browser, serve: Any) 
     assert (await wait_rows(alice, ROOMS[1], 1))[0][2] == "hi alice"
     assert (await wait_rows(alice, "ops", 1))[0][2] == "members only"
     assert (await logs(bob))["ops"] == []
-    await expect(section(alice, "ops").locator(".presence")).to_have_text(
-        "here: alice (0 guests)", timeout=WAIT_MS
-    )
     assert errors == []
 
 
+@NEEDS_DURABLE
 async def test_mux_read_on_one_tab_updates_the_other(browser: Browser, serve: Any) -> None:
     """Two tabs of alice: bob's messages count as unread on both (her own do not); she
     reads on one tab and the other's count drops too."""
@@ -359,6 +422,7 @@ async def test_mux_read_on_one_tab_updates_the_other(browser: Browser, serve: An
     assert errors == []
 
 
+@NEEDS_DURABLE
 async def test_mux_user_message(browser: Browser, serve: Any) -> None:
     """``roomcast push --user``: every socket of that user shows it, nobody else's."""
     server = serve()
