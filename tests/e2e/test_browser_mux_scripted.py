@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright, expect
 
 from tests.e2e.conftest import launch
+from tests.e2e.test_browser import WAIT_MS
 from tests.e2e.test_browser_auth import CLIENT_JS
 from tests.e2e.test_browser_mux import events_of, logs, mux_page, start, wait_js, wait_rows
 
@@ -59,6 +60,7 @@ class ScriptedMux:
         self.refuse: dict[str, list[int]] = {}
         self.unread_at_join = 0
         self.max_rooms = 100
+        self.replay_limit = 500  # further behind: recovered false, the latest 50
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def install(self, page: Page) -> None:
@@ -107,12 +109,15 @@ class ScriptedMux:
             socket.rooms.add(room)
             stream = self.streams.setdefault(room, [])
             since = frame.get("since")
+            recovered = since is None or len(stream) - since <= self.replay_limit
+            if not recovered:
+                since = max(0, len(stream) - 50)
             socket.send(
                 {
                     "type": "joined",
                     "room": room,
                     "seq": len(stream),
-                    "recovered": True,
+                    "recovered": recovered,
                     "read_seq": 0,
                     "unread": self.unread_at_join,
                 }
@@ -350,4 +355,75 @@ async def test_scripted_unsubscribe_and_too_many(chromium: Browser) -> None:
     await wait_js(page, "subs.c.state === 'unsubscribed'")
     assert (await events_of(page, "c", "unsubscribed"))[0]["code"] == 4429
     assert await page.evaluate("conn.subscriptions.map((s) => s.room)") == ["a", "b"]
+    assert errors == []
+
+
+async def test_scripted_presence_is_kept_from_the_frames(chromium: Browser) -> None:
+    """presence replaces the list; join adds a user (first connection), leave removes
+    one, presence_count sets the counts; each change is a presence event with it all."""
+    errors: list[str] = []
+    page, server = await scripted(chromium, errors)
+    await start(page, ["a", "b"], url=SOCKET_URL, **FAST)
+    await wait_js(page, "subs.b.state === 'subscribed'")
+    frames = [
+        {
+            "type": "presence",
+            "room": "a",
+            "count": 2,
+            "anonymous": 1,
+            "truncated": False,
+            "users": [{"user": "alice", "connections": 1}, {"user": "carol", "connections": 2}],
+        },
+        {"type": "leave", "room": "a", "user": "carol"},
+        {"type": "join", "room": "a", "user": "bob"},
+        {"type": "join", "room": "a", "user": "bob"},  # not twice
+        {"type": "presence_count", "room": "a", "count": 2, "anonymous": 3},
+    ]
+    for frame in frames:
+        server.last.send(frame)
+    await expect(page.locator('section[data-room="a"] .presence')).to_have_text(
+        "here: alice, bob (3 guests)", timeout=WAIT_MS
+    )
+    assert await page.evaluate("subs.a.presence") == {
+        "users": [{"user": "alice", "connections": 1}, {"user": "bob", "connections": 1}],
+        "count": 2,
+        "anonymous": 3,
+        "truncated": False,
+    }
+    counts = [d["count"] for d in await events_of(page, "a", "presence")]
+    assert counts == [1, 2, 1, 2, 2, 2]  # the join: alice alone; then the frames above
+    await expect(page.locator('section[data-room="b"] .presence')).to_have_text(
+        "here: alice (0 guests)"
+    )
+    assert await page.evaluate("subs.a.requestPresence()") is True
+    assert server.sent("presence")[-1] == {"type": "presence", "room": "a"}
+    assert errors == []
+
+
+async def test_scripted_a_gap_too_long_starts_the_room_over(chromium: Browser) -> None:
+    """recovered false after a reconnect: that room's reset event (the page clears its
+    log), then the latest messages, each once; a room that recovered keeps its log."""
+    errors: list[str] = []
+    page, server = await scripted(chromium, errors)
+    for n in (1, 2, 3):
+        server.store("a", message=f"a{n}")
+    server.store("b", message="b1")
+    await start(page, ["a", "b"], url=SOCKET_URL, **FAST)
+    await wait_rows(page, "a", 3)
+    await wait_rows(page, "b", 1)
+    server.close(server.last, 1012)
+    server.replay_limit = 2
+    await wait_js(page, "conn.status === 'reconnecting'")
+    for n in (4, 5, 6):
+        server.store("a", message=f"a{n}")  # no socket: stored only
+    server.store("b", message="b2")
+    await wait_js(page, CONNECTED_TWICE)
+    await wait_rows(page, "a", 6)
+    await wait_rows(page, "b", 2)
+    rows = await logs(page)
+    assert [r[0] for r in rows["a"]] == [1, 2, 3, 4, 5, 6]
+    assert [r[0] for r in rows["b"]] == [1, 2]
+    assert [j["recovered"] for j in await events_of(page, "a", "joined")] == [True, False]
+    assert len(await events_of(page, "a", "reset")) == 1
+    assert await events_of(page, "b", "reset") == []
     assert errors == []
