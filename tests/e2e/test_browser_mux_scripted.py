@@ -60,6 +60,7 @@ class ScriptedMux:
         self.refuse: dict[str, list[int]] = {}
         self.unread_at_join = 0
         self.max_rooms = 100
+        self.rate_limited: dict[str, int] = {}  # room -> subscribes to answer rate_limited
         self.replay_limit = 500  # further behind: recovered false, the latest 50
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -99,6 +100,18 @@ class ScriptedMux:
                         "room": room,
                         "code": "too_many_subscriptions",
                         "detail": f"at most {self.max_rooms} rooms per socket",
+                    }
+                )
+                return
+            if self.rate_limited.get(room):
+                self.rate_limited[room] -= 1
+                socket.send(
+                    {
+                        "type": "error",
+                        "code": "rate_limited",
+                        "room": room,
+                        "retry_after": 0.05,
+                        "detail": "too many room requests",
                     }
                 )
                 return
@@ -238,15 +251,21 @@ async def test_scripted_reconnect_resubscribes_every_room_with_its_since(
 
 async def test_scripted_one_room_taken_away_leaves_the_others(chromium: Browser) -> None:
     """unsubscribed 4403 ends that room alone (its waiting sends rejected, never
-    resubscribed); 1011 is retried with backoff; the other rooms go on."""
+    resubscribed); 1011 is retried with backoff, rate_limited after retry_after; the other
+    rooms go on."""
     errors: list[str] = []
     page, server = await scripted(chromium, errors)
     server.refuse["c"] = [1011, 1011]
+    server.rate_limited["a"] = 1
     await start(page, ["a", "b", "c"], url=SOCKET_URL, **FAST)
     await wait_js(page, "conn.subscriptions.every((s) => s.state === 'subscribed')")
     assert [f["room"] for f in server.sent("subscribe")].count("c") == 3
     delays = [d for d in await events_of(page, "c", "state") if "code" in d]
     assert [(d["state"], d["code"]) for d in delays] == [("subscribing", 1011)] * 2
+    # A subscribe answered rate_limited is sent again after retry_after.
+    assert [f["room"] for f in server.sent("subscribe")].count("a") == 2
+    waits = [d for d in await events_of(page, "a", "state") if "code" in d]
+    assert [(d["code"], d["delayMs"]) for d in waits] == [("rate_limited", 50)]
 
     server.last.rooms.discard("b")
     server.last.send(

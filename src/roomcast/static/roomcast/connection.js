@@ -343,9 +343,13 @@ export class Subscription extends RoomStream(EventTarget) {
       case "error":
         if (frame.code === "too_many_subscriptions") {
           this._end(TOO_MANY, frame.detail || "too many subscriptions");
-          break;
+        } else if (frame.code === "rate_limited" && this.state === "subscribing" && !frame.client_id) {
+          // The subscribe came out of the socket's room-request bucket empty (a page that
+          // subscribes to many rooms quickly): nothing was done; again after retry_after.
+          this._retrySubscribe(Math.max(0, Number(frame.retry_after) || 0) * 1000, frame);
+        } else {
+          this._onStreamFrame(frame);
         }
-        this._onStreamFrame(frame);
         break;
       default:
         this._onStreamFrame(frame); // newer server: unknown frame types are ignored
@@ -355,16 +359,23 @@ export class Subscription extends RoomStream(EventTarget) {
   _onUnsubscribed(code, reason) {
     if (this.state !== "unsubscribing" && code !== 1000 && shouldReconnect(code)) {
       // Refused for now (the server's database or layer is down): subscribe again later.
-      this._streamLost();
-      this._markUnsent();
-      this._subscribedOn = null; // nothing on the server to unsubscribe meanwhile
       const conn = this.connection;
-      const delayMs = backoffDelay(this._attempt++, conn._minDelay, conn._maxDelay);
-      this._setState("subscribing", { code, reason, delayMs });
-      this._timer = setTimeout(() => this._subscribe(), delayMs);
+      this._retrySubscribe(backoffDelay(this._attempt++, conn._minDelay, conn._maxDelay), {
+        code,
+        reason,
+      });
       return;
     }
     this._end(code, reason);
+  }
+
+  _retrySubscribe(delayMs, why) {
+    this._streamLost();
+    this._markUnsent();
+    this._subscribedOn = null; // nothing on the server to unsubscribe meanwhile
+    this._setState("subscribing", { code: why.code, reason: why.reason ?? why.detail, delayMs });
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => this._subscribe(), delayMs);
   }
 
   _end(code, reason) {
