@@ -183,7 +183,7 @@ def _client_id(client_id: object) -> str:
 
 def _authorizer(by: access.Identity | None, room: str, kind: str) -> Callable[[Message], None]:
     """Raises PermissionDeniedError unless ``by`` may change the target message."""
-    verb = "edit" if kind == Message.Kind.EDIT else "delete"
+    verb, done = ("edit", "edited") if kind == Message.Kind.EDIT else ("delete", "deleted")
 
     def authorize(target: Message) -> None:
         if by is None:
@@ -202,7 +202,7 @@ def _authorizer(by: access.Identity | None, room: str, kind: str) -> Callable[[M
             raise PermissionDeniedError(
                 f"Your messages may be {verb}d for {window:g} s after posting; this one is older."
                 if window > 0
-                else f"Messages may not be {verb}d by their authors in this room."
+                else f"Messages may not be {done} by their authors in this room."
             )
         raise PermissionDeniedError(f"You may not {verb} other people's messages here.")
 
