@@ -38,7 +38,7 @@ def people() -> dict[str, Any]:
         "alice": User.objects.create_user("alice"),
         "bob": User.objects.create_user("bob"),
         "staff": User.objects.create_user("staff", is_staff=True),
-        "root": User.objects.create_superuser("root", "root@example.com", "pw"),
+        "root": User.objects.create_superuser("root", "root@example.com", None),
         "carol": User.objects.create_user("carol"),
     }
     return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
