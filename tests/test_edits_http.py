@@ -36,7 +36,7 @@ def users() -> dict[str, Any]:
 
 @pytest.fixture
 def lobby(users: dict[str, Any]) -> str:
-    """"lobby": alice's 1 and bob's 2."""
+    """Room "lobby": alice's 1 and bob's 2."""
     services.store_message("lobby", "hello", user=users["alice"])
     services.store_message("lobby", "bob here", user=users["bob"])
     return "lobby"
@@ -111,10 +111,9 @@ def test_not_found_answers(users, lobby):
     secret = Room.objects.create(name="secret", visibility=Room.Visibility.PRIVATE)
     services.store_message("secret", "psst", user=users["alice"])
     RoomMember.objects.create(room=secret, user=users["alice"])
-    bob = token(users["bob"])
-    refused(call("PATCH", "/api/rooms/secret/messages/1", {"message": "x"}, **bob), 404, "not_found")
-    alice = token(users["alice"])
-    assert call("PATCH", "/api/rooms/secret/messages/1", {"message": "y"}, **alice).status_code == 200
+    path = "/api/rooms/secret/messages/1"
+    refused(call("PATCH", path, {"message": "x"}, **token(users["bob"])), 404, "not_found")
+    assert call("PATCH", path, {"message": "y"}, **token(users["alice"])).status_code == 200
 
 
 @pytest.mark.parametrize(
