@@ -277,7 +277,7 @@ async def user_messages(request: HttpRequest, username: str) -> HttpResponse:
         return _response_for(exc)
     try:
         user = await database_sync_to_async(_user)(name)
-        stored = await push.asend_to_user(user, payload)
+        stored = await push.asend_to_user(user, payload, as_data="data" in body)
     except _NotFound as exc:
         return _error(404, exc.code, exc.detail)
     except ValueError as exc:  # data JSON cannot carry, or over MAX_FRAME_BYTES

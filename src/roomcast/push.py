@@ -124,11 +124,11 @@ async def adisconnect(
 # -- a user's own channel ---------------------------------------------------------------------
 
 
-def _payload(text_or_data: Any) -> tuple[str, str]:
+def _payload(text_or_data: Any, as_data: bool) -> tuple[str, str]:
     """(kind, stored text) of a user message: text as a system message, anything else
     as its JSON text (kind ``data``); either at most ``MAX_FRAME_BYTES`` of UTF-8."""
     limit = roomcast_settings.MAX_FRAME_BYTES
-    if isinstance(text_or_data, str):
+    if isinstance(text_or_data, str) and not as_data:
         kind, text = Message.Kind.SYSTEM, _text(text_or_data)
     else:
         try:
@@ -156,13 +156,14 @@ def _user_stream(user: Any) -> str:
     return name
 
 
-def send_to_user(user: Any, text_or_data: Any) -> StoredMessage:
+def send_to_user(user: Any, text_or_data: Any, *, as_data: bool = False) -> StoredMessage:
     """Store a message in ``user``'s own channel and publish it to their ``/ws/`` sockets.
 
     Args:
         user: a user object, a username or a user's primary key.
         text_or_data: a text (a ``user_message`` frame's ``message``), or anything else
             JSON can carry (its ``data``), at most ``MAX_FRAME_BYTES`` once encoded.
+        as_data: send a str as ``data`` too (the HTTP API's ``{"data": "..."}``).
 
     Returns:
         The stored message: ``seq`` is its place in the user's stream (counted per user).
@@ -174,12 +175,12 @@ def send_to_user(user: Any, text_or_data: Any) -> StoredMessage:
 
     Inside ``transaction.atomic()`` it is published when the block commits.
     """
-    kind, text = _payload(text_or_data)
+    kind, text = _payload(text_or_data, as_data)
     return services.post_message(_user_stream(user), text, kind=kind)
 
 
-async def asend_to_user(user: Any, text_or_data: Any) -> StoredMessage:
+async def asend_to_user(user: Any, text_or_data: Any, *, as_data: bool = False) -> StoredMessage:
     """Async twin of :func:`send_to_user`."""
-    kind, text = _payload(text_or_data)
+    kind, text = _payload(text_or_data, as_data)
     room = await database_sync_to_async(_user_stream)(user)
     return await services.apost_message(room, text, kind=kind)
