@@ -35,7 +35,7 @@ def people() -> dict[str, Any]:
 
 @pytest.fixture
 def lobby(people: dict[str, Any]) -> str:
-    """ "lobby": 1 alice, 2 bob, 3 bob, 4 system, 5 alice."""
+    """Room "lobby": 1 alice, 2 bob, 3 bob, 4 system, 5 alice."""
     users = people["users"]
     for text, user in [
         ("a1", "alice"),
