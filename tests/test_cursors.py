@@ -16,6 +16,7 @@ from django.utils import timezone
 from roomcast import access, auth, cursors, edits, fanout, push, services
 from roomcast.exceptions import PermissionDeniedError
 from roomcast.models import ReadCursor, Room, RoomMember
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -258,3 +259,18 @@ def test_the_listing_is_bounded(people, monkeypatch):
         cursors.mark_read(people["alice"], name, 1)
     body = get("/api/users/alice/rooms", **key()).json()
     assert [r["name"] for r in body["rooms"]] == ["a", "b"] and body["truncated"] is True
+
+
+async def test_a_layer_that_is_down_fails_only_the_unread_frame(people, lobby, settings, caplog):
+    """The cursor is stored whatever the layer does: an unread frame that cannot be
+    published is logged (the next one, or a reconnect's joined, corrects the client)."""
+    port = free_port()  # nothing listens there
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{port}/0"]},
+        }
+    }
+    assert await cursors.amark_read(people["alice"], lobby, 3) == (3, 1)
+    assert await asyncio.to_thread(cursor_of, people["alice"], lobby) == 3
+    assert "Publishing an unread frame" in caplog.text
