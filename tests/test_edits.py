@@ -122,7 +122,7 @@ def test_the_author_only_within_the_window(people, lobby, settings):
     age(lobby, 1, 30)
     edits.edit_message(lobby, 1, "in time", by=people["alice"])
     age(lobby, 1, 61)
-    with pytest.raises(PermissionDeniedError, match="60 s after posting"):
+    with pytest.raises(PermissionDeniedError, match="may be edited for 60 s after posting"):
         edits.edit_message(lobby, 1, "too late", by=people["alice"])
     with pytest.raises(PermissionDeniedError):
         edits.delete_message(lobby, 1, by=people["alice"])

@@ -200,7 +200,7 @@ def _authorizer(by: access.Identity | None, room: str, kind: str) -> Callable[[M
             raise PermissionDeniedError(f"Log in to {verb} messages.")
         if own:
             raise PermissionDeniedError(
-                f"Your messages may be {verb}d for {window:g} s after posting; this one is older."
+                f"Your messages may be {done} for {window:g} s after posting; this one is older."
                 if window > 0
                 else f"Messages may not be {done} by their authors in this room."
             )
@@ -223,9 +223,16 @@ def _store(
         raise TypeError(f"seq must be an int, not {type(seq).__name__}.")
     if not 1 <= seq <= codec.SEQ_MAX:
         raise MessageNotFoundError(f"No message {seq} in room {room!r}.")
-    authorize = _authorizer(by, room, kind)
-    user_id = by.user_id if by is not None else None
-    username = by.name[:USERNAME_MAX_CHARS] if by is not None else ""
+    change = _Change(
+        room=room,
+        target=seq,
+        kind=kind,
+        text=text,
+        user_id=by.user_id if by is not None else None,
+        username=by.name[:USERNAME_MAX_CHARS] if by is not None else "",
+        client_id=client_id,
+        authorize=_authorizer(by, room, kind),
+    )
     using = router.db_for_write(Message)
     connection = connections[using]
     try:
@@ -236,19 +243,7 @@ def _store(
                     return stored
                 raise MessageNotFoundError(f"No message {seq} in room {room!r}.")
             room_id, event_seq = taken
-            return _change(
-                room,
-                room_id,
-                event_seq,
-                seq,
-                kind,
-                text,
-                user_id,
-                username,
-                client_id,
-                authorize,
-                using,
-            )
+            return _apply(change, room_id, event_seq, using)
     except IntegrityError:
         # Two sends of one client_id raced past the check; the unique index kept one.
         if not client_id or connection.in_atomic_block:
@@ -259,35 +254,38 @@ def _store(
         return stored
 
 
-def _change(
-    room: str,
-    room_id: int,
-    event_seq: int,
-    seq: int,
-    kind: str,
-    text: str,
-    user_id: int | None,
-    username: str,
-    client_id: str,
-    authorize: Callable[[Message], None],
-    using: str,
-) -> StoredChange:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Change:
+    """An edit or delete to store: what, of which message, by whom."""
+
+    room: str
+    target: int
+    kind: str
+    text: str
+    user_id: int | None
+    username: str
+    client_id: str
+    authorize: Callable[[Message], None]
+
+
+def _apply(change: _Change, room_id: int, event_seq: int, using: str) -> StoredChange:
     """Inside the transaction that took ``event_seq``: check and change the target, and
     store the event. Raising rolls the seq back."""
+    room, seq, kind, text = change.room, change.target, change.kind, change.text
     messages = Message.objects.using(using)
     target = messages.select_for_update().filter(room_id=room_id, seq=seq).first()
     if target is None or target.kind not in CHANGEABLE_KINDS or target.deleted_at is not None:
         raise MessageNotFoundError(f"No message {seq} in room {room!r} to change.")
-    authorize(target)
+    change.authorize(target)
     now = timezone.now()
     event = Message(
         room_id=room_id,
         seq=event_seq,
         kind=kind,
-        user_id=user_id,
-        username=username,
+        user_id=change.user_id,
+        username=change.username,
         text=text,
-        client_id=client_id,
+        client_id=change.client_id,
         created_at=now,
         target_seq=seq,
     )
