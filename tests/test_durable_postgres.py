@@ -9,6 +9,7 @@ The rest of the suite runs on SQLite; these are the statements that differ.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,13 @@ from roomcast.exceptions import MessageNotFoundError, PermissionDeniedError
 from roomcast.models import Message, ReadCursor
 
 User = get_user_model()
-alice = User.objects.create_user("alice")
-bob = User.objects.create_user("bob")
+alice = User.objects.create_user(f"alice-{TAG}")
+bob = User.objects.create_user(f"bob-{TAG}")
 me, you = access.identity_for(alice), access.identity_for(bob)
+ROOM = f"pg {TAG}"
 out = {}
 for i in range(6):
-    services.store_message("pg", f"m{i}", user=alice if i % 2 == 0 else bob)
+    services.store_message(ROOM, f"m{i}", user=alice if i % 2 == 0 else bob)
 
 def threads(target, args_list):
     results, errors = [], []
@@ -52,39 +54,38 @@ def threads(target, args_list):
 # Eight edits racing, one client_id: one event; then edits of other messages racing with
 # posts: the seqs stay dense.
 changes, errors = threads(
-    lambda: edits.edit_message("pg", 1, "once", by=me, client_id="race"), [()] * 8
+    lambda: edits.edit_message(ROOM, 1, "once", by=me, client_id="race"), [()] * 8
 )
 out["race"] = [len({c.seq for c in changes}), sum(not c.duplicate for c in changes), errors]
 _, errors = threads(
-    lambda seq: edits.edit_message("pg", seq, f"edit of {seq}", by=None), [(s,) for s in (2, 3, 4)]
+    lambda seq: edits.edit_message(ROOM, seq, f"edit of {seq}", by=None), [(s,) for s in (2, 3, 4)]
 )
-_, errors2 = threads(lambda n: services.store_message("pg", f"post {n}"), [(n,) for n in range(4)])
-seqs = list(Message.objects.filter(room__name="pg").order_by("seq").values_list("seq", flat=True))
+_, errors2 = threads(lambda n: services.store_message(ROOM, f"post {n}"), [(n,) for n in range(4)])
+seqs = list(Message.objects.filter(room__name=ROOM).order_by("seq").values_list("seq", flat=True))
 out["dense"] = [seqs == list(range(1, len(seqs) + 1)), len(seqs), errors + errors2]
 try:
-    edits.edit_message("pg", 2, "not mine", by=me)
+    edits.edit_message(ROOM, 2, "not mine", by=me)
 except PermissionDeniedError as exc:
     out["forbidden"] = exc.code
-edits.delete_message("pg", 1, by=me)
+edits.delete_message(ROOM, 1, by=me)
 try:
-    edits.delete_message("pg", 1, by=None)
+    edits.delete_message(ROOM, 1, by=None)
 except MessageNotFoundError as exc:
     out["not_found"] = exc.code
-out["erased"] = Message.objects.filter(room__name="pg", text="once").count()
-frames, _ = services.read_history("pg", None, 100)
+out["erased"] = Message.objects.filter(room__name=ROOM, text="once").count()
+frames, _ = services.read_history(ROOM, None, 100)
 out["first"] = json.loads(frames[0])
 
 # Cursors: forward only, racing; unread counts bounded.
-last = Message.objects.filter(room__name="pg").count()
-out["unread_before"] = cursors.read_state(you, ["pg"])["pg"]
-out["mark"] = [cursors.mark_read(you, "pg", 5), cursors.mark_read(you, "pg", 2)]
-threads(lambda seq: cursors.mark_read(you, "pg", seq), [(s,) for s in [9, 6, 12, 7] * 3])
+out["unread_before"] = cursors.read_state(you, [ROOM])[ROOM]
+out["mark"] = [cursors.mark_read(you, ROOM, 5), cursors.mark_read(you, ROOM, 2)]
+threads(lambda seq: cursors.mark_read(you, ROOM, seq), [(s,) for s in [9, 6, 12, 7] * 3])
 out["cursor"] = ReadCursor.objects.get(user=bob).seq
 cursors.UNREAD_COUNT_MAX = 2
-out["capped"] = cursors.read_state(me, ["pg", "nothing"])
+out["capped"] = list(cursors.read_state(me, [ROOM, "nothing"]).values())
 
 # The user channel: per-user seqs.
-out["user"] = [push.send_to_user("alice", "hi").seq, push.send_to_user(alice, {"n": 1}).seq,
+out["user"] = [push.send_to_user(f"alice-{TAG}", "hi").seq, push.send_to_user(alice, {"n": 1}).seq,
                push.send_to_user(bob.pk, [1]).seq]
 print("RESULT " + json.dumps(out))
 """
@@ -95,7 +96,8 @@ def test_edits_cursors_and_user_channel_on_postgresql(tmp_path: Path, postgres_d
     migrated = run(tmp_path, "manage", "migrate", "-v", "0", env=env)
     assert migrated.returncode == 0, migrated.stderr
     script = tmp_path / "durable.py"
-    script.write_text(SCRIPT)
+    # The database lives for the whole run: names of this test's own.
+    script.write_text(f"TAG = {uuid.uuid4().hex[:8]!r}\n" + SCRIPT)
     code = f"exec(open({str(script)!r}).read())"
     result = run(tmp_path, "manage", "shell", "-v", "0", "-c", code, env=env)
     assert result.returncode == 0, result.stderr
@@ -110,5 +112,5 @@ def test_edits_cursors_and_user_channel_on_postgresql(tmp_path: Path, postgres_d
     assert out["unread_before"] == [0, 6]
     assert out["mark"] == [[5, 4], [5, 4]]
     assert out["cursor"] == 12
-    assert out["capped"] == {"pg": [0, 2], "nothing": [0, 0]}
+    assert out["capped"] == [[0, 2], [0, 0]]
     assert out["user"] == [1, 2, 1]

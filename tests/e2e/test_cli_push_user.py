@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,12 @@ async def test_push_user_through_redis(cluster) -> None:
     """With ROOMCAST_REDIS_URL and no --server, the command stores into the servers'
     database and publishes through Redis itself."""
     (server,) = cluster(1)
-    made = await asyncio.to_thread(server.cli, "user", "create", "bob")
+    name = f"bob-{uuid.uuid4().hex[:8]}"  # the database is shared by the whole run
+    made = await asyncio.to_thread(server.cli, "user", "create", name)
     assert made.returncode == 0, made.stderr
-    sent = await asyncio.to_thread(server.cli, "push", "--user", "bob", "via redis")
-    assert sent.stdout == "sent to user 'bob' as seq 1\n", sent.stderr
-    assert await asyncio.to_thread(stream, server, "bob") == [[1, "system", "via redis"]]
+    sent = await asyncio.to_thread(server.cli, "push", "--user", name, "via redis")
+    assert sent.stdout == f"sent to user {name!r} as seq 1\n", sent.stderr
+    assert await asyncio.to_thread(stream, server, name) == [[1, "system", "via redis"]]
     nobody = await asyncio.to_thread(server.cli, "push", "--user", "nobody", "x")
     assert (nobody.returncode, nobody.stderr) == (
         2,
