@@ -385,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--phase-timeout",
         type=float,
-        default=90.0,
-        help="seconds to open the members, and for every delivery of the burst (default 90)",
+        default=120.0,
+        help="seconds to open the members, and for every delivery of the burst (default 120)",
     )
     h.add_run_arguments(parser)
     return parser

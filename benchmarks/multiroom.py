@@ -296,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--settle", type=float, default=2.0, help="idle seconds before each RSS (default 2)"
     )
     parser.add_argument(
-        "--open-timeout", type=float, default=120.0, help="seconds to open them (default 120)"
+        "--open-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to open and subscribe the sockets of one case (default 600: 10,000 "
+        "sockets in 5 rooms each may take minutes when every subscribe reads the database)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat, order reversed")
     h.add_run_arguments(parser)
