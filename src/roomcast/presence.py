@@ -225,6 +225,9 @@ class Tracker:
         self._heard: dict[str, float] = {}  # node -> monotonic time of its last diff
         self._failing = False
         self._closed = False
+        # Until then (monotonic), missing heartbeats and entries are not taken for dead
+        # nodes: Redis lost its data (a restart) and the others are writing theirs again.
+        self._grace_until = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         # Set once this node's heartbeat is in Redis: it writes no entry before that, so
         # no reader can take its entries for a dead node's.
@@ -372,7 +375,9 @@ class Tracker:
             if entry is None:
                 room.totals[user_id] = [new, name]
             else:
-                entry[0], entry[1] = new, name
+                entry[0] = new
+                if delta > 0:
+                    entry[1] = name  # the name the user came with last
         elif entry is not None:
             del room.totals[user_id]
 
@@ -386,11 +391,12 @@ class Tracker:
     ) -> None:
         """Make ``tally`` hold ``users`` (absolute; count 0 removes) and ``anonymous``."""
         for user_id, (count, name) in users.items():
-            old = tally.users.get(user_id, (0, name))[0]
+            old, old_name = tally.users.get(user_id, (0, name))
             if count > 0:
                 tally.users[user_id] = (count, name)
             else:
                 tally.users.pop(user_id, None)
+                name = old_name  # a removal carries no name
             if count != old:
                 self._add_user(room, user_id, count - old, name)
         if anonymous != tally.anonymous:
@@ -529,8 +535,9 @@ class Tracker:
             if self._rooms.get(room.name) is not room:
                 return
             loaded.pop(self.node, None)
-            for node in [n for n in room.nodes if n != self.node and n not in loaded]:
-                self._drop_node(room, node)
+            if not self._in_grace():
+                for node in [n for n in room.nodes if n != self.node and n not in loaded]:
+                    self._drop_node(room, node)
             for node, (version, users, anonymous) in loaded.items():
                 tally = room.nodes.get(node)
                 if tally is None:
@@ -592,6 +599,8 @@ class Tracker:
         room = write.room
         if self._rooms.get(room.name) is not room:
             return
+        # Not published: the next write may use its version (a receiver sees no gap).
+        room.version = min(room.version, write.version - 1)
         room.changed.update(uid for uid, _, _ in write.users)
         room.anon_changed |= write.anon_changed
         room.full |= write.full
@@ -641,9 +650,11 @@ class Tracker:
         rooms = [room.name for room in self._rooms.values() if not room.empty()]
         existed = await store.beat(self.node, rooms)
         if not existed and self.registered.is_set():
-            # Our key expired (Redis was unreachable longer than 2/3 TTL, or restarted):
-            # others may have dropped our entries. Write every room whole again.
+            # Our key expired (Redis was unreachable longer than 2/3 TTL, or restarted
+            # empty): others may have dropped our entries. Write every room whole again,
+            # and judge no other node until they have had the time to do the same.
             logger.warning("Presence node %s lost its heartbeat; rewriting its entries", self.node)
+            self._grace_until = time.monotonic() + self.ttl * 2 / 3
             for room in self._rooms.values():
                 room.full = True
                 self._dirty[room.name] = room
@@ -654,9 +665,12 @@ class Tracker:
         nodes = {n for room in self._rooms.values() for n in room.nodes if n != self.node}
         for node in set(self._heard) - nodes:
             del self._heard[node]
-        if not nodes:
+        alive = await store.alive({*nodes, self.node})
+        if self.node not in alive:
+            await self._beat(store)  # Redis lost our heartbeat (restarted empty): see _beat
             return
-        alive = await store.alive(nodes)
+        if not nodes or self._in_grace():
+            return
         dead = [n for n in nodes if n not in alive and self._heard.get(n, 0.0) < started]
         if not dead:
             return
@@ -671,6 +685,8 @@ class Tracker:
 
     async def _check_versions(self, store: _Store) -> None:
         """Reload the rooms whose Redis versions were ahead of what arrived a beat ago."""
+        if self._in_grace():
+            return
         rooms = [room for room in self._rooms.values() if not room.loading]
         for start in range(0, len(rooms), ROOMS_PER_ROUND_TRIP):
             chunk = rooms[start : start + ROOMS_PER_ROUND_TRIP]
@@ -695,6 +711,9 @@ class Tracker:
                 if behind or gone:
                     logger.info("Presence: room %r missed changes; reloading it", room.name)
                     self._start_load(room)
+
+    def _in_grace(self) -> bool:
+        return time.monotonic() < self._grace_until
 
     def _failed(self, what: str, *args: Any) -> None:
         if not self._failing:
