@@ -72,6 +72,7 @@ class LayerHub:
         self.layer = layer
         self.rooms: dict[str, list[Sock]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.receivers: dict[str, asyncio.Task[None]] = {}  # channel -> its receive task
         self.deaf = False  # drop presence messages, as a pub/sub connection loses them
         self.control_ready = asyncio.Event()
         self.tracker = presence.Tracker(self, layer, node=node)
@@ -93,7 +94,7 @@ class LayerHub:
             self.rooms[sock.room] = []
             channel = await self.layer.new_channel("presence-test.")
             await self.layer.group_add(fanout.room_group(sock.room), channel)
-            self.start_task(self._receive(sock.room, channel))
+            self.receivers[channel] = self.start_task(self._receive(sock.room, channel))
         self.rooms[sock.room].append(sock)
         self.tracker.added(sock)
         return sock
@@ -110,6 +111,8 @@ class LayerHub:
             except Exception:  # Redis restarting: the hub retries the same way
                 await asyncio.sleep(0.1)
                 continue
+            if message.get("type") == "test.stop":
+                return
             if str(message.get("type", "")).startswith("presence.") and not self.deaf:
                 self.tracker.handle(room, message)
 
@@ -119,6 +122,7 @@ class LayerHub:
         # until a message comes), so a second prefix would starve the first.
         channel = await self.layer.new_channel("presence-test.")
         await self.layer.group_add(hub_module.CONTROL_GROUP, channel)
+        self.receivers[channel] = asyncio.current_task()  # type: ignore[assignment]
         self.control_ready.set()
         while True:
             try:
@@ -126,11 +130,18 @@ class LayerHub:
             except Exception:
                 await asyncio.sleep(0.1)
                 continue
+            if message.get("type") == "test.stop":
+                return
             if message.get("type") == "presence.down":
                 presence._on_down(self, message)
 
     async def kill(self) -> None:
         """Stop as a process killed with SIGKILL does: no goodbye, entries left in Redis."""
+        # Receivers are stopped by a message, not cancelled: a receive of channels_redis
+        # core cancelled while another waits for its receive lock can hang.
+        for channel in self.receivers:
+            await self.layer.send(channel, {"type": "test.stop"})
+        await asyncio.gather(*self.receivers.values(), return_exceptions=True)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
