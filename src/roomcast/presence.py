@@ -129,6 +129,7 @@ class _Room:
         "changed",
         "expected",
         "full",
+        "hold",
         "large",
         "loading",
         "local",
@@ -139,6 +140,7 @@ class _Room:
         "timer",
         "totals",
         "version",
+        "waiting",
     )
 
     def __init__(self, name: str, node: str) -> None:
@@ -163,6 +165,10 @@ class _Room:
         self.loading = False
         self.buffer: deque[dict[str, Any]] = deque(maxlen=MAX_BUFFERED_DIFFS)
         self.expected: dict[str, int] = {}  # remote versions in Redis at the last check
+        # Live members not yet sent their first presence frame (the batch's end sends
+        # it), and whether to hold them (not the others' frames) until a load ends.
+        self.waiting: list[Any] = []
+        self.hold = False
 
     def empty(self) -> bool:
         return not self.local.users and not self.local.anonymous
@@ -243,7 +249,13 @@ class Tracker:
     # -- what the hub calls --------------------------------------------------------------
 
     def added(self, member: Any) -> None:
-        """A subscription entered ``member.room``."""
+        """A subscription entered ``member.room`` (after its catch-up was queued).
+
+        A live one (``member.live_state``) is sent its first ``presence`` frame by the
+        tracker, when the batch it arrived in ends (once the room is loaded from Redis,
+        on a process where it is new): the list as it is then, itself included; the
+        frames after it are exactly the changes since.
+        """
         if self._closed or fanout.is_user_room(member.room):
             return
         room = self._rooms.get(member.room)
@@ -262,6 +274,8 @@ class Tracker:
             local.users[user_id] = (count, name)
             room.changed.add(user_id)
             self._add_user(room, user_id, 1, name)
+        if member.live_state:
+            room.waiting.append(member)  # its presence frame comes with the batch's end
         self._schedule(room)
 
     def removed(self, member: Any) -> None:
@@ -444,11 +458,20 @@ class Tracker:
         if self._rooms.get(room.name) is not room:
             return
         frames = self._frames(room)
+        waiting = room.waiting
+        if not room.hold:
+            room.waiting = []
         if frames:
+            skip = set(waiting)
             for member in self.hub.members(room.name):
-                if member.live_state and not member.closed:
+                if member.live_state and not member.closed and member not in skip:
                     for frame in frames:
                         member.send_frame(frame)
+        if waiting and not room.hold:
+            frame = self.snapshot_frame(room.name)
+            for member in waiting:
+                if not member.closed:
+                    member.send_frame(frame)
         if self._store is None:
             if room.empty():
                 del self._rooms[room.name]
@@ -510,8 +533,14 @@ class Tracker:
 
     def _start_load(self, room: _Room) -> None:
         if self._store is not None:
-            room.loading = True
+            room.loading = room.hold = True
             self.hub.start_task(self._load(room, self._store))
+
+    def _flush_now(self, room: _Room) -> None:
+        room.hold = False
+        if room.timer is not None:
+            room.timer.cancel()
+        self._flush(room)
 
     def _request_reload(self, room: _Room) -> None:
         # While a load is under way the diffs are buffered and applied again after it,
@@ -528,6 +557,8 @@ class Tracker:
                 loaded = await store.read(room.name)
             except Exception:
                 self._failed("loading room %r", room.name)
+                if room.hold:
+                    self._flush_now(room)  # members waiting for a list get this process's
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECS)
                 continue
@@ -550,7 +581,7 @@ class Tracker:
             for message in room.buffer:
                 self._apply_diff(room, message)
             room.buffer.clear()
-            self._schedule(room)
+            self._flush_now(room)
             return
 
     async def _write_loop(self, store: _Store) -> None:
