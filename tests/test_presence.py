@@ -35,6 +35,7 @@ class Sock:
         self.room = room
         self.identity = identity
         self.live_state = live_state
+        self.present = False  # the hub sets it before telling the tracker
         self.closed = False
         self.frames: list[dict[str, Any]] = []
         self.read = 0  # frames already taken by next()
@@ -115,6 +116,7 @@ class LayerHub:
             await self.layer.group_add(fanout.room_group(sock.room), channel)
             self.receivers[channel] = self.start_task(self._receive(sock.room, channel))
         self.rooms[sock.room].append(sock)
+        sock.present = True
         self.tracker.added(sock)
         return sock
 

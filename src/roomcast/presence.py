@@ -464,7 +464,14 @@ class Tracker:
         if frames:
             skip = set(waiting)
             for member in self.hub.members(room.name):
-                if member.live_state and not member.closed and member not in skip:
+                # present: counted here, so started (a member still joining has not
+                # been sent its joined frame yet: these must not come before it).
+                if (
+                    member.live_state
+                    and member.present
+                    and not member.closed
+                    and member not in skip
+                ):
                     for frame in frames:
                         member.send_frame(frame)
         if waiting and not room.hold:
