@@ -21,6 +21,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from roomcast import access, fanout, presence
 from roomcast import hub as hub_module
+from roomcast.presence import tracker as presence_tracker
 
 #: How long a test waits for something that must happen (a frame, a state) before it
 #: fails; never a bound on how fast it happens.
@@ -154,7 +155,7 @@ class LayerHub:
             if message.get("type") == "test.stop":
                 return
             if message.get("type") == "presence.down":
-                presence._on_down(self, message)
+                presence_tracker._on_down(self, message)
 
     async def kill(self) -> None:
         """Stop as a process killed with SIGKILL does: no goodbye, entries left in Redis."""

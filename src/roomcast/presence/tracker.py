@@ -1,63 +1,8 @@
-"""Presence: who is in each room, on every process, and the join/leave frames.
+"""The tracker: one process's presence, its batches and frames, and its Redis mirror.
 
-Layer: fan-out (delivery), beside the hub. Imports Channels' layer API, redis-py's asyncio
-client (only with a channels_redis layer: it is an optional dependency), ``conf``,
-``fanout``, ``hub`` and ``protocol``; never models, services or consumers.
-
-Ownership. Each process (each hub) has one :class:`Tracker`, the only writer of that
-process's tallies: per room, user id -> (connections, name) and the number of guests. The
-hub calls :meth:`Tracker.added` / :meth:`Tracker.removed` for each subscription (O(1), no
-I/O). A room's view is the sum of every node's tally ("node": one tracker, a random id
-made at start, so a restarted process is a new node, as Phoenix.Tracker names a replica by
-name *and* a start-time version, ``{name, vsn}``).
-
-With the in-memory layer there is one node: the view is the local tally. With Redis each
-node mirrors its tallies (Centrifugo keeps presence in a Redis hash per channel, entries
-expiring unless refreshed; Phoenix replicates per-node state and declares a node down
-when its heartbeats stop; roomcast takes the hash from the first and the node heartbeat
-from the second), under ``<layer prefix>:presence:``:
-
-``r:<group>``  hash, one field per (node, user): ``<node>:<user id>`` -> ``<count>:<name>``,
-               and ``<node>:-`` -> guests; ``v:<group>`` hash, ``<node>`` -> the version
-               of that node's entries in the room. Both written in one MULTI with each
-               change and kept by EXPIRE ``PRESENCE_TTL_SECS`` (refreshed by every node
-               with entries in the room every TTL/3), so a room nobody serves vanishes.
-``alive:<node>`` a key that expires 2/3 TTL after the node's last heartbeat (every TTL/3).
-               Redis's own clock decides, so process clocks may disagree.
-
-A node's entries count only while its ``alive`` key exists: readers (other nodes,
-:func:`amembers` in a shell) skip the rest, and nodes that see a dead node's entries in
-their rooms drop them (``leave`` frames) and delete them. Every TTL/6 each node checks the
-nodes it has entries of; one that stopped beating is dropped at most 2/3 TTL + TTL/6 =
-5/6 TTL after its last beat (30 s setting: 25 s), plus one batch for the frames.
-
-Changes travel as layer messages on the room's group (ephemeral, no seq):
-``{"type": "presence.diff", "node", "v", "users": [[id, count, name], ...], "anonymous",
-"full", "gone"}`` with the node's absolute counts for the users that changed (so a
-duplicate does no harm), after the Redis write. ``v`` counts per (node, room); a receiver
-that sees a gap, or whose versions lag behind ``v:<group>`` for a whole heartbeat (a diff
-lost on the layer, as the hub's position check finds lost messages), reloads the room from
-Redis, the way a Phoenix replica asks for a transfer when clocks show it is behind. A
-process that subscribes a room loads it from Redis the same way. A node shutting down
-deletes its entries and sends ``presence.down`` on the control group: leaves at once.
-
-Bounds (docs/design.md, "Presence"):
-
-* Frames: changes are gathered per room for ``PRESENCE_BATCH_SECS``; a user who comes and
-  goes within a batch sends nothing. Per batch a live member gets at most
-  :data:`MAX_DIFFS_PER_BATCH` ``join``/``leave`` frames (more becomes one ``presence``
-  frame) and one ``presence_count``; a room above ``PRESENCE_LIVE_MAX`` users gets only
-  ``presence_count``, at most one per batch.
-* Snapshots list at most ``PRESENCE_LIST_MAX`` users (sorted by name) with ``count``,
-  built at most once per batch per room (cached), showing the state as of the last
-  batch, so the frames that follow one are exactly its changes.
-* Memory per process: one entry per (room with local members, user present anywhere);
-  rooms without local members cost nothing.
-* Redis: per batch and room at most one MULTI with the changed fields; per heartbeat one
-  EXPIRE pair per local room and one small version read per local room, pipelined.
-* Redis down: sockets and local presence go on; writes wait (newest state kept, at most
-  one pending entry per local user and room) and are retried with backoff up to
-  :data:`MAX_RETRY_SECS`; failures are logged once per outage.
+Layer: fan-out (part of :mod:`roomcast.presence`, whose docstring tells the design).
+Imports ``conf``, ``fanout``, ``hub`` and ``protocol``; never models, services or
+consumers.
 """
 
 from __future__ import annotations
@@ -67,141 +12,26 @@ import logging
 import secrets
 import time
 import weakref
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import fanout
-from .conf import roomcast_settings
-from .exceptions import RoomcastError
-from .hub import CONTROL_GROUP, register_control, running_hub
-from .protocol.codec import encode
+from roomcast import fanout
+from roomcast.conf import roomcast_settings
+from roomcast.hub import CONTROL_GROUP, register_control
+from roomcast.protocol.codec import encode
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from ._state import NodeTally, Room, Write, view
+from ._store import ROOMS_PER_ROUND_TRIP, Store, redis_config
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["PresenceUnavailableError", "Tracker", "amembers", "members"]
 
 #: More join/leave frames than this in one batch become one ``presence`` frame instead: a
 #: client learns the same from one frame, and a burst costs each member one frame.
 MAX_DIFFS_PER_BATCH = 50
-#: Longest wait for one Redis round trip before it counts as failed.
-REDIS_TIMEOUT_SECS = 5.0
 #: Longest wait between retries while Redis fails.
 MAX_RETRY_SECS = 5.0
-#: Rooms per Redis round trip (writes, heartbeats, version checks).
-ROOMS_PER_ROUND_TRIP = 200
-#: Diffs kept per room while it loads from Redis (re-applied after the load); past this
-#: the oldest are dropped, and the version check reloads the room if that lost anything.
-MAX_BUFFERED_DIFFS = 1000
 
-
-class PresenceUnavailableError(RoomcastError):
-    """Presence could not be read: Redis did not answer and this process has no view of the
-    room."""
-
-
-# -- the tallies ------------------------------------------------------------------------------
-
-
-class _NodeTally:
-    """One node's share of a room: users (id -> (connections, name)) and guests."""
-
-    __slots__ = ("anonymous", "users", "version")
-
-    def __init__(self) -> None:
-        self.users: dict[int, tuple[int, str]] = {}
-        self.anonymous = 0
-        self.version = 0
-
-
-class _Room:
-    """A room with local members: every node's tally, their sum, and the batch under way."""
-
-    __slots__ = (
-        "anon_changed",
-        "anonymous",
-        "buffer",
-        "cache",
-        "changed",
-        "expected",
-        "full",
-        "hold",
-        "large",
-        "loading",
-        "local",
-        "name",
-        "nodes",
-        "prior",
-        "prior_anonymous",
-        "timer",
-        "totals",
-        "version",
-        "waiting",
-    )
-
-    def __init__(self, name: str, node: str) -> None:
-        self.name = name
-        self.local = _NodeTally()
-        self.nodes: dict[str, _NodeTally] = {node: self.local}
-        self.totals: dict[int, list[Any]] = {}  # user id -> [connections, name], summed
-        self.anonymous = 0
-        # The batch: each changed user's (connections, name) and the guest count as they
-        # were at the last flush; the flushed view is totals patched with these.
-        self.prior: dict[int, tuple[int, str]] = {}
-        self.prior_anonymous: int | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.cache: tuple[dict[str, Any], str] | None = None  # flushed snapshot, its frame
-        self.large = False  # over PRESENCE_LIVE_MAX at the last flush
-        # The Redis mirror: local users Redis has not got yet, and the version of the
-        # next write (microseconds at creation, so a later incarnation counts higher).
-        self.changed: set[int] = set()
-        self.anon_changed = False
-        self.full = True  # the next write carries the whole local tally
-        self.version = time.time_ns() // 1000
-        self.loading = False
-        self.buffer: deque[dict[str, Any]] = deque(maxlen=MAX_BUFFERED_DIFFS)
-        self.expected: dict[str, int] = {}  # remote versions in Redis at the last check
-        # Live members not yet sent their first presence frame (the batch's end sends
-        # it), and whether to hold them (not the others' frames) until a load ends.
-        self.waiting: list[Any] = []
-        self.hold = False
-
-    def empty(self) -> bool:
-        return not self.local.users and not self.local.anonymous
-
-
-def _view(
-    room: str, users: Iterable[tuple[str, int]], anonymous: int, list_max: int
-) -> dict[str, Any]:
-    """The presence answer for ``users`` ((name, connections) pairs)."""
-    everyone = sorted(users)
-    return {
-        "room": room,
-        "users": [{"user": name, "connections": n} for name, n in everyone[:list_max]],
-        "count": len(everyone),
-        "anonymous": anonymous,
-        "truncated": len(everyone) > list_max,
-    }
-
-
-@dataclass(slots=True)
-class _Write:
-    room: _Room
-    version: int
-    users: list[tuple[int, int, str]]  # (id, local connections, name); 0 deletes
-    anonymous: int
-    anon_changed: bool
-    full: bool
-    gone: bool  # no local member left: the node's entries in the room go
-
-
-# -- the tracker ------------------------------------------------------------------------------
-
-_trackers: weakref.WeakKeyDictionary[Any, Tracker] = weakref.WeakKeyDictionary()
+#: Each hub's tracker (for control messages, and :func:`roomcast.presence.amembers`).
+trackers: weakref.WeakKeyDictionary[Any, Tracker] = weakref.WeakKeyDictionary()
 
 
 class Tracker:
@@ -223,10 +53,10 @@ class Tracker:
         self.live_max = int(settings.PRESENCE_LIVE_MAX)
         self.list_max = int(settings.PRESENCE_LIST_MAX)
         self._loop = asyncio.get_running_loop()
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, Room] = {}
         config = redis_config(layer)
-        self._store = _Store(*config, ttl=self.ttl) if config is not None else None
-        self._dirty: dict[str, _Room] = {}  # rooms whose local tally Redis lacks
+        self._store = Store(*config, ttl=self.ttl) if config is not None else None
+        self._dirty: dict[str, Room] = {}  # rooms whose local tally Redis lacks
         self._wake = asyncio.Event()
         self._heard: dict[str, float] = {}  # node -> monotonic time of its last diff
         self._failing = False
@@ -238,13 +68,22 @@ class Tracker:
         # Set once this node's heartbeat is in Redis: it writes no entry before that, so
         # no reader can take its entries for a dead node's.
         self.registered = asyncio.Event()
-        _trackers[hub] = self
+        trackers[hub] = self
         if self._store is not None:
             logger.info("Presence node %s (Redis prefix %s)", self.node, self._store.prefix)
             self._tasks = [
                 hub.start_task(self._beat_loop(self._store)),
                 hub.start_task(self._write_loop(self._store)),
             ]
+
+    @property
+    def store(self) -> Store | None:
+        """The Redis side (None with a layer without Redis)."""
+        return self._store
+
+    def tracks(self, room: str) -> bool:
+        """Whether this process has a view of ``room`` (it has members there)."""
+        return room in self._rooms
 
     # -- what the hub calls --------------------------------------------------------------
 
@@ -260,7 +99,7 @@ class Tracker:
             return
         room = self._rooms.get(member.room)
         if room is None:
-            room = self._rooms[member.room] = _Room(member.room, self.node)
+            room = self._rooms[member.room] = Room(member.room, self.node)
             if self._store is not None:
                 self._start_load(room)
         user_id, name = _who(member)
@@ -318,9 +157,9 @@ class Tracker:
         """Who is in ``room`` now as this process sees it (the answer of :func:`amembers`)."""
         state = self._rooms.get(room)
         if state is None:
-            return _view(room, (), 0, self.list_max)
+            return view(room, (), 0, self.list_max)
         users = ((entry[1], entry[0]) for entry in state.totals.values())
-        return _view(room, users, state.anonymous, self.list_max)
+        return view(room, users, state.anonymous, self.list_max)
 
     def handle(self, room: str, message: dict[str, Any]) -> None:
         """A ``presence.*`` layer message that came on ``room``'s group."""
@@ -355,7 +194,7 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        _trackers.pop(self.hub, None)
+        trackers.pop(self.hub, None)
         for room in self._rooms.values():
             if room.timer is not None:
                 room.timer.cancel()
@@ -379,7 +218,7 @@ class Tracker:
 
     # -- the view and its batches --------------------------------------------------------
 
-    def _add_user(self, room: _Room, user_id: int, delta: int, name: str) -> None:
+    def _add_user(self, room: Room, user_id: int, delta: int, name: str) -> None:
         entry = room.totals.get(user_id)
         old = entry[0] if entry is not None else 0
         if user_id not in room.prior:
@@ -395,13 +234,13 @@ class Tracker:
         elif entry is not None:
             del room.totals[user_id]
 
-    def _add_anonymous(self, room: _Room, delta: int) -> None:
+    def _add_anonymous(self, room: Room, delta: int) -> None:
         if room.prior_anonymous is None:
             room.prior_anonymous = room.anonymous
         room.anonymous = max(0, room.anonymous + delta)
 
     def _set_node(
-        self, room: _Room, tally: _NodeTally, users: dict[int, tuple[int, str]], anonymous: int
+        self, room: Room, tally: NodeTally, users: dict[int, tuple[int, str]], anonymous: int
     ) -> None:
         """Make ``tally`` hold ``users`` (absolute; count 0 removes) and ``anonymous``."""
         for user_id, (count, name) in users.items():
@@ -417,7 +256,7 @@ class Tracker:
             self._add_anonymous(room, anonymous - tally.anonymous)
             tally.anonymous = anonymous
 
-    def _drop_node(self, room: _Room, node: str) -> None:
+    def _drop_node(self, room: Room, node: str) -> None:
         tally = room.nodes.pop(node)
         for user_id, (count, name) in tally.users.items():
             self._add_user(room, user_id, -count, name)
@@ -425,7 +264,7 @@ class Tracker:
             self._add_anonymous(room, -tally.anonymous)
         self._schedule(room)
 
-    def _apply_diff(self, room: _Room, message: dict[str, Any]) -> None:
+    def _apply_diff(self, room: Room, message: dict[str, Any]) -> None:
         node, version = message["node"], int(message["v"])
         tally = room.nodes.get(node)
         if tally is not None and version <= tally.version:
@@ -436,7 +275,7 @@ class Tracker:
             return
         full = bool(message.get("full"))
         if tally is None:
-            tally = room.nodes[node] = _NodeTally()
+            tally = room.nodes[node] = NodeTally()
             if not full:
                 self._request_reload(room)  # its earlier changes never came
         elif not full and version != tally.version + 1:
@@ -449,11 +288,11 @@ class Tracker:
         tally.version = version
         self._schedule(room)
 
-    def _schedule(self, room: _Room) -> None:
+    def _schedule(self, room: Room) -> None:
         if room.timer is None and not self._closed:
             room.timer = self._loop.call_later(self.batch, self._flush, room)
 
-    def _flush(self, room: _Room) -> None:
+    def _flush(self, room: Room) -> None:
         room.timer = None
         if self._rooms.get(room.name) is not room:
             return
@@ -486,7 +325,7 @@ class Tracker:
             self._dirty[room.name] = room
             self._wake.set()
 
-    def _frames(self, room: _Room) -> list[str]:
+    def _frames(self, room: Room) -> list[str]:
         """The frames for the batch that ends now; afterwards the flushed view is current."""
         prior, room.prior = room.prior, {}
         prior_anonymous, room.prior_anonymous = room.prior_anonymous, None
@@ -512,7 +351,7 @@ class Tracker:
             frames.append(self._count_frame(room))
         return frames
 
-    def _count_frame(self, room: _Room) -> str:
+    def _count_frame(self, room: Room) -> str:
         return encode(
             {
                 "type": "presence_count",
@@ -525,37 +364,37 @@ class Tracker:
     def _snapshot(self, name: str) -> tuple[dict[str, Any], str]:
         room = self._rooms.get(name)
         if room is None:
-            frame = {"type": "presence", **_view(name, (), 0, self.list_max)}
+            frame = {"type": "presence", **view(name, (), 0, self.list_max)}
             return frame, encode(frame)
         if room.cache is None:
             prior = room.prior
             users = [(e[1], e[0]) for uid, e in room.totals.items() if uid not in prior]
             users += [(name, count) for count, name in prior.values() if count > 0]
             anonymous = room.anonymous if room.prior_anonymous is None else room.prior_anonymous
-            frame = {"type": "presence", **_view(room.name, users, anonymous, self.list_max)}
+            frame = {"type": "presence", **view(room.name, users, anonymous, self.list_max)}
             room.cache = (frame, encode(frame))
         return room.cache
 
     # -- Redis ---------------------------------------------------------------------------
 
-    def _start_load(self, room: _Room) -> None:
+    def _start_load(self, room: Room) -> None:
         if self._store is not None:
             room.loading = room.hold = True
             self.hub.start_task(self._load(room, self._store))
 
-    def _flush_now(self, room: _Room) -> None:
+    def _flush_now(self, room: Room) -> None:
         room.hold = False
         if room.timer is not None:
             room.timer.cancel()
         self._flush(room)
 
-    def _request_reload(self, room: _Room) -> None:
+    def _request_reload(self, room: Room) -> None:
         # While a load is under way the diffs are buffered and applied again after it,
         # which finds any gap that remains.
         if not room.loading:
             self._start_load(room)
 
-    async def _load(self, room: _Room, store: _Store) -> None:
+    async def _load(self, room: Room, store: Store) -> None:
         """Replace the room's remote tallies with Redis's, then re-apply newer diffs."""
         delay = 0.1
         while self._rooms.get(room.name) is room and not self._closed:
@@ -579,7 +418,7 @@ class Tracker:
             for node, (version, users, anonymous) in loaded.items():
                 tally = room.nodes.get(node)
                 if tally is None:
-                    tally = room.nodes[node] = _NodeTally()
+                    tally = room.nodes[node] = NodeTally()
                 for user_id, (_, name) in tally.users.items():
                     users.setdefault(user_id, (0, name))
                 self._set_node(room, tally, users, anonymous)
@@ -591,7 +430,7 @@ class Tracker:
             self._flush_now(room)
             return
 
-    async def _write_loop(self, store: _Store) -> None:
+    async def _write_loop(self, store: Store) -> None:
         """Write changed local tallies to Redis, then publish them (one task per tracker)."""
         await self.registered.wait()
         delay = 0.1
@@ -615,13 +454,13 @@ class Tracker:
                 for write in writes:
                     await self._publish(write)
 
-    def _take_write(self, room: _Room) -> _Write:
+    def _take_write(self, room: Room) -> Write:
         room.version += 1
         local = room.local.users
         # A whole write names the users that left too, so that their fields go.
         user_ids = room.changed | set(local) if room.full else room.changed
         users = [(uid, *local.get(uid, (0, ""))) for uid in user_ids]
-        write = _Write(
+        write = Write(
             room=room,
             version=room.version,
             users=users,
@@ -633,7 +472,7 @@ class Tracker:
         room.changed, room.anon_changed, room.full = set(), False, False
         return write
 
-    def _restore(self, write: _Write) -> None:
+    def _restore(self, write: Write) -> None:
         room = write.room
         if self._rooms.get(room.name) is not room:
             return
@@ -644,7 +483,7 @@ class Tracker:
         room.full |= write.full
         self._dirty[room.name] = room
 
-    async def _publish(self, write: _Write) -> None:
+    async def _publish(self, write: Write) -> None:
         room = write.room
         message = {
             "type": "presence.diff",
@@ -665,7 +504,7 @@ class Tracker:
                 room.timer.cancel()
             del self._rooms[room.name]
 
-    async def _beat_loop(self, store: _Store) -> None:
+    async def _beat_loop(self, store: Store) -> None:
         """Heartbeat every TTL/3; every TTL/6, drop the nodes that stopped beating."""
         tick = self.ttl / 6
         beats = 0
@@ -684,7 +523,7 @@ class Tracker:
             beats += 1
             await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
 
-    async def _beat(self, store: _Store) -> None:
+    async def _beat(self, store: Store) -> None:
         rooms = [room.name for room in self._rooms.values() if not room.empty()]
         existed = await store.beat(self.node, rooms)
         if not existed and self.registered.is_set():
@@ -699,7 +538,7 @@ class Tracker:
             self._wake.set()
         self.registered.set()
 
-    async def _check_alive(self, store: _Store, started: float) -> None:
+    async def _check_alive(self, store: Store, started: float) -> None:
         nodes = {n for room in self._rooms.values() for n in room.nodes if n != self.node}
         for node in set(self._heard) - nodes:
             del self._heard[node]
@@ -721,7 +560,7 @@ class Tracker:
             self.node_down(node)
         await store.forget_nodes(stale)
 
-    async def _check_versions(self, store: _Store) -> None:
+    async def _check_versions(self, store: Store) -> None:
         """Reload the rooms whose Redis versions were ahead of what arrived a beat ago."""
         if self._in_grace():
             return
@@ -772,269 +611,10 @@ def _who(member: Any) -> tuple[int | None, str]:
 
 
 def _on_down(hub: Any, message: dict[str, Any]) -> None:
-    tracker = _trackers.get(hub)
+    tracker = trackers.get(hub)
     node = message.get("node")
     if tracker is not None and isinstance(node, str):
         tracker.node_down(node)
 
 
 register_control("presence.down", _on_down)
-
-
-# -- reading from anywhere --------------------------------------------------------------------
-
-
-async def amembers(room: str) -> dict[str, Any]:
-    """Who is in ``room``, on every process: ``{"room", "users": [{"user", "connections"}],
-    "count", "anonymous", "truncated"}`` (at most ``PRESENCE_LIST_MAX`` users, by name).
-
-    With Redis this reads Redis, so it works in any process (a shell, a worker); with the
-    in-memory layer it is this process's hub's view (empty where no hub runs).
-
-    Raises:
-        PresenceUnavailableError: Redis did not answer and this process has no view of
-            the room.
-    """
-    hub = running_hub()
-    tracker = _trackers.get(hub) if hub is not None else None
-    list_max = int(roomcast_settings.PRESENCE_LIST_MAX)
-    if tracker is not None and tracker._store is None:
-        return tracker.view(room)
-    config = redis_config(fanout.get_layer())
-    if config is None:
-        return _view(room, (), 0, list_max)
-    if tracker is not None and tracker._store is not None:
-        store = tracker._store
-    else:
-        store = _shared_store(*config)
-    try:
-        loaded = await store.read(room)
-    except Exception as exc:
-        if tracker is not None and room in tracker._rooms:
-            logger.warning("Presence: Redis failed; answering from this process's view")
-            return tracker.view(room)
-        raise PresenceUnavailableError(f"Redis did not answer: {exc}") from exc
-    totals: dict[int, list[Any]] = {}
-    anonymous = 0
-    for _, users, guests in loaded.values():
-        anonymous += guests
-        for user_id, (count, name) in users.items():
-            entry = totals.setdefault(user_id, [0, name])
-            entry[0] += count
-    return _view(room, ((e[1], e[0]) for e in totals.values()), anonymous, list_max)
-
-
-def members(room: str) -> dict[str, Any]:
-    """:func:`amembers` from sync code (a view, a shell, a management command)."""
-    return fanout.run_sync(amembers, room)
-
-
-# -- the Redis side ---------------------------------------------------------------------------
-
-
-def redis_config(layer: Any) -> tuple[dict[str, Any], str] | None:
-    """The first Redis host of ``layer`` (as channels_redis decodes it) and its key prefix,
-    or None for a layer without Redis (presence is then this process's alone)."""
-    module = type(layer).__module__
-    if not module.startswith("channels_redis."):
-        return None
-    # channels_redis is an optional dependency: imported only when its layer is in use.
-    from channels_redis.utils import decode_hosts
-
-    if module == "channels_redis.core":
-        hosts, prefix = layer.hosts, layer.prefix
-    else:
-        # The pub/sub layer is a proxy making one layer per event loop from the arguments
-        # it keeps (channels_redis 4.x), so read them there rather than make one.
-        args, kwargs = layer._args, layer._kwargs
-        hosts = decode_hosts(kwargs.get("hosts", args[0] if args else None))
-        prefix = kwargs.get("prefix", "asgi")
-    return dict(hosts[0]), str(prefix)
-
-
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Store]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _shared_store(host: dict[str, Any], prefix: str) -> _Store:
-    """A store for :func:`amembers` where no tracker runs: one per event loop and host."""
-    stores = _shared.setdefault(asyncio.get_running_loop(), {})
-    key = repr(sorted(host.items())) + prefix
-    if key not in stores:
-        stores[key] = _Store(host, prefix, ttl=float(roomcast_settings.PRESENCE_TTL_SECS))
-    return stores[key]
-
-
-async def aclose_shared() -> None:
-    """Close the Redis connections :func:`amembers` opened on this event loop."""
-    for store in _shared.pop(asyncio.get_running_loop(), {}).values():
-        await store.aclose()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-class _Store:
-    """Presence's keys in Redis, through one connection pool (redis-py's asyncio client)."""
-
-    def __init__(self, host: dict[str, Any], prefix: str, *, ttl: float) -> None:
-        from channels_redis.utils import create_pool  # optional dependency, see above
-        from redis.asyncio import Redis
-
-        self.prefix = f"{prefix}:presence"
-        self.ttl_ms = max(1, int(ttl * 1000))
-        self.alive_ms = max(1, int(ttl * 2000 / 3))
-        self._client: Redis = Redis(connection_pool=create_pool(host))
-
-    def _keys(self, room: str) -> tuple[str, str]:
-        group = fanout.room_group(room)
-        return f"{self.prefix}:r:{group}", f"{self.prefix}:v:{group}"
-
-    def _alive_key(self, node: str) -> str:
-        return f"{self.prefix}:alive:{node}"
-
-    async def aclose(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
-
-    async def beat(self, node: str, rooms: list[str]) -> bool:
-        """Renew the node's heartbeat and its rooms' keys; whether the heartbeat was there."""
-        existed = False
-        for start in range(0, max(1, len(rooms)), ROOMS_PER_ROUND_TRIP):
-            pipe = self._client.pipeline(transaction=False)
-            if start == 0:
-                pipe.exists(self._alive_key(node))
-                pipe.set(self._alive_key(node), str(time.time()), px=self.alive_ms)
-            for room in rooms[start : start + ROOMS_PER_ROUND_TRIP]:
-                for key in self._keys(room):
-                    pipe.pexpire(key, self.ttl_ms)
-            async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-                result = await pipe.execute()
-            if start == 0:
-                existed = bool(result[0])
-        return existed
-
-    async def alive(self, nodes: Iterable[str]) -> set[str]:
-        """Those of ``nodes`` whose heartbeat has not expired."""
-        nodes = list(nodes)
-        async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-            found = await self._client.mget([self._alive_key(n) for n in nodes])
-        return {node for node, value in zip(nodes, found, strict=True) if value is not None}
-
-    async def write(self, node: str, writes: list[_Write]) -> None:
-        """Mirror the local tallies of ``writes`` (one MULTI for them all)."""
-        pipe = self._client.pipeline(transaction=True)
-        for write in writes:
-            data, versions = self._keys(write.room.name)
-            present = {
-                f"{node}:{uid}": f"{count}:{name}" for uid, count, name in write.users if count
-            }
-            absent = [f"{node}:{uid}" for uid, count, _ in write.users if not count]
-            if write.anon_changed or write.gone:
-                if write.anonymous and not write.gone:
-                    present[f"{node}:-"] = str(write.anonymous)
-                else:
-                    absent.append(f"{node}:-")
-            if present:
-                pipe.hset(data, mapping=present)  # type: ignore[arg-type]
-            if absent:
-                pipe.hdel(data, *absent)
-            if write.gone:
-                pipe.hdel(versions, node)
-            else:
-                pipe.hset(versions, node, str(write.version))
-                pipe.pexpire(data, self.ttl_ms)
-                pipe.pexpire(versions, self.ttl_ms)
-        async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-            await pipe.execute()
-
-    async def read(self, room: str) -> dict[str, tuple[int, dict[int, tuple[int, str]], int]]:
-        """Each live node's entries in ``room``: node -> (version, users, guests)."""
-        data_key, versions_key = self._keys(room)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hgetall(data_key)
-        pipe.hgetall(versions_key)
-        async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-            data, versions = await pipe.execute()
-        nodes: dict[str, tuple[int, dict[int, tuple[int, str]], int]] = {}
-        for raw_node, raw_version in versions.items():
-            try:
-                nodes[_text(raw_node)] = (int(raw_version), {}, 0)
-            except ValueError:
-                continue
-        if nodes:
-            alive = await self.alive(nodes)
-            dead = [node for node in nodes if node not in alive]
-            for node in dead:
-                del nodes[node]
-        else:
-            dead = []
-        orphans = []  # fields of nodes that are dead or left the room
-        for raw_field, raw_value in data.items():
-            field = _text(raw_field)
-            node, _, who = field.partition(":")
-            if node not in nodes:
-                orphans.append(field)
-                continue
-            value = _text(raw_value)
-            try:
-                if who == "-":
-                    version, users, _ = nodes[node]
-                    nodes[node] = (version, users, int(value))
-                else:
-                    count, _, name = value.partition(":")
-                    nodes[node][1][int(who)] = (int(count), name)
-            except ValueError:
-                logger.warning("Presence: ignoring malformed field %r of room %r", field, room)
-        if orphans or dead:
-            # Delete them as Centrifugo's presence read deletes expired entries (best
-            # effort: the key's expiry is the backstop).
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                if orphans:
-                    pipe.hdel(data_key, *orphans)
-                if dead:
-                    pipe.hdel(versions_key, *dead)
-                async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-                    await pipe.execute()
-            except Exception:
-                logger.debug("Presence: could not delete stale fields of %r", room, exc_info=True)
-        return nodes
-
-    async def versions(self, rooms: list[str]) -> list[dict[str, int]]:
-        """Each room's node versions (node -> version)."""
-        pipe = self._client.pipeline(transaction=False)
-        for room in rooms:
-            pipe.hgetall(self._keys(room)[1])
-        async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-            found = await pipe.execute()
-        out = []
-        for versions in found:
-            parsed = {}
-            for node, version in versions.items():
-                try:
-                    parsed[_text(node)] = int(version)
-                except ValueError:
-                    continue
-            out.append(parsed)
-        return out
-
-    async def forget(self, node: str, rooms: list[tuple[str, dict[int, tuple[int, str]]]]) -> None:
-        """Delete ``node``'s entries in ``rooms`` ((room, its users there)) and its heartbeat."""
-        await self.forget_nodes([(node, room, users) for room, users in rooms])
-        async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-            await self._client.delete(self._alive_key(node))
-
-    async def forget_nodes(
-        self, entries: list[tuple[str, str, dict[int, tuple[int, str]]]]
-    ) -> None:
-        """Delete each (node, room, users)'s fields."""
-        for start in range(0, len(entries), ROOMS_PER_ROUND_TRIP):
-            pipe = self._client.pipeline(transaction=False)
-            for node, room, users in entries[start : start + ROOMS_PER_ROUND_TRIP]:
-                data, versions = self._keys(room)
-                pipe.hdel(data, f"{node}:-", *(f"{node}:{uid}" for uid in users))
-                pipe.hdel(versions, node)
-            async with asyncio.timeout(REDIS_TIMEOUT_SECS):
-                await pipe.execute()
