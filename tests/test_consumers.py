@@ -444,7 +444,7 @@ async def test_fuzzed_frames_each_get_one_answer_and_the_socket_stays(room_of):
 @pytest.mark.parametrize(
     ("path", "detail"),
     [
-        ("/ws/", "rooms are at /ws/chat/<room>/"),
+        ("/ws/x/", "rooms are at /ws/chat/<room>/"),
         ("/ws/chat/lobby", "room URLs end with '/'"),
         ("/ws/chat/", "room URLs end with '/'"),
         ("/nothing/here/", "rooms are at /ws/chat/<room>/"),

@@ -209,11 +209,11 @@ async def test_member_writes_without_a_task_until_a_send_has_to_wait():
     for seq in (2, 3, 4):
         member.deliver(seq, f'{{"seq":{seq}}}')
     assert socket.seqs == [1, 2]  # the send of 2 is waiting; 3 and 4 are queued
-    assert member._writer is not None
+    assert member.connection._writer is not None
     socket.open.set()
     await socket.wait_for(4)
     await asyncio.sleep(0)
-    assert socket.seqs == [1, 2, 3, 4] and member._writer is None
+    assert socket.seqs == [1, 2, 3, 4] and member.connection._writer is None
     member.deliver(5, '{"seq":5}')
     assert socket.seqs == [1, 2, 3, 4, 5]
 
@@ -225,12 +225,12 @@ async def test_member_writer_task_is_cancelled_cleanly():
     member.start(CatchUp(preface=[], frames=[], last_seq=0))
     socket.block()
     member.deliver(1, '{"seq":1}')
-    writer = member._writer
+    writer = member.connection._writer
     assert writer is not None
     writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writer
-    assert member._writer is None
+    assert member.connection._writer is None
 
 
 async def test_member_writer_stops_when_the_socket_is_gone():

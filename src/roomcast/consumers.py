@@ -25,8 +25,8 @@ from typing import Any
 from . import limits, security, services
 from .access import Identity
 from .conf import roomcast_settings
+from .connection import Connection, Member
 from .exceptions import PermissionDeniedError, RefusedError
-from .hub import Member
 from .protocol import (
     PROTOCOL_V1,
     CloseCode,
@@ -36,32 +36,38 @@ from .protocol import (
     ProtocolError,
     codec,
 )
-from .protocol.messages import AuthFrame, HistoryFrame, PingFrame, SendMessageFrame
+from .protocol.messages import (
+    AuthFrame,
+    EditFrame,
+    HistoryFrame,
+    PingFrame,
+    ReadFrame,
+    RoomFrame,
+    SendMessageFrame,
+    SubscribeFrame,
+)
+from .protocol.room_names import is_user_room
 from .security import SERVER_SEND
 
 logger = logging.getLogger(__name__)
 
 
-class RoomConsumer:
-    """One WebSocket in one room: ``/ws/chat/<room>/`` (the seed's URL).
-
-    ``RoomConsumer.as_asgi()`` is the ASGI application, as with Channels' consumers; one
-    instance serves one connection.
+class _Socket:
+    """What the room socket and the ``/ws/`` connection share: accepting, finding out who
+    the client is, the auth frame, the token's expiry, reading and dispatching frames.
 
     A connection goes through phases: ``connecting`` (the URL is read, the socket
     accepted and who it is resolved, see ``security``), ``auth`` (opened with
     ``?auth=1``: waiting at most ``HANDSHAKE_TIMEOUT_SECS`` for the auth frame),
-    ``joined`` (a member of its room: frames are handled), ``closed``. Access is decided
-    once, when it joins (``member.rights``); a socket with a token is closed with 4501
-    when the token expires, by a timer, whether or not it sends anything.
+    ``joined`` (frames are handled), ``closed``. A socket with a token is closed with
+    4501 when the token expires, by a timer, whether or not it sends anything.
     """
 
     __slots__ = (
+        "connection",
         "expiry",
-        "member",
         "phase",
         "quota",
-        "room",
         "scope",
         "send",
         "since",
@@ -69,13 +75,17 @@ class RoomConsumer:
         "waiting",
     )
 
+    #: What the URL names, for log lines.
+    label = "a socket"
+    #: Client frame type -> handler(self, frame); set by each subclass.
+    _handlers: dict[str, Callable[..., Awaitable[None]]] = {}
+
     def __init__(self, scope: dict[str, Any], send: Any) -> None:
         self.scope = scope
         # The server's own send when the middleware put it in the scope (fewer wrappers
         # per frame, see security.RoomcastMiddleware), else the one it was given.
         self.send = scope.get(SERVER_SEND) or send
-        self.room = ""
-        self.member: Member | None = None
+        self.connection: Connection | None = None
         self.quota: limits.Quota | None = None  # rate and socket limits (roomcast.limits)
         self.v1 = PROTOCOL_V1 in (scope.get("subprotocols") or ())
         self.phase = "connecting"
@@ -108,21 +118,20 @@ class RoomConsumer:
         finally:
             self.disconnect()
 
+    def _read_url(self) -> codec.ConnectQuery:
+        """Check the URL (raises ProtocolError); returns its query."""
+        raw_path = self.scope.get("raw_path")
+        if isinstance(raw_path, bytes):
+            # The server's "path" has %XX bytes that are not UTF-8 decoded to U+FFFD
+            # (validate_room_name refuses that too); the raw bytes say exactly why.
+            codec.check_path_encoding(raw_path)
+        return codec.parse_connect_query(self.scope.get("query_string", b""))
+
     async def connect(self) -> None:
-        """Validate the URL, accept, find out who the client is, then join the room
-        (catch-up first, then live)."""
+        """Validate the URL, accept, find out who the client is, then start."""
         subprotocol = PROTOCOL_V1 if self.v1 else None
         try:
-            raw_path = self.scope.get("raw_path")
-            if isinstance(raw_path, bytes):
-                # The server's "path" has %XX bytes that are not UTF-8 decoded to U+FFFD
-                # (validate_room_name refuses that too); the raw bytes say exactly why.
-                codec.check_path_encoding(raw_path)
-            raw_room = self.scope["url_route"]["kwargs"]["room_name"]
-            self.room = codec.validate_room_name(
-                raw_room, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS
-            )
-            query = codec.parse_connect_query(self.scope.get("query_string", b""))
+            query = self._read_url()
         except ProtocolError as exc:
             # Accept, then close with the code and reason, so the client can tell why
             # (a refusal before accept reaches a browser as a bare HTTP 403).
@@ -147,41 +156,34 @@ class RoomConsumer:
             await self._close(CloseCode.UNAUTHORIZED, exc.reason)
             return
         except Exception:
-            logger.exception("Reading the session of a socket of room %r failed", self.room)
+            logger.exception("Reading the session of %s failed", self.label)
             await self._close(CloseCode.INTERNAL_ERROR, "could not join; reconnect")
             return
-        await self._join(identity)
+        await self._admit(identity)
 
-    async def _join(self, identity: Identity) -> None:
+    async def _admit(self, identity: Identity) -> None:
+        """Count the socket against the limits, then start it (``_start``)."""
         self.phase = "joining"
         try:  # sockets per user and per address (roomcast.limits), now that we know who
             self.quota = limits.admit(self.scope, identity.user_id)
         except limits.TooManySocketsError as exc:
             await self._close(exc.close_code or CloseCode.TOO_MANY, exc.detail)
             return
-        try:
-            self.member = await services.join_room(
-                self.room, send=self.send, since=self.since, v1=self.v1, identity=identity
-            )
-        except PermissionDeniedError:
-            # The same answer whether the room exists or not: its existence does not leak.
-            await self._close(CloseCode.FORBIDDEN, services.NOT_ALLOWED_REASON)
-            return
-        except Exception:
-            # The layer or the database is down: tell the client to come back (1011 is a
-            # reconnect code) instead of leaving a socket that will never get a message.
-            logger.exception("Joining room %r failed", self.room)
-            await self._close(CloseCode.INTERNAL_ERROR, "could not join; reconnect")
+        if not await self._start(identity):
             return
         self.phase = "joined"
         if identity.expires_at is not None:
             delay = max(0.0, identity.expires_at - time.time())
             self.expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
 
+    async def _start(self, identity: Identity) -> bool:
+        """Join what the URL names; False if the socket was closed instead."""
+        raise NotImplementedError
+
     def _token_expired(self) -> None:
         self.expiry = None
-        if self.member is not None:
-            self.member.close(CloseCode.TOKEN_EXPIRED, security.TOKEN_EXPIRED_REASON)
+        if self.connection is not None:
+            self.connection.close(CloseCode.TOKEN_EXPIRED, security.TOKEN_EXPIRED_REASON)
 
     def _no_auth_frame(self) -> None:
         self.waiting = None
@@ -193,7 +195,7 @@ class RoomConsumer:
             task.add_done_callback(_closing.discard)
 
     def disconnect(self) -> None:
-        """Leave the room; stop the timers; release the socket's quota."""
+        """Leave every room; stop the timers; release the socket's quota."""
         self.phase = "closed"
         for timer in (self.waiting, self.expiry):
             if timer is not None:
@@ -202,10 +204,13 @@ class RoomConsumer:
         if self.quota is not None:
             self.quota.release()
             self.quota = None
-        if self.member is not None:
-            self.member.closed = True
-            services.leave_room(self.member)
-            self.member = None
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.closed = True
+            for member in list(connection.subs.values()):
+                member.closed = True
+                services.leave_room(member)
+            connection.subs.clear()
 
     async def _close(self, code: int, reason: str) -> None:
         if self.phase == "closed":
@@ -217,16 +222,16 @@ class RoomConsumer:
             )
         except (OSError, RuntimeError):
             # Gone already (uvicorn's ClientDisconnected is an OSError), or closed by the
-            # server first (a second close is a RuntimeError), as in hub.Member.close.
-            logger.debug("Socket of room %r was gone before its close", self.room)
+            # server first (a second close is a RuntimeError), as in Connection.close.
+            logger.debug("%s was gone before its close", self.label)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Parse one client frame and act on it; bad frames get an error event or a close."""
         if self.phase == "auth":
             await self._authenticate(text_data, bytes_data)
             return
-        member = self.member
-        if member is None or member.closed:
+        connection = self.connection
+        if connection is None or connection.closed:
             return
         try:
             frame = codec.parse_frame(
@@ -234,24 +239,27 @@ class RoomConsumer:
             )
         except ProtocolError as exc:
             if exc.close_code is not None:
-                member.close(exc.close_code, codec.close_reason(exc.detail))
+                connection.close(exc.close_code, codec.close_reason(exc.detail))
             else:
-                self._error(member, exc.code, exc.detail)
+                self._error(exc.code, exc.detail)
             return
         client_id = frame.get("client_id")
         client_id = client_id if isinstance(client_id, str) else None
+        room = frame.get("room") if connection.mux else None
+        room = room if isinstance(room, str) else None
+        handler = self._handlers.get(frame["type"])
         try:
-            await self._handlers[frame["type"]](self, member, frame)
+            if handler is None:
+                raise InvalidFrameRefusal(ONLY_ON_WS.format(kind=frame["type"]))
+            await handler(self, frame)
         except RefusedError as exc:
-            self._error(member, exc.code, exc.detail, client_id)
+            self._error(exc.code, exc.detail, client_id, room)
         except Exception:
-            logger.exception("Handling a %r frame in room %r failed", frame["type"], self.room)
+            logger.exception("Handling a %r frame of %s failed", frame["type"], self.label)
             self._error(
-                member,
-                "internal_error",
-                "The server could not handle this frame; try again.",
-                client_id,
-            )
+                "internal_error", "The server could not handle this frame; try again.",
+                client_id, room,
+            )  # fmt: skip
 
     async def _authenticate(self, text_data: str | None, bytes_data: bytes | None) -> None:
         """The first frame of a socket opened with ``?auth=1``: it must be the auth frame."""
@@ -278,9 +286,11 @@ class RoomConsumer:
             await self._close(CloseCode.UNAUTHORIZED, exc.reason)
             return
         if self.phase == "connecting":  # not closed meanwhile
-            await self._join(identity)
+            await self._admit(identity)
 
-    async def _on_message(self, member: Member, frame: SendMessageFrame) -> None:
+    # -- what a member may do, on either endpoint ----------------------------------------
+
+    async def _post(self, member: Member, frame: SendMessageFrame) -> None:
         if "post" not in member.rights:
             raise PermissionDeniedError(
                 "You may not post in this room."
@@ -291,45 +301,312 @@ class RoomConsumer:
             return  # over the rate limit: the client was told (rate_limited, or 4429)
         identity = member.identity
         stored = await services.apost_message(
-            self.room,
+            member.room,
             frame["message"],
             user=identity.user,
             username=identity.name,
             client_id=frame["client_id"] or "",
         )
-        if member.v1:
-            member.send_frame(
-                codec.encode(codec.ack_event(client_id=frame["client_id"], seq=stored.seq))
-            )
+        connection = member.connection
+        if connection.v1:
+            room = member.room if connection.mux else None
+            ack = codec.ack_event(client_id=frame["client_id"], seq=stored.seq, room=room)
+            member.send_frame(codec.encode(ack))
         elif stored.duplicate:
             # A resent client_id stores and publishes nothing. A seed-dialect client has
             # no ack: seeing its message is its ack, so it gets the stored message's
             # frame again, on this socket alone (docs/protocol.md, "Client frames").
             member.send_frame(stored.frame)
 
-    async def _on_history(self, member: Member, frame: HistoryFrame) -> None:
+    async def _history(self, member: Member, frame: HistoryFrame) -> None:
         if "read" not in member.rights:
             raise PermissionDeniedError("You may not read this room's history.")
-        member.send_frame(await services.ahistory_frame(self.room, frame["before"], frame["limit"]))
+        page = await services.ahistory_frame(member.room, frame["before"], frame["limit"])
+        member.send_frame(page)
 
-    async def _on_ping(self, member: Member, frame: PingFrame) -> None:
-        member.send_frame(codec.encode(codec.pong_event()))
+    async def _change(self, member: Member, frame: EditFrame) -> None:
+        """An edit or a delete of one of the room's messages (roomcast.edits decides)."""
+        if not member.connection.v1:
+            raise InvalidFrameRefusal("Edits and deletes need the roomcast.v1 subprotocol.")
+        if self.quota is not None and not self.quota.allow_post(member, frame["client_id"]):
+            return  # edits count against the post rate: each is a stored event
+        from . import edits  # type: ignore[attr-defined]
 
-    async def _on_auth(self, member: Member, frame: AuthFrame) -> None:
-        self._error(member, "invalid_frame", AUTH_FRAME_LATE)
+        client_id = frame["client_id"] or ""
+        if frame["message"] is None:
+            stored = await edits.adelete_message(
+                member.room, frame["seq"], by=member.identity, client_id=client_id
+            )
+        else:
+            stored = await edits.aedit_message(
+                member.room, frame["seq"], frame["message"], by=member.identity,
+                client_id=client_id,
+            )  # fmt: skip
+        room = member.room if member.connection.mux else None
+        ack = codec.ack_event(client_id=frame["client_id"], seq=stored.seq, room=room)
+        member.send_frame(codec.encode(ack))
+
+    def _error(
+        self, code: str, detail: str, client_id: str | None = None, room: str | None = None
+    ) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        event = codec.error_event(
+            code=code, detail=detail, seed=not connection.v1, client_id=client_id, room=room
+        )
+        connection.send_frame(codec.encode(event))
+
+    async def _on_ping(self, frame: PingFrame) -> None:
+        if self.connection is not None:
+            self.connection.send_frame(codec.encode(codec.pong_event()))
+
+    async def _on_auth(self, frame: AuthFrame) -> None:
+        raise InvalidFrameRefusal(AUTH_FRAME_LATE)
+
+
+class RoomConsumer(_Socket):
+    """One WebSocket in one room: ``/ws/chat/<room>/`` (the seed's URL).
+
+    ``RoomConsumer.as_asgi()`` is the ASGI application, as with Channels' consumers; one
+    instance serves one connection: a :class:`~roomcast.connection.Connection` with one
+    fixed member. Access is decided once, when it joins (``member.rights``).
+    """
+
+    __slots__ = ("member", "room")
+
+    label = "a room socket"
+
+    def __init__(self, scope: dict[str, Any], send: Any) -> None:
+        super().__init__(scope, send)
+        self.room = ""
+        self.member: Member | None = None
+
+    def _read_url(self) -> codec.ConnectQuery:
+        query = super()._read_url()
+        raw_room = self.scope["url_route"]["kwargs"]["room_name"]
+        self.room = codec.validate_room_name(
+            raw_room, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS
+        )
+        return query
+
+    async def _start(self, identity: Identity) -> bool:
+        try:
+            self.member = await services.join_room(
+                self.room, send=self.send, since=self.since, v1=self.v1, identity=identity
+            )
+        except PermissionDeniedError:
+            # The same answer whether the room exists or not: its existence does not leak.
+            await self._close(CloseCode.FORBIDDEN, services.NOT_ALLOWED_REASON)
+            return False
+        except Exception:
+            # The layer or the database is down: tell the client to come back (1011 is a
+            # reconnect code) instead of leaving a socket that will never get a message.
+            logger.exception("Joining room %r failed", self.room)
+            await self._close(CloseCode.INTERNAL_ERROR, "could not join; reconnect")
+            return False
+        self.connection = self.member.connection
+        return True
+
+    def disconnect(self) -> None:
+        super().disconnect()
+        self.member = None
+
+    def _member(self) -> Member:
+        member = self.member
+        assert member is not None  # frames are handled once joined
+        return member
+
+    async def _on_message(self, frame: SendMessageFrame) -> None:
+        await self._post(self._member(), frame)
+
+    async def _on_history(self, frame: HistoryFrame) -> None:
+        await self._history(self._member(), frame)
+
+    async def _on_change(self, frame: EditFrame) -> None:
+        await self._change(self._member(), frame)
 
     # Client frames dispatch on their type (like Channels' get_handler_name for events).
     _handlers: dict[str, Callable[..., Awaitable[None]]] = {
         "message": _on_message,
         "history": _on_history,
-        "ping": _on_ping,
-        "auth": _on_auth,
+        "edit": _on_change,
+        "delete": _on_change,
+        "ping": _Socket._on_ping,
+        "auth": _Socket._on_auth,
     }
 
+
+class NotSubscribedError(RefusedError):
+    """A /ws/ frame about a room the connection is not subscribed to."""
+
+    code = "not_subscribed"
+
+
+class MuxConsumer(_Socket):
+    """One WebSocket, many rooms: ``/ws/`` (docs/protocol.md, "One socket, many rooms").
+
+    Speaks roomcast.v1 whatever the client offers. Its rooms are the members of its
+    :class:`~roomcast.connection.Connection` (``connection.subs``), joined by
+    ``subscribe`` frames with the same access rules, catch-up and recovery as a room
+    socket; a logged-in user's connection is also subscribed to the user's own stream
+    (``user/<id>``), whose position is the URL's ``since``.
+    """
+
+    __slots__ = ("_joining",)
+
+    label = "a /ws/ socket"
+
+    def __init__(self, scope: dict[str, Any], send: Any) -> None:
+        super().__init__(scope, send)
+        self._joining: set[str] = set()  # rooms whose subscribe is under way
+
+    async def _start(self, identity: Identity) -> bool:
+        connection = services.new_connection(self.send, v1=True, identity=identity, mux=True)
+        self.connection = connection
+        if not identity.authenticated:
+            connection.send_frame(codec.encode(codec.connected_event(user=identity.name)))
+            return True
+        try:
+            await services.join_user_stream(connection, self.since)
+        except Exception:
+            logger.exception("Joining the user stream of %r failed", identity.name)
+            self.connection = None
+            await self._close(CloseCode.INTERNAL_ERROR, "could not connect; reconnect")
+            return False
+        return True
+
+    def _room_name(self, frame: Any) -> str:
+        try:
+            return codec.validate_room_name(
+                frame["room"], max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS
+            )
+        except ProtocolError as exc:
+            raise InvalidFrameRefusal(exc.detail) from None
+
+    def _subscribed(self, frame: Any) -> Member:
+        """The member of the room ``frame`` names, started; else not_subscribed."""
+        connection = self.connection
+        assert connection is not None
+        room = frame["room"]
+        # The name as the client sent it first (the common case); else as normalised
+        # (a name that normalises to a subscribed one is the same room).
+        member = None if is_user_room(room) else connection.subs.get(room)
+        if member is None:
+            room = self._room_name(frame)
+            member = connection.subs.get(room)
+        if member is None or not member.started:
+            raise NotSubscribedError(f"Not subscribed to room {room!r}: subscribe first.")
+        return member
+
+    async def _on_subscribe(self, frame: SubscribeFrame) -> None:
+        connection = self.connection
+        assert connection is not None
+        raw = frame["room"]
+        try:
+            room = codec.validate_room_name(raw, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
+        except ProtocolError as exc:
+            event = codec.unsubscribed_event(
+                room=raw, code=exc.close_code or CloseCode.BAD_REQUEST, reason=exc.detail
+            )
+            connection.send_frame(codec.encode(event))
+            return
+        if room in connection.subs or room in self._joining:
+            raise AlreadySubscribedError(f"Already subscribed to room {room!r}.")
+        limit = roomcast_settings.MAX_SUBSCRIPTIONS
+        rooms = sum(1 for name in connection.subs if not is_user_room(name))
+        if rooms + len(self._joining) >= limit:
+            raise TooManySubscriptionsError(
+                f"At most {limit} rooms per connection (MAX_SUBSCRIPTIONS); unsubscribe first."
+            )
+        self._joining.add(room)
+        try:
+            await services.join_room(room, since=frame["since"], connection=connection)
+        except PermissionDeniedError:
+            self._refused(room, CloseCode.FORBIDDEN, services.NOT_ALLOWED_REASON)
+        except Exception:
+            logger.exception("Subscribing to room %r failed", room)
+            self._refused(room, CloseCode.INTERNAL_ERROR, "could not join; subscribe again")
+        finally:
+            self._joining.discard(room)
+
+    def _refused(self, room: str, code: int, reason: str) -> None:
+        if self.connection is not None:
+            event = codec.unsubscribed_event(room=room, code=code, reason=reason)
+            self.connection.send_frame(codec.encode(event))
+
+    async def _on_unsubscribe(self, frame: RoomFrame) -> None:
+        member = self._subscribed(frame)
+        member.close(CloseCode.NORMAL_CLOSURE, "unsubscribed")
+
+    async def _on_message(self, frame: SendMessageFrame) -> None:
+        await self._post(self._subscribed(self._needs_room(frame)), frame)
+
+    async def _on_history(self, frame: HistoryFrame) -> None:
+        await self._history(self._subscribed(self._needs_room(frame)), frame)
+
+    async def _on_change(self, frame: EditFrame) -> None:
+        await self._change(self._subscribed(self._needs_room(frame)), frame)
+
+    async def _on_typing(self, frame: RoomFrame) -> None:
+        member = self._subscribed(frame)
+        if "post" not in member.rights:
+            raise PermissionDeniedError("You may not post in this room, so not type either.")
+        await services.typing(member)
+
+    async def _on_presence(self, frame: RoomFrame) -> None:
+        member = self._subscribed(frame)
+        member.send_frame(services.presence_frame(member.room))
+
+    async def _on_read(self, frame: ReadFrame) -> None:
+        member = self._subscribed(frame)
+        if not member.identity.authenticated:
+            raise PermissionDeniedError("Guests have no read cursors; log in to keep one.")
+        from . import cursors  # type: ignore[attr-defined]
+
+        await cursors.amark_read(member.identity, member.room, frame["seq"])
+
     @staticmethod
-    def _error(member: Member, code: str, detail: str, client_id: str | None = None) -> None:
-        event = codec.error_event(code=code, detail=detail, seed=not member.v1, client_id=client_id)
-        member.send_frame(codec.encode(event))
+    def _needs_room(frame: Any) -> Any:
+        if "room" not in frame:
+            raise InvalidFrameRefusal(f'A {frame["type"]} frame on /ws/ needs a "room" key.')
+        return frame
+
+    _handlers: dict[str, Callable[..., Awaitable[None]]] = {
+        "subscribe": _on_subscribe,
+        "unsubscribe": _on_unsubscribe,
+        "message": _on_message,
+        "history": _on_history,
+        "edit": _on_change,
+        "delete": _on_change,
+        "typing": _on_typing,
+        "presence": _on_presence,
+        "read": _on_read,
+        "ping": _Socket._on_ping,
+        "auth": _Socket._on_auth,
+    }
+
+
+class InvalidFrameRefusal(RefusedError):
+    """A frame that parses but cannot be acted on here (``invalid_frame``)."""
+
+    code = "invalid_frame"
+
+
+class AlreadySubscribedError(RefusedError):
+    """A subscribe to a room the connection is subscribed to (or subscribing to)."""
+
+    code = "already_subscribed"
+
+
+class TooManySubscriptionsError(RefusedError):
+    """A subscribe past ``MAX_SUBSCRIPTIONS``."""
+
+    code = "too_many_subscriptions"
+
+
+#: Error detail for a /ws/ frame sent on a room socket.
+ONLY_ON_WS = "{kind!r} frames are for the multi-room socket /ws/, not a room socket."
 
 
 #: Close reason (4401) when a socket opened with ``?auth=1`` sends something else first.
@@ -381,7 +658,9 @@ async def refuse(scope: dict[str, Any], receive: Any, send: Any, error: Protocol
 
 
 #: The answer for a path that matches no WebSocket route at all.
-NO_ROUTE_DETAIL = "No WebSocket endpoint at this path; rooms are at /ws/chat/<room>/."
+NO_ROUTE_DETAIL = (
+    "No WebSocket endpoint at this path; rooms are at /ws/chat/<room>/, many rooms at /ws/."
+)
 
 
 async def no_route(scope: dict[str, Any], receive: Any, send: Any) -> None:

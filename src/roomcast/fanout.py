@@ -32,6 +32,8 @@ from django.db import transaction
 from .conf import roomcast_settings
 from .exceptions import PushError, SynchronousCallError
 from .hub import CONTROL_GROUP, running_hub
+from .protocol.room_names import USER_STREAM_PREFIX as USER_STREAM_PREFIX
+from .protocol.room_names import is_user_room as is_user_room
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +58,9 @@ def room_group(room: str) -> str:
     return GROUP_PREFIX + "." + hashlib.blake2b(room.encode("utf-8"), digest_size=16).hexdigest()
 
 
-#: Prefix of a user's own stream, stored and delivered like a room's: ``user/<user id>``.
-#: Room names may not contain "/", so no client can name (or subscribe to) one.
-USER_STREAM_PREFIX = "user/"
-
-
 def user_room(user_id: int) -> str:
     """The stream (a room row, a group) of user ``user_id``'s own channel."""
     return f"{USER_STREAM_PREFIX}{int(user_id)}"
-
-
-def is_user_room(room: str) -> bool:
-    """Whether ``room`` names a user's own stream rather than a chat room."""
-    return room.startswith(USER_STREAM_PREFIX)
 
 
 def get_layer() -> Any:

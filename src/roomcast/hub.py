@@ -46,21 +46,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Protocol
 
-from . import direct
+from .connection import CatchUp, Connection, Member, Send
 from .protocol import CloseCode
-from .protocol.codec import close_reason, encode, message_event
+from .protocol.codec import close_reason, encode, is_v1_only, message_event
+from .protocol.room_names import is_user_room
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+__all__ = ["CONTROL_GROUP", "NODE", "CatchUp", "Connection", "Hub", "Member", "Send"]
+
+#: This process's name among the processes of a cluster (random, per start): it tells
+#: apart the sender of an ephemeral event (typing) and the owner of presence entries.
+NODE = secrets.token_hex(6)
 
 #: Close codes below 3000 that a server may send (RFC 6455 7.4.1; 1005, 1006 and 1015
 #: are never sent on the wire).
@@ -94,15 +98,6 @@ def register_control(kind: str, handler: ControlHandler) -> None:
     _control_handlers[kind.replace(".", "_")] = handler
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CatchUp:
-    """What a joining member is sent before the live stream (built by services)."""
-
-    preface: list[str]  # frames sent first (the ``joined`` event)
-    frames: list[tuple[int, str]]  # (seq, frame) of stored messages, ascending
-    last_seq: int  # the member's stream position once these are sent
-
-
 class Loader(Protocol):
     """Database reads the hub needs; implemented by ``services``."""
 
@@ -119,282 +114,6 @@ class Loader(Protocol):
     ) -> list[tuple[int, str]]:
         """Encoded frames of the room's messages with ``after < seq <= upto``, ascending."""
         ...
-
-
-class Member:
-    """One socket in one room: its stream position and its bounded outbound buffer.
-
-    The hub and the consumer both write through :meth:`deliver` / :meth:`send_frame`.
-    Frames are written at once, without a task, while the server's ``send`` completes
-    without waiting (uvicorn's does while the socket is writable); only a send that has
-    to wait (the client is not reading) hands the rest to a writer task. An idle socket
-    costs no task, and fan-out to a room creates none per member and message: a task per
-    delivery cost a third of the server's time and fed the cyclic GC (measured,
-    benchmarks/results/2026-11-25.md).
-
-    Access (issue 7): ``identity`` is who the socket is (``roomcast.access.Identity``);
-    ``rights`` is the frozenset of actions (``"join"``, ``"read"``, ``"post"``) it may do
-    in its room, decided once when it joins (``services.join_room``) and read by the
-    consumer for each ``history`` frame and post, so that neither costs a database read.
-    When rights change, ``await services.arecheck(member)`` asks the policy again,
-    replaces ``rights``, and closes the socket with 4403 if ``join`` is gone.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_bytes",
-        "_direct",
-        "_held",
-        "_loop",
-        "_send",
-        "_slack",
-        "_writer",
-        "closed",
-        "identity",
-        "last_seq",
-        "max_bytes",
-        "max_frames",
-        "rights",
-        "rights_epoch",
-        "room",
-        "user_id",
-        "v1",
-    )
-
-    def __init__(
-        self,
-        send: Send,
-        *,
-        room: str,
-        max_frames: int,
-        v1: bool,
-        user_id: int | None = None,
-        max_bytes: int = 0,
-        identity: Any = None,
-        rights: frozenset[str] | None = None,
-        rights_epoch: int | None = None,
-    ) -> None:
-        self._send = send
-        # uvicorn's websockets-sansio protocol when frames can be written to it directly
-        # (serialised once per message for the whole room, see direct.py), else None.
-        self._direct = direct.protocol_of(send)
-        self.room = room
-        self.max_frames = max_frames
-        self.max_bytes = max_bytes  # 0: no byte bound
-        # Bytes of the frames in the buffer, counted only while a writer task drains it
-        # (frames written at once never wait, and sizing them would cost every delivery);
-        # and the catch-up's bytes, allowed on top of max_bytes until they are written.
-        self._bytes = 0
-        self._slack = 0
-        self.v1 = v1  # speaks roomcast.v1 (else the seed's dialect: message frames only)
-        self.user_id = user_id
-        # Who the socket is (roomcast.access.Identity), for re-checks when rights change.
-        self.identity = identity
-        # What the socket may do in its room: the actions of roomcast.access it was
-        # allowed (join, read, post) when last checked, as a frozenset shared by every
-        # member with the same answers. Set by the join path (services.join_room),
-        # replaced, never mutated, by a re-check when rights change (roomcast.revocation);
-        # the consumer reads it for each post and history request instead of asking the
-        # database. Empty (nothing allowed) until decided.
-        self.rights: frozenset[str] = rights if rights is not None else frozenset()
-        # The hub's access_epoch read before those rights were checked: a member whose
-        # check is older than a revocation this hub has seen is re-checked when it joins
-        # (it was not yet registered when the revocation came). Pass it when the check
-        # happens before the Member is made; else the epoch at construction is used.
-        if rights_epoch is None:
-            hub = running_hub()
-            rights_epoch = hub.access_epoch if hub is not None else 0
-        self.rights_epoch = rights_epoch
-        self.last_seq = 0
-        self.closed = False
-        self._held: list[tuple[int | None, str]] | None = []  # None once started
-        # A list, not a deque: an empty deque costs ~600 bytes per idle socket, and with
-        # inline writes the buffer is nearly always empty (pop(0) on a short list is cheap).
-        self._buffer: list[str] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
-
-    def deliver(self, seq: int | None, frame: str) -> None:
-        """Queue a frame of the room; ``seq`` None for ephemeral frames."""
-        if self.closed:
-            return
-        held = self._held
-        if held is not None:
-            held.append((seq, frame))
-            if len(held) > self.max_frames:
-                self.close(CloseCode.TRY_AGAIN_LATER, "too far behind while joining")
-            return
-        if seq is not None:
-            if seq <= self.last_seq:
-                return  # already sent (catch-up overlapped the live stream)
-            self.last_seq = seq
-        self._enqueue(frame)
-
-    def send_frame(self, frame: str) -> None:
-        """Queue a frame for this socket alone (ack, error, pong, history page)."""
-        if not self.closed:
-            self._enqueue(frame)
-
-    def start(self, catch_up: CatchUp) -> None:
-        """End the joining step: queue the catch-up, then the held frames not yet covered."""
-        held, self._held = self._held or [], None
-        if self.closed:
-            return
-        buffer = self._buffer
-        buffer.extend(catch_up.preface)
-        last = catch_up.last_seq
-        buffer.extend(frame for _, frame in catch_up.frames)
-        if self.max_bytes:
-            self._slack = sum(map(_size, buffer))
-        for seq, frame in held:
-            if seq is None or seq > last:
-                buffer.append(frame)
-                last = seq if seq is not None else last
-        self.last_seq = last
-        self._kick()
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Close the socket now, dropping queued frames. Idempotent, never blocks."""
-        if self.closed:
-            return
-        self.closed = True
-        self._buffer.clear()
-        self._held = None
-        if self._writer is not None:
-            # Its send waits for a socket that is not being read; the close goes
-            # instead (a frame sent after the close would be an ASGI error).
-            self._writer.cancel()
-        task = self._loop.create_task(self._send_close(code, reason))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    def _enqueue(self, frame: str) -> None:
-        self._buffer.append(frame)
-        if len(self._buffer) > self.max_frames:
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect with since=")
-            return
-        if self._writer is not None and self.max_bytes:
-            self._bytes += _size(frame)
-            if self._bytes > self.max_bytes + self._slack:
-                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect with since=")
-            return  # the writer task drains it
-        self._kick()
-
-    def _kick(self) -> None:
-        """Write the buffer now, as far as the server's send allows without waiting."""
-        if self._writer is not None or self.closed:
-            return  # a writer task is draining, or the socket is gone
-        buffer, send, protocol = self._buffer, self._send, self._direct
-        while buffer:
-            if self._slack:  # a catch-up is being written: its allowance shrinks with it
-                self._slack = max(0, self._slack - _size(buffer[0]))
-            if protocol is not None and direct.try_write(protocol, buffer[0]):
-                del buffer[0]
-                continue
-            coro = send({"type": "websocket.send", "text": buffer.pop(0)})
-            try:
-                awaiting = coro.send(None)
-            except StopIteration:
-                continue  # written
-            except OSError:  # uvicorn's ClientDisconnected: the socket is gone
-                self._gone()
-                return
-            except Exception:
-                logger.exception("Writing to a socket of room %r failed", self.room)
-                self._gone()
-                return
-            # The send has to wait (flow control): a task finishes it and drains the rest.
-            if self.max_bytes:
-                self._bytes = sum(map(_size, buffer))
-            pending = _Resumed(coro, awaiting)
-            self._writer = self._loop.create_task(self._drain(pending))
-            self._writer.add_done_callback(partial(self._writer_done, pending))
-            return
-
-    async def _drain(self, pending: Awaitable[None]) -> None:
-        buffer, send = self._buffer, self._send
-        try:
-            await pending
-            while buffer:
-                frame = buffer.pop(0)
-                if self.max_bytes:
-                    size = _size(frame)
-                    self._bytes -= size
-                    if self._slack:
-                        self._slack = max(0, self._slack - size)
-                await send({"type": "websocket.send", "text": frame})
-        except OSError:
-            self._gone()
-        except Exception:
-            logger.exception("Writing to a socket of room %r failed", self.room)
-            self._gone()
-
-    def _writer_done(self, pending: _Resumed, task: asyncio.Task[None]) -> None:
-        self._writer = None
-        self._bytes = 0
-        pending.close()  # a writer cancelled before it ran never finished the send
-
-    def _gone(self) -> None:
-        self.closed = True
-        self._buffer.clear()
-
-    async def _send_close(self, code: int, reason: str) -> None:
-        try:
-            await self._send(
-                {"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}
-            )
-        except OSError:
-            pass  # the socket is gone already
-        except RuntimeError:
-            # The server closed it first (a keepalive timeout, a parser error): ASGI
-            # servers refuse a second close with RuntimeError.
-            logger.debug("Socket of room %r was closed by the server first", self.room)
-
-
-def _size(frame: str) -> int:
-    """UTF-8 size of a frame's text (encoding only when it is not ASCII)."""
-    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
-
-
-class _Resumed:
-    """Awaitable that finishes a coroutine already started by hand with ``send(None)``.
-
-    ``awaiting`` is what that first step yielded (the future it waits on); awaiting this
-    object inside a task hands that future to the task and then steps the coroutine as
-    the task would have. This is the "eager start" asyncio gained in Python 3.12
-    (``eager_start=True``); roomcast supports 3.11, which lacks it.
-    """
-
-    __slots__ = ("_awaiting", "_coro")
-
-    def __init__(self, coro: Any, awaiting: Any) -> None:
-        self._coro = coro
-        self._awaiting = awaiting
-
-    def close(self) -> None:
-        """Close the coroutine (nothing happens if it already finished)."""
-        self._coro.close()
-
-    def __await__(self) -> Any:
-        coro, awaiting = self._coro, self._awaiting
-        while True:
-            try:
-                try:
-                    sent = yield awaiting
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:  # cancellation, or an error the task threw in
-                    awaiting = coro.throw(exc)
-                else:
-                    awaiting = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-# Tasks started from sync callbacks; kept referenced until done (asyncio holds weak refs).
-_background: set[asyncio.Task[None]] = set()
 
 
 class _Room:
@@ -460,9 +179,14 @@ class Hub:
         # Set once the hub is in the control group (revocations reach it from then on).
         self.control_joined = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Presence (roomcast.presence.Tracker, set by services): told of each member
+        # that starts in a room and each that leaves, and handed the rooms' presence.*
+        # layer messages. None: no presence (tests of the hub alone).
+        self.presence: Any = None
         self._handlers: dict[str, Callable[[_Room, dict[str, Any]], None]] = {
             "room_message": self._on_message,
             "room_event": self._on_event,
+            "room_typing": self._on_typing,
             "room_disconnect": self._on_disconnect,
             # The seed's "push from anywhere" events, sent straight to the room's group.
             "chat_system_message": self._on_seed_system_message,
@@ -497,12 +221,18 @@ class Hub:
             self.leave(member)
             raise
         member.start(result)
+        if self.presence is not None and not member.closed and not is_user_room(member.room):
+            member.present = True
+            self.presence.added(member)
 
     def leave(self, member: Member) -> None:
         """Remove ``member``; the last member out unsubscribes the process from the room."""
         room = self._rooms.get(member.room)
         if room is None or room.members.pop(member, False) is False:
             return
+        if member.present:
+            member.present = False
+            self.presence.removed(member)
         if member.user_id is not None and (same := self._users.get(member.user_id)):
             try:
                 same.remove(member)
@@ -677,6 +407,12 @@ class Hub:
     def _handle(self, room: _Room, message: dict[str, Any]) -> None:
         kind = str(message.get("type", "")).replace(".", "_")
         handler = self._handlers.get(kind)
+        if handler is None and kind.startswith("presence_") and self.presence is not None:
+            try:
+                self.presence.handle(room.name, message)
+            except Exception:
+                logger.exception("Presence message for room %r failed: %r", room.name, message)
+            return
         if handler is None:
             logger.warning("Ignoring layer message of unknown type %r for room %r", kind, room.name)
             return
@@ -698,12 +434,36 @@ class Hub:
         room.last_seq = seq
         frame = message["frame"]
         room.recent.append((seq, frame))
+        if message.get("v1_only"):
+            # A stream event (an edit, a delete): seed-dialect sockets show every frame's
+            # "message" as a new line, so they get the final state on their next join.
+            if replace := message.get("replace"):
+                _replace_recent(room.recent, int(replace[0]), str(replace[1]))
+            for member in room.members:
+                if member.connection.v1:
+                    member.deliver(seq, frame)
+            return
         for member in room.members:
             member.deliver(seq, frame)
 
     def _on_event(self, room: _Room, message: dict[str, Any]) -> None:
         frame = message["frame"]
         for member in room.members:
+            member.deliver(None, frame)
+
+    def _on_typing(self, room: _Room, message: dict[str, Any]) -> None:
+        """A typing frame: to the /ws/ members of the room, never back to its sender (the
+        same user on any socket, or, for a guest, the same socket)."""
+        frame = message["frame"]
+        user_id, origin = message.get("user_id"), message.get("origin")
+        for member in room.members:
+            if not member.live_state:
+                continue
+            connection = member.connection
+            if user_id is not None and connection.user_id == user_id:
+                continue
+            if origin is not None and origin == connection_origin(connection):
+                continue
             member.deliver(None, frame)
 
     def _on_disconnect(self, room: _Room, message: dict[str, Any]) -> None:
@@ -768,8 +528,10 @@ class Hub:
                 room.recent.extend(rows)
                 for seq, frame in rows:
                     room.last_seq = seq
+                    seed_skips = is_v1_only(frame)
                     for member in room.members:
-                        member.deliver(seq, frame)
+                        if not (seed_skips and not member.connection.v1):
+                            member.deliver(seq, frame)
         finally:
             room.filling = False
 
@@ -861,6 +623,21 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def connection_origin(connection: Connection) -> str:
+    """A name for ``connection`` unique in the cluster (this process's NODE and the
+    object's id), carried by its ephemeral events so they skip it on every process."""
+    return f"{NODE}:{id(connection):x}"
+
+
+def _replace_recent(recent: deque[tuple[int, str]], seq: int, frame: str) -> None:
+    """Put ``frame`` in place of message ``seq``'s in a room's recent frames (contiguous
+    and ascending), if they still hold it: an edited or deleted message's final state."""
+    if recent and recent[0][0] <= seq <= recent[-1][0]:
+        index = seq - recent[0][0]
+        if recent[index][0] == seq:
+            recent[index] = (seq, frame)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

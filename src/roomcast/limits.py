@@ -235,7 +235,7 @@ class Quota:
             # The close_after-th refusal in quick succession closes (what has leaked
             # away since the first is a sliver, hence "> close_after - 1").
             if self._strikes > config.close_after - 1:
-                member.close(CloseCode.TOO_MANY, FLOODING)
+                member.connection.close(CloseCode.TOO_MANY, FLOODING)
                 return False
         member.send_frame(codec.encode(rate_limited_event(wait, client_id, seed=not member.v1)))
         return False

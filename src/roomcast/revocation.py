@@ -58,6 +58,7 @@ from django.db.models.signals import post_delete, post_init, post_save
 from . import access, fanout
 from .hub import Hub, Member, register_control
 from .protocol import CloseCode
+from .protocol.room_names import is_user_room
 from .signals import access_changed
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ class _Rechecks:
                     if wanted is not None:
                         wanted.add(user_id)
             for room, wanted in rooms.items():
+                if is_user_room(room):
+                    continue  # a user's own stream: theirs whatever their rights
                 members = [
                     member
                     for member in hub.members(room)
@@ -254,7 +257,7 @@ def _on_revoke(hub: Hub, message: dict[str, Any]) -> None:
             key = getattr(member.identity, "session_key", None)
             if not key or session_digest(key) != session:
                 continue
-        member.close(CloseCode.FORBIDDEN, reason)
+        member.connection.close(CloseCode.FORBIDDEN, reason)  # the whole socket
 
 
 register_control(RECHECK, _on_recheck)

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.urls import path, re_path
 
-from .consumers import RoomConsumer, bad_room_url, no_route
+from .consumers import MuxConsumer, RoomConsumer, bad_room_url, no_route
 from .security import RoomcastMiddleware, allowed_origins
 
 # django-stubs types path() for views only; Channels' URLRouter takes ASGI apps too.
@@ -33,6 +33,8 @@ from .security import RoomcastMiddleware, allowed_origins
 # (such as a multi-room /ws/) goes before the catch-all of the room prefix.
 websocket_urlpatterns: list[Any] = [
     path("ws/chat/<str:room_name>/", RoomConsumer.as_asgi()),  # type: ignore[arg-type]
+    # Many rooms on one socket (docs/protocol.md, "One socket, many rooms").
+    path("ws/", MuxConsumer.as_asgi()),  # type: ignore[arg-type]
     # Any other path under ws/chat/: a room name with '/' (decoded from %2F), an empty
     # name, a missing final '/'. (?s): a decoded %0A is a character like any other.
     re_path(r"^ws/chat/(?P<rest>(?s:.*))\Z", bad_room_url),  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -19,8 +20,8 @@ from django.db import router
 
 from . import access, fanout
 from .conf import roomcast_settings
-from .exceptions import PermissionDeniedError
-from .hub import CatchUp, Hub, Member, Send, get_hub
+from .exceptions import PermissionDeniedError, RefusedError
+from .hub import CatchUp, Connection, Hub, Member, Send, connection_origin, get_hub
 from .models import Message, Room
 from .protocol import CloseCode, codec
 from .stream import StoredMessage as StoredMessage
@@ -236,14 +237,30 @@ async def arecheck(member: Member) -> bool:
     return True
 
 
+def new_connection(send: Send, *, v1: bool, identity: access.Identity, mux: bool) -> Connection:
+    """A socket's connection, with the buffer bounds of the settings."""
+    connection = Connection(
+        send,
+        max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES,
+        max_bytes=roomcast_settings.OUTBOUND_BUFFER_BYTES,
+        v1=v1,
+        identity=identity,
+        mux=mux,
+    )
+    if mux:
+        connection.on_end = leave_room
+    return connection
+
+
 async def join_room(
     room: str,
     *,
-    send: Send,
+    send: Send | None = None,
     since: int | None,
-    v1: bool,
+    v1: bool = True,
     user: Any = None,
     identity: access.Identity | None = None,
+    connection: Connection | None = None,
 ) -> Member:
     """Make ``send``'s socket a member of ``room`` and queue its catch-up.
 
@@ -262,18 +279,17 @@ async def join_room(
 
     After calling this, you must call :func:`leave_room` when the socket closes.
     """
-    if identity is None:
-        identity = access.identity_for(user)
-    member = Member(
-        send,
-        room=room,
-        max_frames=roomcast_settings.OUTBOUND_BUFFER_FRAMES,
-        max_bytes=roomcast_settings.OUTBOUND_BUFFER_BYTES,
-        v1=v1,
-        user_id=identity.user_id,
-        identity=identity,
-    )
+    if connection is None:
+        if identity is None:
+            identity = access.identity_for(user)
+        assert send is not None, "join_room needs a send or a connection"
+        connection = new_connection(send, v1=v1, identity=identity, mux=False)
+    identity = connection.identity
+    v1 = connection.v1
+    member = Member(connection=connection, room=room)
+    connection.subs[room] = member
     member.rights = _UNDECIDED
+    cursors_wanted = connection.mux and identity.authenticated
 
     the_hub = hub()
     replay_limit = roomcast_settings.REPLAY_LIMIT
@@ -281,6 +297,8 @@ async def join_room(
     def decide_and_read() -> tuple[frozenset[str], Any]:
         rights = decide_rights(identity, room)
         return rights, (read_catch_up(room, since) if "join" in rights else None)
+
+    read_state: dict[str, Any] = {}
 
     async def catch_up() -> CatchUp:
         # One thread hop when the hub's recent frames cannot answer: the decision and
@@ -308,11 +326,101 @@ async def join_room(
         last_seq, frames, recovered = cached
         if "read" not in rights:
             frames, recovered = [], (None if since is None else False)
-        preface = [codec.encode(codec.joined_event(room=room, seq=last_seq, recovered=recovered))]
+        joined: dict[str, Any] = dict(
+            codec.joined_event(room=room, seq=last_seq, recovered=recovered)
+        )
+        if cursors_wanted and "read" in rights:
+            read_seq, unread = read_state.get(room, (0, 0))
+            joined["read_seq"], joined["unread"] = read_seq, unread
+        preface = [codec.encode(joined)]
         return CatchUp(preface=preface if v1 else [], frames=frames, last_seq=last_seq)
+
+    if cursors_wanted:
+        try:  # TODO(integration): roomcast.cursors lands with the durable branch
+            from . import cursors  # type: ignore[attr-defined]
+        except ImportError:
+            cursors_wanted = False
+        else:
+            read_state = await cursors.aread_state(identity, [room])
+    try:
+        await the_hub.join(member, catch_up)
+    except BaseException:
+        if connection.subs.get(room) is member:
+            del connection.subs[room]
+        raise
+    return member
+
+
+async def join_user_stream(connection: Connection, since: int | None) -> Member:
+    """Subscribe a /ws/ connection of a user to the user's own stream (``user/<id>``),
+    queueing the ``connected`` frame and the catch-up after ``since`` first.
+
+    No access check: a user may always read their own stream.
+    """
+    identity = connection.identity
+    room = fanout.user_room(identity.user_id)
+    member = Member(connection=connection, room=room, rights=frozenset({"join", "read"}))
+    connection.subs[room] = member
+    the_hub = hub()
+    replay_limit = roomcast_settings.REPLAY_LIMIT
+
+    async def catch_up() -> CatchUp:
+        cached = the_hub.recent(room, since, replay_limit=replay_limit)
+        if cached is None:
+            cached = await database_sync_to_async(read_catch_up)(room, since)
+        last_seq, frames, recovered = cached
+        connected = codec.connected_event(
+            user=identity.name, user_seq=last_seq, recovered=recovered
+        )
+        return CatchUp(preface=[codec.encode(connected)], frames=frames, last_seq=last_seq)
 
     await the_hub.join(member, catch_up)
     return member
+
+
+def presence_frame(room: str) -> str:
+    """The encoded ``presence`` frame of ``room`` as this process knows it."""
+    tracker = hub().presence
+    if tracker is None:
+        raise RefusedError("Presence is not available on this server.")
+    return codec.encode(tracker.snapshot(room))
+
+
+# -- typing -----------------------------------------------------------------------------------
+
+#: When a typing frame was last forwarded, per (room, user id or guest name), in this
+#: process. Bounded: past TYPING_MEMORY entries, those older than the interval go.
+_typing: dict[tuple[str, Any], float] = {}
+TYPING_MEMORY = 100_000
+
+
+async def typing(member: Member) -> bool:
+    """Forward ``member``'s user is typing to the room's other /ws/ members on every
+    process, unless that user's last one in the room was under ``TYPING_INTERVAL_SECS``
+    ago (then nothing happens). Returns whether it was forwarded."""
+    identity = member.identity
+    key = (member.room, identity.user_id if identity.authenticated else identity.name)
+    now = time.monotonic()
+    interval = roomcast_settings.TYPING_INTERVAL_SECS
+    if now - _typing.get(key, -interval) < interval:
+        return False
+    if len(_typing) >= TYPING_MEMORY:
+        for old in [k for k, at in _typing.items() if now - at >= interval]:
+            del _typing[old]
+        if len(_typing) >= TYPING_MEMORY:
+            return False  # a flood of distinct typers: drop, it is ephemeral
+    _typing[key] = now
+    frame = codec.encode(codec.typing_event(room=member.room, user=identity.name))
+    await fanout.publish(
+        member.room,
+        {
+            "type": "room.typing",
+            "frame": frame,
+            "user_id": identity.user_id,
+            "origin": connection_origin(member.connection),
+        },
+    )
+    return True
 
 
 def leave_room(member: Member) -> None:

@@ -6,7 +6,7 @@ Forbidden imports: Django, Channels, asyncio, anything that does I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
@@ -25,6 +25,7 @@ from .messages import (
     AckEvent,
     AuthFrame,
     ClientFrame,
+    EditFrame,
     ErrorEvent,
     HistoryFrame,
     JoinedEvent,
@@ -32,8 +33,11 @@ from .messages import (
     MessageKind,
     PingFrame,
     PongEvent,
+    ReadFrame,
+    RoomFrame,
     SendMessageFrame,
     ServerEvent,
+    SubscribeFrame,
 )
 from .room_names import check_path_encoding, validate_room_name
 
@@ -121,7 +125,82 @@ def parse_frame(text: str | None, data: bytes | None = None, *, max_bytes: int) 
         return _parse_auth(obj)
     if not isinstance(kind, str):
         raise InvalidFrameError('"type" must be a string.')
-    raise UnknownTypeError(f"Unknown frame type {kind[:40]!r}; expected message, history or ping.")
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        raise UnknownTypeError(
+            f"Unknown frame type {kind[:40]!r}; expected one of: {', '.join(FRAME_TYPES)}."
+        )
+    return parse(obj)
+
+
+#: Every client frame type, for error details.
+FRAME_TYPES = (
+    "message", "history", "ping", "auth", "subscribe", "unsubscribe", "typing", "presence",
+    "edit", "delete", "read",
+)  # fmt: skip
+
+
+def _with_room(frame: Any, obj: dict[str, Any], *, required: bool) -> None:
+    """Copy ``obj["room"]`` into ``frame`` (a string, unvalidated: the transport checks
+    the name with its settings); required on the frames that exist only on /ws/."""
+    room = obj.get("room")
+    if room is None:
+        if required:
+            raise InvalidFrameError(f'A {frame["type"]} frame needs a "room" key naming the room.')
+        return
+    if not isinstance(room, str):
+        raise InvalidFrameError(f'"room" must be a string, not {_json_type(room)}.')
+    frame["room"] = room
+
+
+def _seq_field(obj: dict[str, Any], key: str, *, minimum: int) -> int:
+    value = obj.get(key)
+    if not (isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= SEQ_MAX):
+        what = "a positive integer (a seq)" if minimum else "a non-negative integer (a seq)"
+        raise InvalidFrameError(f'"{key}" must be {what}, not {_json_type(value)}.')
+    return value
+
+
+def _parse_subscribe(obj: dict[str, Any]) -> SubscribeFrame:
+    since = None if obj.get("since") is None else _seq_field(obj, "since", minimum=0)
+    frame = SubscribeFrame(type="subscribe", room="", since=since)
+    _with_room(frame, obj, required=True)
+    return frame
+
+
+def _parse_room_only(obj: dict[str, Any]) -> RoomFrame:
+    frame = RoomFrame(type=obj["type"], room="")
+    _with_room(frame, obj, required=True)
+    return frame
+
+
+def _parse_edit(obj: dict[str, Any]) -> EditFrame:
+    seq = _seq_field(obj, "seq", minimum=1)
+    text: str | None = None
+    if obj["type"] == "edit":
+        text = _parse_message(obj)["message"]
+    client_id = _client_id(obj)
+    frame = EditFrame(type=obj["type"], seq=seq, message=text, client_id=client_id)
+    _with_room(frame, obj, required=False)
+    return frame
+
+
+def _parse_read(obj: dict[str, Any]) -> ReadFrame:
+    seq = _seq_field(obj, "seq", minimum=0)
+    frame = ReadFrame(type="read", room="", seq=seq)
+    _with_room(frame, obj, required=True)
+    return frame
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientFrame]] = {
+    "subscribe": _parse_subscribe,
+    "unsubscribe": _parse_room_only,
+    "typing": _parse_room_only,
+    "presence": _parse_room_only,
+    "edit": _parse_edit,
+    "delete": _parse_edit,
+    "read": _parse_read,
+}
 
 
 def decode_json(text: str, *, what: str = "frame") -> Any:
@@ -151,6 +230,12 @@ def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
     check_text(message, "message")
     if not message.strip():
         raise InvalidFrameError('"message" must not be empty.')
+    frame = SendMessageFrame(type="message", message=message, client_id=_client_id(obj))
+    _with_room(frame, obj, required=False)
+    return frame
+
+
+def _client_id(obj: dict[str, Any]) -> str | None:
     client_id = obj.get("client_id")
     if client_id is not None:
         if not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS:
@@ -158,7 +243,7 @@ def _parse_message(obj: dict[str, Any]) -> SendMessageFrame:
                 f'"client_id" must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.'
             )
         check_text(client_id, "client_id")
-    return SendMessageFrame(type="message", message=message, client_id=client_id)
+    return client_id
 
 
 def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
@@ -168,7 +253,9 @@ def _parse_history(obj: dict[str, Any]) -> HistoryFrame:
     limit = obj.get("limit", HISTORY_PAGE_DEFAULT)
     if not _is_int(limit, minimum=1):
         raise InvalidFrameError('"limit" must be a positive integer.')
-    return HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
+    frame = HistoryFrame(type="history", before=before, limit=min(limit, HISTORY_PAGE_MAX))
+    _with_room(frame, obj, required=False)
+    return frame
 
 
 def _parse_auth(obj: dict[str, Any]) -> AuthFrame:
@@ -316,13 +403,21 @@ def joined_event(*, room: str, seq: int, recovered: bool | None = None) -> Joine
     return event
 
 
-def ack_event(*, client_id: str | None, seq: int) -> AckEvent:
-    """Tell the sender its message was stored as ``seq``."""
-    return AckEvent(type="ack", client_id=client_id, seq=seq)
+def ack_event(*, client_id: str | None, seq: int, room: str | None = None) -> AckEvent:
+    """Tell the sender its message was stored as ``seq`` (``room`` on /ws/)."""
+    event = AckEvent(type="ack", client_id=client_id, seq=seq)
+    if room is not None:
+        event["room"] = room
+    return event
 
 
 def error_event(
-    *, code: str, detail: str, seed: bool = False, client_id: str | None = None
+    *,
+    code: str,
+    detail: str,
+    seed: bool = False,
+    client_id: str | None = None,
+    room: str | None = None,
 ) -> ErrorEvent:
     """A refused frame; the connection stays open.
 
@@ -333,11 +428,47 @@ def error_event(
     every frame; the detail goes there too, so its user reads the error, not "undefined".
     """
     event = ErrorEvent(type="error", code=code, detail=detail)
+    if room is not None:
+        event["room"] = room
     if client_id:
         event["client_id"] = client_id
     if seed:
         event["message"] = detail
     return event
+
+
+def unsubscribed_event(*, room: str, code: int, reason: str) -> dict[str, Any]:
+    """/ws/: the subscription to ``room`` ended (or was refused) with ``code``."""
+    return {"type": "unsubscribed", "room": room, "code": int(code), "reason": close_reason(reason)}
+
+
+def typing_event(*, room: str, user: str) -> dict[str, Any]:
+    """/ws/: ``user`` is typing in ``room``."""
+    return {"type": "typing", "room": room, "user": user}
+
+
+def connected_event(
+    *, user: str, user_seq: int | None = None, recovered: bool | None = None
+) -> dict[str, Any]:
+    """/ws/: the first frame: who the connection is and where its user channel stands."""
+    event: dict[str, Any] = {"type": "connected", "user": user}
+    if user_seq is not None:
+        event["user_seq"] = user_seq
+    if recovered is not None:
+        event["recovered"] = recovered
+    return event
+
+
+#: Frames that only v1 clients get (seed-dialect clients show every frame's "message" as
+#: a new line): the stream events that change an earlier message. Every frame is built
+#: from a dict whose first key is "type" and encoded without spaces, so its text starts
+#: with one of these.
+_V1_ONLY_PREFIXES = ('{"type":"edit"', '{"type":"delete"')
+
+
+def is_v1_only(frame: str) -> bool:
+    """Whether an encoded stream frame is one seed-dialect clients never get."""
+    return frame.startswith(_V1_ONLY_PREFIXES)
 
 
 def pong_event() -> PongEvent:

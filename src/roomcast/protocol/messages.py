@@ -18,6 +18,7 @@ class SendMessageFrame(TypedDict):
     type: Literal["message"]
     message: str
     client_id: str | None
+    room: NotRequired[str]  # /ws/: the room it is for (required there)
 
 
 class HistoryFrame(TypedDict):
@@ -26,6 +27,7 @@ class HistoryFrame(TypedDict):
     type: Literal["history"]
     before: int | None
     limit: int
+    room: NotRequired[str]
 
 
 class PingFrame(TypedDict):
@@ -41,7 +43,49 @@ class AuthFrame(TypedDict):
     token: str
 
 
-ClientFrame = SendMessageFrame | HistoryFrame | PingFrame | AuthFrame
+class SubscribeFrame(TypedDict):
+    """/ws/: join a room (catch-up after ``since`` when given)."""
+
+    type: Literal["subscribe"]
+    room: str
+    since: int | None
+
+
+class RoomFrame(TypedDict):
+    """/ws/: ``unsubscribe``, ``typing``, ``presence``: a type and a room."""
+
+    type: Literal["unsubscribe", "typing", "presence"]
+    room: str
+
+
+class EditFrame(TypedDict):
+    """Edit (``message`` set) or delete (``message`` None) message ``seq`` of the room."""
+
+    type: Literal["edit", "delete"]
+    seq: int
+    message: str | None
+    client_id: str | None
+    room: NotRequired[str]
+
+
+class ReadFrame(TypedDict):
+    """/ws/: the user has read the room up to ``seq``."""
+
+    type: Literal["read"]
+    room: str
+    seq: int
+
+
+ClientFrame = (
+    SendMessageFrame
+    | HistoryFrame
+    | PingFrame
+    | AuthFrame
+    | SubscribeFrame
+    | RoomFrame
+    | EditFrame
+    | ReadFrame
+)
 
 # -- server to client -------------------------------------------------------------------
 
@@ -76,6 +120,7 @@ class AckEvent(TypedDict):
     type: Literal["ack"]
     client_id: str | None
     seq: int
+    room: NotRequired[str]  # /ws/
 
 
 class ErrorEvent(TypedDict):
@@ -86,6 +131,7 @@ class ErrorEvent(TypedDict):
     detail: str
     client_id: NotRequired[str]  # the refused message's, when it had one
     message: NotRequired[str]  # the detail again, for seed-dialect clients
+    room: NotRequired[str]  # /ws/: the room of the refused frame
 
 
 class PongEvent(TypedDict):

@@ -209,3 +209,13 @@ def check_path_encoding(path: bytes, *, percent_encoded: bool = True) -> None:
         raise InvalidRoomNameError(
             "The URL's %XX escapes are not UTF-8: percent-encode the room name's UTF-8 bytes."
         ) from None
+
+
+#: Prefix of a user's own stream, stored and delivered like a room's: ``user/<user id>``.
+#: Room names may not contain "/", so no client can name (or subscribe to) one.
+USER_STREAM_PREFIX = "user/"
+
+
+def is_user_room(room: str) -> bool:
+    """Whether ``room`` names a user's own stream rather than a chat room."""
+    return room.startswith(USER_STREAM_PREFIX)

@@ -1,0 +1,230 @@
+"""The multi-room socket ``/ws/`` through Channels' WebsocketCommunicator: subscriptions,
+per-room frames, errors, the user stream, typing, revocation of one room.
+
+In-memory channel layer, SQLite; every test gets a fresh layer and database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+
+from roomcast import auth, fanout, rooms, services
+from roomcast.protocol import CloseCode
+from roomcast.testing import MuxCommunicator, RoomCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+User = get_user_model()
+
+
+def sync(func):
+    return database_sync_to_async(func)
+
+
+@pytest.fixture
+async def mux(app):
+    """``await mux(**kwargs)`` opens a MuxCommunicator; all disconnect at the end."""
+    opened = []
+
+    async def open_(**kwargs):
+        communicator = MuxCommunicator(app, **kwargs)
+        connected = await communicator.open()
+        communicator.connected = connected
+        opened.append(communicator)
+        return communicator
+
+    yield open_
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+@pytest.fixture
+async def hub_ready(app):
+    """This loop's hub, in the control group (revocations reach it)."""
+    the_hub = services.hub()
+    await asyncio.wait_for(the_hub.control_joined.wait(), 5)
+    return the_hub
+
+
+async def token_for(name: str, **fields) -> str:
+    user = await sync(User.objects.create_user)(name, **fields)
+    return await sync(auth.issue_token)(user)
+
+
+async def next_of(socket, kind: str, room: str | None = None, timeout: float = 5) -> dict:
+    """The next frame of ``kind`` (and ``room``), skipping others."""
+    while True:
+        frame = await socket.receive_event(None, timeout)
+        if frame["type"] == kind and (room is None or frame.get("room") == room):
+            return frame
+
+
+async def test_one_socket_many_rooms_frames_carry_their_room(mux):
+    """Two rooms on one socket: joined, messages and acks each name their room; a post
+    in one room reaches that room's members only."""
+    alice = await mux()
+    assert alice.connected["type"] == "connected" and alice.connected["user"].startswith("guest-")
+    assert "user_seq" not in alice.connected  # a guest has no user channel
+    assert (await alice.subscribe("lobby"))["seq"] == 0
+    assert (await alice.subscribe("技术交流"))["room"] == "技术交流"
+    bob = await mux()
+    await bob.subscribe("lobby")
+    await alice.say("技术交流", "你好", client_id="c-1")
+    frames = {f["type"]: f for f in [await alice.receive_event(), await alice.receive_event()]}
+    assert frames["ack"] == {"type": "ack", "client_id": "c-1", "seq": 1, "room": "技术交流"}
+    assert frames["message"]["room"] == "技术交流" and frames["message"]["message"] == "你好"
+    await bob.say("lobby", "hi all")
+    assert (await next_of(alice, "message", "lobby"))["message"] == "hi all"
+    frames = {f["type"]: f for f in [await bob.receive_event(), await bob.receive_event()]}
+    assert frames["message"]["message"] == "hi all" and frames["ack"]["room"] == "lobby"
+    assert await bob.receive_nothing(0.2)  # nothing from the room bob is not in
+
+
+async def test_subscribe_errors_are_named_and_the_socket_stays(mux):
+    """Bad names, doubles, unknown rooms in frames, room-less posts: each an answer with
+    the room, and the socket keeps working."""
+    alice = await mux()
+    await alice.send_frame(type="subscribe", room="a/b")
+    refused = await next_of(alice, "unsubscribed")
+    assert refused["room"] == "a/b" and refused["code"] == CloseCode.BAD_REQUEST
+    await alice.subscribe("lobby")
+    await alice.send_frame(type="subscribe", room="lobby")
+    error = await next_of(alice, "error")
+    assert error["code"] == "already_subscribed" and error["room"] == "lobby"
+    await alice.say("elsewhere", "hi", client_id="c-9")
+    error = await next_of(alice, "error")
+    assert (error["code"], error["room"], error["client_id"]) == (
+        "not_subscribed",
+        "elsewhere",
+        "c-9",
+    )
+    await alice.send_frame(type="message", message="no room")
+    assert (await next_of(alice, "error"))["code"] == "invalid_frame"
+    await alice.send_frame(type="subscribe")
+    assert (await next_of(alice, "error"))["code"] == "invalid_frame"
+    await alice.send_frame(type="unsubscribe", room="lobby")
+    done = await next_of(alice, "unsubscribed")
+    assert (done["room"], done["code"], done["reason"]) == ("lobby", 1000, "unsubscribed")
+    await alice.send_frame(type="unsubscribe", room="lobby")
+    assert (await next_of(alice, "error"))["code"] == "not_subscribed"
+    await alice.subscribe("lobby")  # and back in
+
+
+async def test_subscriptions_are_capped(mux, settings):
+    settings.ROOMCAST = {"MAX_SUBSCRIPTIONS": 3}
+    alice = await mux()
+    for name in ("a", "b", "c"):
+        await alice.subscribe(name)
+    await alice.send_frame(type="subscribe", room="d")
+    error = await next_of(alice, "error")
+    assert error["code"] == "too_many_subscriptions" and "MAX_SUBSCRIPTIONS" in error["detail"]
+    await alice.send_frame(type="unsubscribe", room="a")
+    await next_of(alice, "unsubscribed")
+    await alice.subscribe("d")
+
+
+async def test_since_recovers_per_room(mux):
+    """Each room recovers from its own since, with recovered true."""
+    for text in ("1", "2", "3"):
+        await services.apost_message("one", text)
+        await services.apost_message("two", text + text)
+    alice = await mux()
+    joined = await alice.subscribe("one", since=1)
+    assert joined["recovered"] is True and joined["seq"] == 3
+    assert [(await next_of(alice, "message", "one"))["message"] for _ in range(2)] == ["2", "3"]
+    joined = await alice.subscribe("two", since=3)
+    assert joined["recovered"] is True
+    assert await alice.receive_nothing(0.2)
+    joined = await alice.subscribe("three", since=7)  # ahead of an empty room
+    assert joined["recovered"] is False
+
+
+async def test_private_room_is_refused_and_revocation_unsubscribes_one_room_only(mux, hub_ready):
+    """A room the user may not join is refused with unsubscribed 4403; a room made private
+    under a subscribed non-member ends that subscription with 4403 and the others go on."""
+    token = await token_for("ann")
+    await sync(rooms.create_room)("vault", visibility="private")
+    ann = await mux(token=token)
+    assert ann.connected["user"] == "ann" and ann.connected["user_seq"] == 0
+    await ann.send_frame(type="subscribe", room="vault")
+    refused = await next_of(ann, "unsubscribed", "vault")
+    assert (refused["code"], refused["reason"]) == (4403, "not allowed in this room")
+    await ann.subscribe("plaza")
+    await ann.subscribe("lobby")
+    await sync(rooms.create_room)("plaza")
+    await sync(rooms.set_visibility)("plaza", "private")
+    ended = await next_of(ann, "unsubscribed", "plaza")
+    assert (ended["code"], ended["reason"]) == (4403, "not allowed in this room any more")
+    await ann.say("lobby", "still here")
+    assert (await next_of(ann, "message", "lobby"))["message"] == "still here"
+
+
+async def test_user_stream_reaches_every_socket_of_the_user_and_recovers(mux):
+    """A message in the user's own stream reaches each of their /ws/ sockets, and a socket
+    that comes back with ?since= gets what it missed; one-room sockets never see it."""
+    token = await token_for("una")
+    user_id = (await sync(User.objects.get)(username="una")).pk
+    first, second = await mux(token=token), await mux(token=token)
+    stream = fanout.user_room(user_id)
+    await services.apost_message(stream, "your export is ready")
+    for socket in (first, second):
+        frame = await socket.receive_event()
+        assert frame["seq"] == 1 and "your export is ready" in json.dumps(frame)
+    await services.apost_message(stream, "two")
+    await services.apost_message(stream, "three")
+    late = await mux(token=token, since=1)
+    assert late.connected["user_seq"] == 3 and late.connected["recovered"] is True
+    seqs = [(await late.receive_event())["seq"] for _ in range(2)]
+    assert seqs == [2, 3]
+
+
+async def test_typing_reaches_others_once_per_interval(mux, app, settings):
+    """typing goes to the room's other /ws/ members as {"type","room","user"}, not to the
+    sender, not to room sockets, and at most once per TYPING_INTERVAL_SECS."""
+    settings.ROOMCAST = {"TYPING_INTERVAL_SECS": 0.5}
+    alice, bob = await mux(token=await token_for("alice")), await mux(token=await token_for("bob"))
+    for socket in (alice, bob):
+        await socket.subscribe("lobby")
+    seed = RoomCommunicator(app, "lobby", v1=False)
+    await seed.join()
+    v1_room = RoomCommunicator(app, "lobby")
+    await v1_room.join()
+    for _ in range(5):
+        await alice.send_frame(type="typing", room="lobby")
+    assert await next_of(bob, "typing") == {"type": "typing", "room": "lobby", "user": "alice"}
+    assert await bob.receive_nothing(0.3)  # the four others were dropped
+    assert await alice.receive_nothing(0.1)
+    assert await seed.receive_nothing(0.1) and await v1_room.receive_nothing(0.1)
+    await asyncio.sleep(0.5)
+    await alice.send_frame(type="typing", room="lobby")
+    assert (await next_of(bob, "typing"))["user"] == "alice"
+    await seed.disconnect()
+    await v1_room.disconnect()
+
+
+async def test_a_slow_connection_is_closed_as_a_whole(mux, settings):
+    """The outbound bound is the connection's: frames of all its rooms count together."""
+    settings.ROOMCAST = {"OUTBOUND_BUFFER_FRAMES": 600}
+    alice = await mux()
+    await alice.subscribe("a")
+    await alice.subscribe("b")
+    the_hub = services.hub()
+    connection = the_hub.members("a")[0].connection
+    assert connection is the_hub.members("b")[0].connection
+    blocked = asyncio.Event()
+
+    async def never(message):  # a client that stopped reading
+        await blocked.wait()
+
+    connection._send = never
+    connection._direct = None
+    for seq in range(1, 400):
+        the_hub.dispatch("a", {"type": "room.message", "seq": seq, "frame": f'{{"seq":{seq}}}'})
+        the_hub.dispatch("b", {"type": "room.message", "seq": seq, "frame": f'{{"seq":{seq}}}'})
+    assert connection.closed
+    blocked.set()
