@@ -39,7 +39,7 @@ from ._errors import (
 )
 from ._events import Connected, UserEvent, UserMessage, user_event
 from ._queue import EventQueue, make_lagged
-from ._room import Post, Room, fail
+from ._room import SUBSCRIBE_ERRORS, Post, Room, fail
 
 __all__ = ["Connection", "Status"]
 
@@ -83,6 +83,7 @@ _ANY_LENGTH = sys.maxsize
 _RESERVED_QUERY = frozenset({"since", "auth", "token", "access_token"})
 
 State = Literal["connecting", "open", "reconnecting", "closed"]
+RequestKind = Literal["history", "presence", "unsubscribe", "silent", "ping"]
 GetToken = Callable[[], str | Awaitable[str]]
 
 
@@ -103,6 +104,15 @@ class Status:
     reason: str = ""
     delay: float | None = None
     ever_open: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    """A frame sent without a client_id, waiting for its answer (or its error)."""
+
+    kind: RequestKind
+    room: str
+    future: asyncio.Future[Any] | None
 
 
 def socket_url(url: str) -> str:
@@ -184,6 +194,7 @@ class Connection:
         self._rooms: dict[str, Room] = {}
         self._user_events: EventQueue[UserEvent] = EventQueue(max_queued_events, None)
         self._outbox: deque[Post] = deque()
+        self._requests: deque[_Request] = deque()
         self._in_flight: Post | None = None
         self._paused: asyncio.TimerHandle | None = None
         self._ws: ClientConnection | None = None
@@ -393,6 +404,7 @@ class Connection:
     def _socket_lost(self) -> None:
         self._ws = None
         self._writes = None
+        self._requests.clear()  # asked again after the rooms' next joined
         self._connected = False
         for room in list(self._rooms.values()):
             room.socket_lost()
@@ -522,6 +534,36 @@ class Connection:
         if self._writes is not None:
             self._writes.put_nowait(json.dumps(frame, ensure_ascii=False))
 
+    def _request(
+        self,
+        kind: RequestKind,
+        room: str,
+        frame: dict[str, Any],
+        future: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Send ``frame``, a request without a client_id, and remember it until answered.
+
+        The server handles a socket's frames in order and answers them in order, but
+        its error frames name only the room: an error is matched with the oldest request
+        still waiting. Frames that are answered only when refused (typing, read:
+        ``silent``) are followed by a ``ping`` before the next request that expects an
+        answer, so that its ``pong`` tells that they went through.
+        """
+        if self._writes is None:
+            return
+        waiting = self._requests
+        if kind != "silent" and waiting and waiting[-1].kind == "silent":
+            waiting.append(_Request("ping", "", None))
+            self._write({"type": "ping"})
+        waiting.append(_Request(kind, room, future))
+        self._write(frame)
+
+    def _answer(self, kinds: tuple[RequestKind, ...], room: str) -> _Request | None:
+        """The oldest waiting request if it is one of ``kinds`` for ``room`` (removed)."""
+        if self._requests and self._requests[0].kind in kinds and self._requests[0].room == room:
+            return self._requests.popleft()
+        return None
+
     def _on_text(self, text: str) -> None:
         try:
             frame = json.loads(text)
@@ -532,10 +574,11 @@ class Connection:
             return
         kind = frame.get("type")
         room_name = frame.get("room")
-        if isinstance(room_name, str):
-            room = self._rooms.get(room_name)
-            if room is not None:
-                room.on_frame(frame)
+        if kind == "pong":
+            while self._requests and self._requests.popleft().kind != "ping":
+                pass  # the frames before the ping went through
+        elif isinstance(room_name, str):
+            self._on_room_frame(room_name, frame)
         elif kind in ("connected", "user_message"):
             event = user_event(frame)
             if event is None:
@@ -550,6 +593,32 @@ class Connection:
                 frame.get("code"),
                 frame.get("detail"),
             )
+
+    def _on_room_frame(self, name: str, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        room = self._rooms.get(name)
+        if kind == "error" and not isinstance(frame.get("client_id"), str):
+            code = str(frame["code"]) if isinstance(frame.get("code"), str) else "error"
+            if code not in SUBSCRIBE_ERRORS:
+                detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
+                request = self._answer(("history", "presence", "unsubscribe", "silent"), name)
+                if request is None:
+                    logger.warning("roomcast.client: %r: unexpected error %s", name, code)
+                elif room is not None:
+                    error = RefusedError(code, detail, room=name)
+                    room.refused(request.kind, request.future, error)
+                return
+        elif kind == "history":
+            request = self._answer(("history",), name)
+            if request is not None and request.future is not None and room is not None:
+                room.answered(request.future, frame)
+            return
+        elif kind == "presence":
+            self._answer(("presence",), name)  # its waiter is served with the room's state
+        elif kind == "unsubscribed" and frame.get("code") == 1000:
+            self._answer(("unsubscribe",), name)
+        if room is not None:
+            room.on_frame(frame)
 
     def _on_connected(self, event: Connected) -> None:
         since = self.user_seq

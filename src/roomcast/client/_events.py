@@ -41,15 +41,13 @@ __all__ = [
 #: Largest seq the server stores (a 64-bit signed column): larger numbers are not seqs.
 SEQ_MAX = 2**63 - 1
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Event:
     #: The wire frame's ``type``.
     type: ClassVar[str]
     #: The frame as the server sent it (empty for events the client makes).
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -41,7 +41,7 @@ from ._queue import EventQueue, make_lagged
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["HISTORY_PAGE_MAX", "Room"]
+__all__ = ["HISTORY_PAGE_MAX", "SUBSCRIBE_ERRORS", "Room"]
 
 logger = logging.getLogger("roomcast.client")
 
@@ -56,7 +56,7 @@ TYPING_RESEND_SECS = 1.0
 #: the server's next ``unread`` frame in any case).
 UNREAD_TRACKED_MAX = 10_000
 
-_SUBSCRIBE_ERRORS = frozenset({"already_subscribed", "too_many_subscriptions"})
+SUBSCRIBE_ERRORS = frozenset({"already_subscribed", "too_many_subscriptions"})
 
 
 def fail(future: asyncio.Future[Any], error: BaseException) -> None:
@@ -155,6 +155,8 @@ class Room:
         self._first: asyncio.Future[None] = loop.create_future()
         self._read_wanted: int | None = None
         self._typing_at = -math.inf
+        #: False once the server refused a typing frame (the user may not post here).
+        self.may_type = True
         self._counted: set[int] = set()
         self._resubscribe_attempt = 0
         self._resubscribe_timer: asyncio.TimerHandle | None = None
@@ -239,10 +241,12 @@ class Room:
         future: asyncio.Future[HistoryPage] = asyncio.get_running_loop().create_future()
         self._history.append((frame, future))
         if self.joined:
-            self._conn._write(frame)
-        # A cancelled request keeps its place until its answer comes, so that answers
-        # (which carry no request id) match requests in order.
-        return await future
+            self._conn._request("history", self.name, frame, future)
+        try:
+            return await future
+        finally:
+            if future.cancelled():
+                self._history = deque(e for e in self._history if e[1] is not future)
 
     async def read(self, seq: int) -> None:
         """Move the user's read cursor to ``seq`` (it never moves back). Returns once the
@@ -262,26 +266,34 @@ class Room:
             return
         self._read_wanted = seq
         if self.joined:
-            self._conn._write({"type": "read", "room": self.name, "seq": seq})
+            self._conn._request(
+                "silent", self.name, {"type": "read", "room": self.name, "seq": seq}
+            )
 
     async def typing(self) -> None:
         """Tell the room's other members this user is typing. Sent at most once every
         TYPING_RESEND_SECS (1 s); dropped while the connection is down (typing is
-        ephemeral)."""
+        ephemeral), and once the server refused it (no right to post here)."""
         self._raise_if_ended()
         now = asyncio.get_running_loop().time()
-        if self.joined and now - self._typing_at >= TYPING_RESEND_SECS:
+        if self.joined and self.may_type and now - self._typing_at >= TYPING_RESEND_SECS:
             self._typing_at = now
-            self._conn._write({"type": "typing", "room": self.name})
+            self._conn._request("silent", self.name, {"type": "typing", "room": self.name})
 
     async def fetch_presence(self) -> Presence:
         """Ask the server who is in the room now (``room.presence`` is kept up to date
-        without asking; this is for a big room's full list, or to be sure)."""
+        without asking; this is for a big room's full list, or to be sure).
+
+        Raises:
+            RefusedError: the server has no presence (``refused``).
+        """
         self._raise_if_ended()
         future: asyncio.Future[Presence] = asyncio.get_running_loop().create_future()
         self._presence_waiters.append(future)
         if self.joined:
-            self._conn._write({"type": "presence", "room": self.name})
+            self._conn._request(
+                "presence", self.name, {"type": "presence", "room": self.name}, future
+            )
         return await future
 
     async def unsubscribe(self) -> None:
@@ -291,7 +303,8 @@ class Room:
         if self.ended:
             return
         if self._subscribe_sent:
-            self._conn._write({"type": "unsubscribe", "room": self.name})
+            frame = {"type": "unsubscribe", "room": self.name}
+            self._conn._request("unsubscribe", self.name, frame)
         self._end(None, UnsubscribedError(self.name, 1000, "unsubscribed"))
 
     def __aiter__(self) -> Room:
@@ -331,7 +344,8 @@ class Room:
         return self.joined and (self.last_seq or 0) >= (self._joined_seq or 0)
 
     def on_frame(self, frame: dict[str, Any]) -> None:
-        """A frame about this room arrived."""
+        """A frame about this room arrived (answers to requests are matched by the
+        connection first: :meth:`answered`, :meth:`refused`)."""
         kind = frame.get("type")
         if kind == "ack":
             client_id, seq = frame.get("client_id"), frame.get("seq")
@@ -339,8 +353,6 @@ class Room:
                 self._conn._settle(self, client_id, seq)
         elif kind == "error":
             self._on_error(frame)
-        elif kind == "history":
-            self._on_history(frame)
         elif kind == "unsubscribed":
             self._on_unsubscribed(frame)
         else:
@@ -349,6 +361,35 @@ class Room:
                 logger.debug("roomcast.client: ignored a %r frame of %r", kind, self.name)
             else:
                 self._on_event(event)
+
+    def answered(self, future: asyncio.Future[Any], frame: dict[str, Any]) -> None:
+        """``frame`` (a ``history`` page) answers the request ``future``."""
+        self._history = deque(e for e in self._history if e[1] is not future)
+        if future.done():
+            return
+        messages: list[Message | Edit | Delete] = []
+        items = frame.get("messages")
+        for item in items if isinstance(items, list) else []:
+            try:
+                messages.append(message(item, self.name))
+            except (ValueError, AttributeError):
+                logger.warning("roomcast.client: skipped a history entry of %r", self.name)
+        page = HistoryPage(
+            room=self.name, messages=messages, has_more=frame.get("has_more") is True
+        )
+        future.set_result(page)
+
+    def refused(self, kind: str, future: asyncio.Future[Any] | None, error: RefusedError) -> None:
+        """The server answered this room's request (``kind``) with ``error``."""
+        if future is not None:
+            self._history = deque(e for e in self._history if e[1] is not future)
+            if future in self._presence_waiters:
+                self._presence_waiters.remove(future)
+            fail(future, error)
+        elif kind == "silent" and error.code == "forbidden" and not self._conn.guest:
+            self.may_type = False  # a read refused would be a guest's: typing it is
+        else:
+            logger.info("roomcast.client: a frame of %r was refused: %s", self.name, error)
 
     def _on_event(self, event: RoomEvent) -> None:
         if isinstance(event, Joined):
@@ -410,13 +451,13 @@ class Room:
             if self.read_seq is not None and self.read_seq >= wanted:
                 self._read_wanted = None
             else:
-                self._conn._write({"type": "read", "room": self.name, "seq": wanted})
-        # Requests cancelled while waiting are not asked again: no answer will come.
-        self._history = deque(entry for entry in self._history if not entry[1].done())
-        for frame, _ in self._history:
-            self._conn._write(frame)
-        if self._presence_waiters:
-            self._conn._write({"type": "presence", "room": self.name})
+                frame = {"type": "read", "room": self.name, "seq": wanted}
+                self._conn._request("silent", self.name, frame)
+        for frame, future in self._history:
+            self._conn._request("history", self.name, frame, future)
+        for waiter in self._presence_waiters:
+            frame = {"type": "presence", "room": self.name}
+            self._conn._request("presence", self.name, frame, waiter)
         if not self._first.done():
             self._first.set_result(None)
         return event
@@ -442,43 +483,14 @@ class Room:
                 self._counted.add(event.seq)
 
     def _on_error(self, frame: dict[str, Any]) -> None:
-        code = frame.get("code") if isinstance(frame.get("code"), str) else "error"
-        detail = frame.get("detail") if isinstance(frame.get("detail"), str) else ""
+        code = str(frame["code"]) if isinstance(frame.get("code"), str) else "error"
+        detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
         client_id = frame.get("client_id")
         if isinstance(client_id, str):
-            self._conn._refused(self, client_id, str(code), str(detail), retry_after(frame))
-            return
-        error = RefusedError(str(code), str(detail), room=self.name)
-        if code in _SUBSCRIBE_ERRORS:
+            self._conn._refused(self, client_id, code, detail, retry_after(frame))
+        elif code in SUBSCRIBE_ERRORS:
+            error = RefusedError(code, detail, room=self.name)
             self._end(error, error)
-        elif code == "not_subscribed":
-            # A frame crossed the server's unsubscribed on the wire: nothing to do.
-            logger.debug("roomcast.client: %r: %s", self.name, detail)
-        elif self._history:
-            # History requests are the only frames of a subscribed room that are
-            # answered with an error without a client_id (docs/protocol.md).
-            _, future = self._history.popleft()
-            fail(future, error)
-        else:
-            logger.warning("roomcast.client: a frame of %r was refused: %s", self.name, error)
-
-    def _on_history(self, frame: dict[str, Any]) -> None:
-        if not self._history:
-            return
-        _, future = self._history.popleft()
-        messages: list[Message | Edit | Delete] = []
-        items = frame.get("messages")
-        for item in items if isinstance(items, list) else []:
-            try:
-                messages.append(message(item, self.name))
-            except (ValueError, AttributeError):
-                logger.warning("roomcast.client: skipped a history entry of %r", self.name)
-        if not future.done():
-            future.set_result(
-                HistoryPage(
-                    room=self.name, messages=messages, has_more=frame.get("has_more") is True
-                )
-            )
 
     def _on_unsubscribed(self, frame: dict[str, Any]) -> None:
         code = frame.get("code")
