@@ -92,7 +92,9 @@ class Message(_Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Edit(_Event):
-    """The message ``target`` now reads ``text``; a stream event with its own ``seq``."""
+    """The message ``target`` now reads ``text``; a stream event with its own ``seq``.
+    ``deleted``: the target was deleted since, and this edit's text with it (``text``
+    is empty; the :class:`Delete` follows)."""
 
     type: ClassVar[str] = "edit"
     room: str
@@ -101,6 +103,8 @@ class Edit(_Event):
     text: str
     user: str | None = None
     ts: datetime | None = None
+    client_id: str | None = None
+    deleted: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,6 +117,7 @@ class Delete(_Event):
     target: int
     user: str | None = None
     ts: datetime | None = None
+    client_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -310,6 +315,8 @@ def message(frame: Mapping[str, Any], room: str) -> Message | Edit | Delete:
                 text=_text(frame, "message"),
                 user=_opt_text(frame, "user"),
                 ts=_time(frame.get("ts")),
+                client_id=_opt_text(frame, "client_id") or None,
+                deleted=frame.get("deleted") is True,
                 raw=frame,
             )
         if kind == "delete":
@@ -319,6 +326,7 @@ def message(frame: Mapping[str, Any], room: str) -> Message | Edit | Delete:
                 target=_req_seq(frame, "target"),
                 user=_opt_text(frame, "user"),
                 ts=_time(frame.get("ts")),
+                client_id=_opt_text(frame, "client_id") or None,
                 raw=frame,
             )
         if kind != "message":

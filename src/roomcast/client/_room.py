@@ -400,7 +400,7 @@ class Room:
                     return  # already delivered (a replay overlapping what was seen)
                 self.last_seq = event.seq
                 self._count_unread(event)
-                if isinstance(event, Message) and event.client_id:
+                if event.client_id:  # the sender's post, stored (a catch-up shows it)
                     self._conn._settle(self, event.client_id, event.seq)
         elif isinstance(event, Unread):
             self.read_seq, self.unread = event.read_seq, event.unread
