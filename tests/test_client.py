@@ -505,3 +505,17 @@ async def test_client_checks_arguments_before_sending(double) -> None:
             await lobby.send(b"bytes")  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             await lobby.edit(0, "x")
+
+
+async def test_client_subscribes_again_after_rate_limited_and_1011(double) -> None:
+    """A subscribe answered rate_limited (ROOM_REQUESTS_PER_SOCKET) or unsubscribed 1011
+    (database down) is sent again; one refused otherwise fails subscribe()."""
+    double.hub.refuse_subscribes = ["rate_limited", 1011]
+    async with connect(double.url, token=double.token("alice"), **FAST) as conn:
+        lobby = await asyncio.wait_for(conn.subscribe("lobby"), 10)
+        assert lobby.joined
+        assert len([f for f in double.hub.frames("subscribe") if f["room"] == "lobby"]) == 3
+        double.hub.refuse_subscribes = ["invalid_frame"]
+        with pytest.raises(RefusedError) as info:
+            await conn.subscribe("board")
+        assert info.value.code == "invalid_frame" and "board" not in conn.rooms

@@ -68,6 +68,9 @@ class Hub:
     #: Error codes for the next history / presence / typing frames.
     refuse_history: list[str] = field(default_factory=list)
     refuse_typing: bool = False
+    #: Answers for the next subscribes: "rate_limited" (an error) or a close code (an
+    #: unsubscribed frame, e.g. 1011).
+    refuse_subscribes: list[str | int] = field(default_factory=list)
     #: Tokens handed out when the test asks, and how many connections each opened.
     connects: int = 0
     guests: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -274,6 +277,15 @@ class Hub:
                     )
 
     async def subscribe(self, socket: Socket, room: str, since: int | None) -> None:
+        if self.refuse_subscribes:
+            answer = self.refuse_subscribes.pop(0)
+            if isinstance(answer, int):
+                frame = {"type": "unsubscribed", "room": room, "code": answer, "reason": "down"}
+            else:
+                frame = {"type": "error", "room": room, "code": answer, "detail": answer,
+                         "retry_after": 0.05}  # fmt: skip
+            await socket.send(frame)
+            return
         if room in socket.rooms:
             await socket.send(
                 {"type": "error", "room": room, "code": "already_subscribed", "detail": "again"}

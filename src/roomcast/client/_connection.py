@@ -37,9 +37,9 @@ from ._errors import (
     QueueFullError,
     RefusedError,
 )
-from ._events import Connected, UserEvent, UserMessage, user_event
+from ._events import Connected, UserEvent, UserMessage, retry_after, user_event
 from ._queue import EventQueue, make_lagged
-from ._room import SUBSCRIBE_ERRORS, Post, Room, fail
+from ._room import RETRY_AFTER_MAX_SECS, SUBSCRIBE_ERRORS, Post, Room, fail
 
 __all__ = ["Connection", "Status"]
 
@@ -72,8 +72,6 @@ GET_TOKEN_TIMEOUT_SECS = 15.0
 #: socket whose posts it refused RATE_LIMIT_CLOSE_AFTER (10) times within about 10 s.
 SEND_RETRIES_MAX = 3
 BUSY_RETRY_SECS = 0.5
-#: Longest pause taken on the server's word (retry_after), in seconds.
-RETRY_AFTER_MAX_SECS = 60.0
 #: Longest wait for the server's close frame when the program closes the connection.
 CLOSE_TIMEOUT_SECS = 5.0
 #: Room names are checked here for everything but their length (the server's
@@ -601,12 +599,15 @@ class Connection:
             code = str(frame["code"]) if isinstance(frame.get("code"), str) else "error"
             if code not in SUBSCRIBE_ERRORS:
                 detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
+                error = RefusedError(code, detail, room=name, retry_after=retry_after(frame))
                 request = self._answer(("history", "presence", "unsubscribe", "silent"), name)
-                if request is None:
+                if request is not None:
+                    if room is not None:
+                        room.refused(request.kind, request.future, error)
+                elif room is not None and room.subscribing:
+                    room.subscribe_refused(error)
+                else:
                     logger.warning("roomcast.client: %r: unexpected error %s", name, code)
-                elif room is not None:
-                    error = RefusedError(code, detail, room=name)
-                    room.refused(request.kind, request.future, error)
                 return
         elif kind == "history":
             request = self._answer(("history",), name)

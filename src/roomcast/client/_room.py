@@ -56,7 +56,12 @@ TYPING_RESEND_SECS = 1.0
 #: the server's next ``unread`` frame in any case).
 UNREAD_TRACKED_MAX = 10_000
 
+#: Error codes that answer only a subscribe.
 SUBSCRIBE_ERRORS = frozenset({"already_subscribed", "too_many_subscriptions"})
+#: Error codes after which a subscribe is sent again (after retry_after, or the backoff).
+RESUBSCRIBE_ERRORS = frozenset({"rate_limited", "internal_error", "busy"})
+#: Longest pause taken on the server's word (retry_after), in seconds.
+RETRY_AFTER_MAX_SECS = 60.0
 
 
 def fail(future: asyncio.Future[Any], error: BaseException) -> None:
@@ -339,6 +344,30 @@ class Room:
             self._resubscribe_timer.cancel()
             self._resubscribe_timer = None
 
+    @property
+    def subscribing(self) -> bool:
+        """Whether a subscribe went out on the current socket and is not answered yet."""
+        return self._subscribe_sent and not self.joined and not self.ended
+
+    def subscribe_refused(self, error: RefusedError) -> None:
+        """The subscribe was answered with ``error``: ``rate_limited`` (the server's
+        ROOM_REQUESTS_PER_SOCKET) and ``internal_error`` are asked again after
+        ``retry_after`` or the backoff; anything else ends the subscription."""
+        if error.code not in RESUBSCRIBE_ERRORS:
+            self._end(error, error)
+            return
+        delay = self._conn._backoff_delay(self._resubscribe_attempt)
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, RETRY_AFTER_MAX_SECS))
+        self._resubscribe_later(delay)
+
+    def _resubscribe_later(self, delay: float) -> None:
+        self._subscribe_sent = False
+        self._resubscribe_attempt += 1
+        socket = self._conn._socket_id
+        loop = asyncio.get_running_loop()
+        self._resubscribe_timer = loop.call_later(delay, self._resubscribe, socket)
+
     def caught_up(self) -> bool:
         """Whether the catch-up announced by the last ``joined`` has been delivered."""
         return self.joined and (self.last_seq or 0) >= (self._joined_seq or 0)
@@ -503,11 +532,7 @@ class Room:
         self.joined = False
         if should_reconnect(code):
             # Database or layer down (1011): subscribe again, with backoff.
-            delay = self._conn._backoff_delay(self._resubscribe_attempt)
-            self._resubscribe_attempt += 1
-            socket = self._conn._socket_id
-            loop = asyncio.get_running_loop()
-            self._resubscribe_timer = loop.call_later(delay, self._resubscribe, socket)
+            self._resubscribe_later(self._conn._backoff_delay(self._resubscribe_attempt))
         else:
             error = UnsubscribedError(self.name, code, reason)
             self._end(error, error)
