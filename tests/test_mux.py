@@ -116,7 +116,7 @@ async def test_subscribe_errors_are_named_and_the_socket_stays(mux):
 
 
 async def test_subscriptions_are_capped(mux, settings):
-    settings.ROOMCAST = {"MAX_SUBSCRIPTIONS": 3}
+    settings.ROOMCAST = {"MAX_SUBSCRIPTIONS": 3, "ROOM_REQUESTS_PER_SOCKET": 0}
     alice = await mux()
     for name in ("a", "b", "c"):
         await alice.subscribe(name)
@@ -228,3 +228,22 @@ async def test_a_slow_connection_is_closed_as_a_whole(mux, settings):
         the_hub.dispatch("b", {"type": "room.message", "seq": seq, "frame": f'{{"seq":{seq}}}'})
     assert connection.closed
     blocked.set()
+
+
+async def test_room_requests_are_rate_limited_per_socket(mux, settings):
+    """Subscribes come out of a bucket of MAX_SUBSCRIPTIONS refilled at
+    ROOM_REQUESTS_PER_SOCKET: past it, rate_limited with the room and retry_after, and
+    nothing is joined."""
+    settings.ROOMCAST = {"MAX_SUBSCRIPTIONS": 5, "ROOM_REQUESTS_PER_SOCKET": 1.0}
+    alice = await mux()
+    for name in "abcde":
+        await alice.subscribe(name)
+    for name in "abcd":
+        await alice.send_frame(type="unsubscribe", room=name)
+        await next_of(alice, "unsubscribed", name)
+    await alice.send_frame(type="subscribe", room="f")
+    error = await next_of(alice, "error")
+    assert (error["code"], error["room"]) == ("rate_limited", "f")
+    assert 0 < error["retry_after"] <= 1.0
+    await asyncio.sleep(error["retry_after"])
+    await alice.subscribe("f")

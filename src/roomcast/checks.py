@@ -41,7 +41,7 @@ _LIMIT_INTS = (
     "MAX_SOCKETS_PER_ADDRESS",
 )
 #: Rates (per second) where 0 turns the limit off.
-_RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER")
+_RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER", "ROOM_REQUESTS_PER_SOCKET")
 
 
 @register(Tags.compatibility)

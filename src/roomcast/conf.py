@@ -105,6 +105,9 @@ DEFAULTS: dict[str, Any] = {
     # Rooms one /ws/ connection may be subscribed to at once; one more subscribe gets a
     # too_many_subscriptions error.
     "MAX_SUBSCRIPTIONS": 100,
+    # /ws/ subscribes and presence requests one socket may make per second, on average,
+    # after a burst of MAX_SUBSCRIPTIONS (0: no limit); over it: a rate_limited error.
+    "ROOM_REQUESTS_PER_SOCKET": 10.0,
     # Seconds between two typing frames forwarded for one user in one room (per process);
     # the ones in between are dropped, whatever the client sends.
     "TYPING_INTERVAL_SECS": 2.0,

@@ -519,6 +519,8 @@ class MuxConsumer(_Socket):
             raise TooManySubscriptionsError(
                 f"At most {limit} rooms per connection (MAX_SUBSCRIPTIONS); unsubscribe first."
             )
+        if not self._request_allowed(room):
+            return
         self._joining.add(room)
         try:
             await services.join_room(room, since=frame["since"], connection=connection)
@@ -556,7 +558,16 @@ class MuxConsumer(_Socket):
 
     async def _on_presence(self, frame: RoomFrame) -> None:
         member = self._subscribed(frame)
-        member.send_frame(services.presence_frame(member.room))
+        if self._request_allowed(member.room):
+            member.send_frame(services.presence_frame(member.room))
+
+    def _request_allowed(self, room: str) -> bool:
+        """Take a room request from the socket's bucket; if empty, say rate_limited."""
+        wait = self.quota.request_wait() if self.quota is not None else 0.0
+        if wait and self.connection is not None:
+            event = {**limits.rate_limited_event(wait, None, seed=False), "room": room}
+            self.connection.send_frame(codec.encode(event))
+        return not wait
 
     async def _on_read(self, frame: ReadFrame) -> None:
         member = self._subscribed(frame)

@@ -1,8 +1,9 @@
 """The per-process hub: one channel-layer subscription per room per process, local fan-out.
 
-Layer: fan-out (delivery). Imports asyncio, Channels' layer API and ``protocol``; never
+Layer: fan-out (delivery). Imports asyncio, ``connection`` and ``protocol``; never
 models or services: the database reaches the hub only through the :class:`Loader` the
-services layer hands it, and the consumer only through :class:`Member`.
+services layer hands it, and the consumer only through :class:`Member`. Presence is a
+``roomcast.presence.Tracker`` the services layer sets as ``hub.presence``.
 
 How a message travels. The publisher stores it (seq N), encodes its frame once and sends
 one layer message to the room's group. In each process that has members in the room, the
@@ -19,17 +20,11 @@ been sent. Because the room's stream position is read after the hub joined the g
 and the member's read comes after that, the two together cover every seq with no gap
 and no duplicate (docs/design.md walks through the argument).
 
-Bounded queues and their overflow policy:
+Members are subscriptions (``roomcast.connection``): a member is one socket's place in
+one room, and writes into its connection's one bounded buffer, whose overflow policy
+(1013, reconnect with ``since``) is written there. The hub's own bounds:
 
-* Each member's outbound buffer holds at most ``OUTBOUND_BUFFER_FRAMES`` frames and
-  ``OUTBOUND_BUFFER_BYTES`` bytes, whichever is reached first (a join's catch-up is
-  allowed on top of the bytes while it drains). A socket that lets it fill (a client
-  too slow for the room) is closed with 1013 TRY_AGAIN_LATER and its queued frames
-  dropped: it reconnects with ``since=`` and recovers them from the database. Nothing
-  is dropped silently. Under ``roomcast serve`` a close that cannot get through (the
-  client reads nothing) ends in a TCP reset after ``CLOSE_TIMEOUT_SECS``
-  (``server.lean_ws``), so the socket's kernel buffers are released too.
-* The frames a member holds while joining count against the same limit.
+* The frames a member holds while joining count against its connection's frame bound.
 * The layer's own queues are bounded by the layer's ``capacity``; what they drop shows up
   here as a gap and is read back from the database.
 

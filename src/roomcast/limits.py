@@ -86,6 +86,8 @@ class _Config:
     window: float
     per_user: int
     per_address: int
+    request_rate: float
+    request_burst: float
 
 
 _config_cache: _Config | None = None
@@ -104,6 +106,8 @@ def _config() -> _Config:
             window=float(s.RATE_LIMIT_WINDOW_SECS),
             per_user=int(s.MAX_SOCKETS_PER_USER),
             per_address=int(s.MAX_SOCKETS_PER_ADDRESS),
+            request_rate=float(s.ROOM_REQUESTS_PER_SOCKET),
+            request_burst=float(s.MAX_SUBSCRIPTIONS),
         )
     return _config_cache
 
@@ -191,7 +195,16 @@ def admit(scope: dict[str, Any], user_id: int | None) -> Quota:
 class Quota:
     """One socket's share: its post bucket, its refusals, and its place in the counts."""
 
-    __slots__ = ("_address", "_strikes", "_struck", "_user", "stamp", "tokens")
+    __slots__ = (
+        "_address",
+        "_requested",
+        "_requests",
+        "_strikes",
+        "_struck",
+        "_user",
+        "stamp",
+        "tokens",
+    )
 
     def __init__(self, user: _User | None, address: str | None, burst: float, now: float) -> None:
         self._user = user
@@ -200,6 +213,26 @@ class Quota:
         self.stamp = now  # when tokens was last brought up to date
         self._strikes = 0.0  # recent refusals, leaking away over RATE_LIMIT_WINDOW_SECS
         self._struck = now
+        # /ws/ subscribes and presence requests (each costs a database read or a
+        # snapshot): a bucket of MAX_SUBSCRIPTIONS, so a reconnect resubscribes every room.
+        self._requests = -1.0  # full, filled on first use (most sockets never ask)
+        self._requested = now
+
+    def request_wait(self) -> float:
+        """Take a room request's token (``subscribe``, ``presence``): 0.0 if there was
+        one, else the seconds until there is (nothing is taken)."""
+        config = _config()
+        if config.request_rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens = config.request_burst if self._requests < 0 else self._requests
+        tokens = min(config.request_burst, tokens + (now - self._requested) * config.request_rate)
+        self._requested = now
+        if tokens < 1.0:
+            self._requests = tokens
+            return (1.0 - tokens) / config.request_rate
+        self._requests = tokens - 1.0
+        return 0.0
 
     def allow_post(self, member: Member, client_id: str | None) -> bool:
         """Take a post's token; if there is none, tell the client and return False.

@@ -87,7 +87,7 @@ async def test_deeply_nested_http_bodies_are_400(serve):
 @pytest.mark.parametrize(
     ("path", "detail"),
     [
-        ("/ws/", "rooms are at /ws/chat/<room>/"),
+        ("/ws/x/", "rooms are at /ws/chat/<room>/"),
         ("/ws/chat/lobby", "room URLs end with '/'"),
         ("/ws/other/thing/", "rooms are at /ws/chat/<room>/"),
     ],
