@@ -67,7 +67,6 @@ from ._connection import (
     GET_TOKEN_TIMEOUT_SECS,
     MAX_DELAY_SECS,
     MAX_QUEUED_EVENTS,
-    MAX_QUEUED_SENDS,
     MAX_TOKEN_FAILURES,
     MIN_DELAY_SECS,
     Connection,
@@ -104,6 +103,7 @@ from ._events import (
     UserMessage,
 )
 from ._room import HISTORY_PAGE_MAX, Room
+from ._sends import MAX_QUEUED_SENDS
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",

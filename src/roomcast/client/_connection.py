@@ -15,7 +15,6 @@ import logging
 import random
 import sys
 import urllib.parse
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -33,21 +32,18 @@ from ._errors import (
     ClientError,
     ClosedError,
     ConnectError,
-    FrameTooLargeError,
-    QueueFullError,
     RefusedError,
 )
 from ._events import Connected, UserEvent, UserMessage, retry_after, user_event
 from ._queue import EventQueue, make_lagged
-from ._room import RETRY_AFTER_MAX_SECS, SUBSCRIBE_ERRORS, Post, Room, fail
+from ._requests import RequestKind, Requests
+from ._room import SUBSCRIBE_ERRORS, Room
+from ._sends import Outbox, fail
 
 __all__ = ["Connection", "Status"]
 
 logger = logging.getLogger("roomcast.client")
 
-#: Sends (messages, edits, deletes of every room) waiting for the server at once, sent or
-#: not: more are refused with QueueFullError, never dropped. The JS client's bound.
-MAX_QUEUED_SENDS = 100
 #: Events waiting for the program, per room and for the user channel (see EventQueue).
 MAX_QUEUED_EVENTS = 1000
 #: The server's default MAX_FRAME_BYTES: a send whose frame is larger is refused here
@@ -67,21 +63,17 @@ MAX_DELAY_SECS = 10.0
 MAX_TOKEN_FAILURES = 5
 #: Longest wait for get_token(), in seconds; past it the attempt counts as failed.
 GET_TOKEN_TIMEOUT_SECS = 15.0
-#: Times a send answered ``busy`` or ``rate_limited`` is sent again (after the server's
-#: retry_after, or BUSY_RETRY_SECS doubling) before RefusedError. The server closes a
-#: socket whose posts it refused RATE_LIMIT_CLOSE_AFTER (10) times within about 10 s.
-SEND_RETRIES_MAX = 3
-BUSY_RETRY_SECS = 0.5
 #: Longest wait for the server's close frame when the program closes the connection.
 CLOSE_TIMEOUT_SECS = 5.0
 #: Room names are checked here for everything but their length (the server's
 #: ROOM_NAME_MAX_CHARS setting), which the server answers with 4400.
 _ANY_LENGTH = sys.maxsize
+#: The requests a bare error frame (no client_id) can answer.
+_ERROR_ANSWERS: tuple[RequestKind, ...] = ("history", "presence", "unsubscribe", "silent")
 #: Query parameters this client sets itself, or that the server refuses in the URL.
 _RESERVED_QUERY = frozenset({"since", "auth", "token", "access_token"})
 
 State = Literal["connecting", "open", "reconnecting", "closed"]
-RequestKind = Literal["history", "presence", "unsubscribe", "silent", "ping"]
 GetToken = Callable[[], str | Awaitable[str]]
 
 
@@ -102,15 +94,6 @@ class Status:
     reason: str = ""
     delay: float | None = None
     ever_open: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Request:
-    """A frame sent without a client_id, waiting for its answer (or its error)."""
-
-    kind: RequestKind
-    room: str
-    future: asyncio.Future[Any] | None
 
 
 def socket_url(url: str) -> str:
@@ -175,7 +158,6 @@ class Connection:
         self._headers = dict(headers or {})
         self._ssl = ssl
         self._open_timeout = open_timeout
-        self._max_frame_bytes = max_frame_bytes
         self._max_events = max_queued_events
         self._min_delay = min_delay
         self._max_delay = max_delay
@@ -191,10 +173,6 @@ class Connection:
         self.status = Status(state="connecting")
         self._rooms: dict[str, Room] = {}
         self._user_events: EventQueue[UserEvent] = EventQueue(max_queued_events, None)
-        self._outbox: deque[Post] = deque()
-        self._requests: deque[_Request] = deque()
-        self._in_flight: Post | None = None
-        self._paused: asyncio.TimerHandle | None = None
         self._ws: ClientConnection | None = None
         self._writes: asyncio.Queue[str] | None = None
         self._socket_id = 0
@@ -208,6 +186,8 @@ class Connection:
         self._opened: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] = loop.create_future()
         self._runner: asyncio.Task[None] | None = None
+        self._sends = Outbox(self._write, max_frame_bytes)
+        self._requests = Requests(self._write)
 
     def __repr__(self) -> str:
         return f"<Connection {self.url} {self.status.state} user={self.user!r}>"
@@ -373,6 +353,8 @@ class Connection:
         writes: asyncio.Queue[str] = asyncio.Queue()
         self._writes = writes
         writer = asyncio.create_task(self._write_loop(ws, writes))
+        self._sends.socket = self._socket_id
+        self._requests.open = True
         try:
             async for data in ws:
                 if isinstance(data, str):
@@ -381,10 +363,11 @@ class Connection:
             pass
         finally:
             writer.cancel()
-            self._socket_lost()
+            code = ws.close_code if ws.close_code is not None else 1006
+            reason = ws.close_reason or ""
+            self._socket_lost(code, reason)
         await asyncio.gather(writer, return_exceptions=True)
-        code = ws.close_code if ws.close_code is not None else 1006
-        return code, ws.close_reason or ""
+        return code, reason
 
     async def _write_loop(self, ws: ClientConnection, writes: asyncio.Queue[str]) -> None:
         try:
@@ -399,16 +382,14 @@ class Connection:
         except (OSError, WebSocketException):  # already gone: nothing to close politely
             pass
 
-    def _socket_lost(self) -> None:
+    def _socket_lost(self, code: int, reason: str) -> None:
         self._ws = None
         self._writes = None
-        self._requests.clear()  # asked again after the rooms' next joined
+        self._requests.socket_lost()  # asked again after the rooms' next joined
         self._connected = False
+        self._sends.socket_lost(code, reason)
         for room in list(self._rooms.values()):
             room.socket_lost()
-        if self._in_flight is not None:
-            self._outbox.appendleft(self._in_flight)
-            self._in_flight = None
 
     def _after_close(self, code: int, reason: str) -> bool:
         """Decide after a close: True to reconnect, False when the connection ended."""
@@ -416,11 +397,8 @@ class Connection:
             return False
         if code == CloseCode.MESSAGE_TOO_BIG:
             # The server read a frame over its limit (the client's max_frame_bytes was
-            # not the server's): the send it had not answered is that one. Reject it, so
-            # that it is not sent again to the same end; the connection itself was fine.
-            for post in [p for p in self._outbox if p.sent_on == self._socket_id][:1]:
-                self._outbox.remove(post)
-                fail(post.future, ClosedError(code, reason))
+            # not the server's): the send on the wire was rejected (Outbox.socket_lost);
+            # the connection itself was fine.
             return True
         if code in (CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED) and self._get_token:
             # A fresh token may do. An expired one that had let the socket in is no
@@ -493,8 +471,6 @@ class Connection:
         closed = error if isinstance(error, ClosedError) else None
         self._end_error = closed
         self._connected = False
-        if self._paused is not None:
-            self._paused.cancel()
         code, reason = (
             (error.code, error.reason)
             if isinstance(error, ClosedError)
@@ -506,10 +482,7 @@ class Connection:
         fail(self._opened, for_waiting)
         for room in list(self._rooms.values()):
             room.close(closed)
-        for post in [*self._outbox, *([self._in_flight] if self._in_flight else [])]:
-            fail(post.future, for_waiting)
-        self._outbox.clear()
-        self._in_flight = None
+        self._sends.close(for_waiting)
         self._user_events.end(closed)
         self._done.set_result(None)
         self._set_status(
@@ -532,36 +505,6 @@ class Connection:
         if self._writes is not None:
             self._writes.put_nowait(json.dumps(frame, ensure_ascii=False))
 
-    def _request(
-        self,
-        kind: RequestKind,
-        room: str,
-        frame: dict[str, Any],
-        future: asyncio.Future[Any] | None = None,
-    ) -> None:
-        """Send ``frame``, a request without a client_id, and remember it until answered.
-
-        The server handles a socket's frames in order and answers them in order, but
-        its error frames name only the room: an error is matched with the oldest request
-        still waiting. Frames that are answered only when refused (typing, read:
-        ``silent``) are followed by a ``ping`` before the next request that expects an
-        answer, so that its ``pong`` tells that they went through.
-        """
-        if self._writes is None:
-            return
-        waiting = self._requests
-        if kind != "silent" and waiting and waiting[-1].kind == "silent":
-            waiting.append(_Request("ping", "", None))
-            self._write({"type": "ping"})
-        waiting.append(_Request(kind, room, future))
-        self._write(frame)
-
-    def _answer(self, kinds: tuple[RequestKind, ...], room: str) -> _Request | None:
-        """The oldest waiting request if it is one of ``kinds`` for ``room`` (removed)."""
-        if self._requests and self._requests[0].kind in kinds and self._requests[0].room == room:
-            return self._requests.popleft()
-        return None
-
     def _on_text(self, text: str) -> None:
         try:
             frame = json.loads(text)
@@ -573,8 +516,7 @@ class Connection:
         kind = frame.get("type")
         room_name = frame.get("room")
         if kind == "pong":
-            while self._requests and self._requests.popleft().kind != "ping":
-                pass  # the frames before the ping went through
+            self._requests.pong()
         elif isinstance(room_name, str):
             self._on_room_frame(room_name, frame)
         elif kind in ("connected", "user_message"):
@@ -600,7 +542,9 @@ class Connection:
             if code not in SUBSCRIBE_ERRORS:
                 detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
                 error = RefusedError(code, detail, room=name, retry_after=retry_after(frame))
-                request = self._answer(("history", "presence", "unsubscribe", "silent"), name)
+                request = self._requests.answer(
+                    ("history", "presence", "unsubscribe", "silent"), name
+                )
                 if request is not None:
                     if room is not None:
                         room.refused(request.kind, request.future, error)
@@ -610,14 +554,14 @@ class Connection:
                     logger.warning("roomcast.client: %r: unexpected error %s", name, code)
                 return
         elif kind == "history":
-            request = self._answer(("history",), name)
+            request = self._requests.answer(("history",), name)
             if request is not None and request.future is not None and room is not None:
                 room.answered(request.future, frame)
             return
         elif kind == "presence":
-            self._answer(("presence",), name)  # its waiter is served with the room's state
+            self._requests.answer(("presence",), name)  # its waiter is served with the room's state
         elif kind == "unsubscribed" and frame.get("code") == 1000:
-            self._answer(("unsubscribe",), name)
+            self._requests.answer(("unsubscribe",), name)
         if room is not None:
             room.on_frame(frame)
 
@@ -647,100 +591,11 @@ class Connection:
         self.user_seq = event.seq
         self._user_events.put(event)
 
-    # -- sends that are answered with ack -------------------------------------------------
-
-    def _submit(self, post: Post) -> None:
-        if self._end_error is not None:
-            raise self._end_error
-        if self._closing:
-            raise ClosedError(1000, "closed by the client")
-        size = len(json.dumps(post.frame, ensure_ascii=False).encode())
-        if self._max_frame_bytes is not None and size > self._max_frame_bytes:
-            raise FrameTooLargeError(size, self._max_frame_bytes)
-        if len(self._outbox) + (self._in_flight is not None) >= MAX_QUEUED_SENDS:
-            raise QueueFullError(MAX_QUEUED_SENDS)
-        self._outbox.append(post)
-        self._pump()
-
-    def _withdraw(self, post: Post) -> None:
-        """The program cancelled the send: out of the queue unless it is on the wire."""
-        if post in self._outbox:
-            self._outbox.remove(post)
-
-    def _pump(self) -> None:
-        """Send the next post if none is waiting for its answer.
-
-        One at a time: the server reads a socket's next frame only after it answered a
-        post (docs/protocol.md, "a socket's posts in flight: 1"), so pipelining would
-        gain little, and waiting keeps ``busy`` / ``rate_limited`` retries in order.
-        A room's posts wait for its ``joined``, and, when one of them was sent on an
-        earlier socket (it may be stored), for the catch-up, which settles it if so.
-        """
-        if self._in_flight is not None or self._writes is None or self._paused is not None:
-            return
-        resent = {post.room for post in self._outbox if post.sent_on is not None}
-        for post in self._outbox:
-            if post.room.joined and (post.room not in resent or post.room.caught_up()):
-                break
-        else:
-            return
-        self._outbox.remove(post)
-        post.sent_on = self._socket_id
-        self._in_flight = post
-        self._write(post.frame)
-
-    def _settle(self, room: Room, client_id: str, seq: int) -> None:
-        """The server stored the post ``client_id`` of ``room`` as ``seq``."""
-        post = self._take(room, client_id)
-        if post is not None and not post.future.done():
-            post.future.set_result(seq)
-        self._pump()
-
-    def _refused(
-        self, room: Room, client_id: str, code: str, detail: str, retry_after: float | None
-    ) -> None:
-        post = self._take(room, client_id)
-        if post is None:
-            return
-        if code in ("busy", "rate_limited") and post.retries < SEND_RETRIES_MAX:
-            delay = retry_after if retry_after is not None else BUSY_RETRY_SECS * 2**post.retries
-            post.retries += 1
-            self._outbox.appendleft(post)
-            self._pause(min(delay, RETRY_AFTER_MAX_SECS))
-            return
-        fail(post.future, RefusedError(code, detail, room=room.name, retry_after=retry_after))
-        self._pump()
-
-    def _take(self, room: Room, client_id: str) -> Post | None:
-        if (
-            self._in_flight is not None
-            and self._in_flight.room is room
-            and self._in_flight.client_id == client_id
-        ):
-            post, self._in_flight = self._in_flight, None
-            return post
-        for post in self._outbox:
-            if post.room is room and post.client_id == client_id:
-                self._outbox.remove(post)
-                return post
-        return None
-
-    def _pause(self, delay: float) -> None:
-        def resume() -> None:
-            self._paused = None
-            self._pump()
-
-        self._paused = asyncio.get_running_loop().call_later(delay, resume)
-
     def _forget(self, room: Room, error: BaseException) -> None:
         """``room`` ended: drop it, failing its waiting sends with ``error``."""
         if self._rooms.get(room.name) is room:
             del self._rooms[room.name]
-        for post in [p for p in self._outbox if p.room is room]:
-            self._outbox.remove(post)
-            fail(post.future, error)
-        if self._in_flight is not None and self._in_flight.room is room:
-            fail(self._in_flight.future, error)  # its answer still frees the line
+        self._sends.forget(room, error)
 
 
 def _describe_failure(exc: BaseException) -> str:

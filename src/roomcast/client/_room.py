@@ -37,6 +37,7 @@ from ._events import (
     room_event,
 )
 from ._queue import EventQueue, make_lagged
+from ._sends import RETRY_AFTER_MAX_SECS, Post, fail
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -60,16 +61,6 @@ UNREAD_TRACKED_MAX = 10_000
 SUBSCRIBE_ERRORS = frozenset({"already_subscribed", "too_many_subscriptions"})
 #: Error codes after which a subscribe is sent again (after retry_after, or the backoff).
 RESUBSCRIBE_ERRORS = frozenset({"rate_limited", "internal_error", "busy"})
-#: Longest pause taken on the server's word (retry_after), in seconds.
-RETRY_AFTER_MAX_SECS = 60.0
-
-
-def fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    """Set ``error`` on ``future`` unless it is done, marked as retrieved: a future whose
-    waiter was cancelled must not log "exception never retrieved"."""
-    if not future.done():
-        future.set_exception(error)
-        future.exception()
 
 
 def check_seq(seq: object, what: str = "seq") -> int:
@@ -90,24 +81,6 @@ def check_message_text(text: object) -> str:
     except ProtocolError as exc:
         raise ValueError(exc.detail) from None
     return text
-
-
-@dataclasses.dataclass(eq=False)
-class Post:
-    """A frame the server answers with ``ack`` (message, edit, delete), until it does."""
-
-    room: Room
-    frame: dict[str, Any]
-    future: asyncio.Future[int]
-    #: The socket it was last sent on (None: never sent); a post sent on an earlier
-    #: socket may be stored, so its room's catch-up is awaited before it goes again.
-    sent_on: int | None = None
-    #: Times the server answered busy / rate_limited.
-    retries: int = 0
-
-    @property
-    def client_id(self) -> str:
-        return str(self.frame["client_id"])
 
 
 class Room:
@@ -218,12 +191,12 @@ class Room:
         frame["client_id"] = uuid.uuid4().hex
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         post = Post(self, frame, future)
-        self._conn._submit(post)
+        self._conn._sends.submit(post)
         try:
             return await future
         finally:
             if future.cancelled():
-                self._conn._withdraw(post)
+                self._conn._sends.withdraw(post)
 
     async def history(self, *, before: int | None = None, limit: int = 50) -> HistoryPage:
         """A page of the room's stream before ``before`` (default: the latest), at most
@@ -246,7 +219,7 @@ class Room:
         future: asyncio.Future[HistoryPage] = asyncio.get_running_loop().create_future()
         self._history.append((frame, future))
         if self.joined:
-            self._conn._request("history", self.name, frame, future)
+            self._conn._requests.send("history", self.name, frame, future)
         try:
             return await future
         finally:
@@ -271,7 +244,7 @@ class Room:
             return
         self._read_wanted = seq
         if self.joined:
-            self._conn._request(
+            self._conn._requests.send(
                 "silent", self.name, {"type": "read", "room": self.name, "seq": seq}
             )
 
@@ -283,7 +256,7 @@ class Room:
         now = asyncio.get_running_loop().time()
         if self.joined and self.may_type and now - self._typing_at >= TYPING_RESEND_SECS:
             self._typing_at = now
-            self._conn._request("silent", self.name, {"type": "typing", "room": self.name})
+            self._conn._requests.send("silent", self.name, {"type": "typing", "room": self.name})
 
     async def fetch_presence(self) -> Presence:
         """Ask the server who is in the room now (``room.presence`` is kept up to date
@@ -296,7 +269,7 @@ class Room:
         future: asyncio.Future[Presence] = asyncio.get_running_loop().create_future()
         self._presence_waiters.append(future)
         if self.joined:
-            self._conn._request(
+            self._conn._requests.send(
                 "presence", self.name, {"type": "presence", "room": self.name}, future
             )
         return await future
@@ -309,7 +282,7 @@ class Room:
             return
         if self._subscribe_sent:
             frame = {"type": "unsubscribe", "room": self.name}
-            self._conn._request("unsubscribe", self.name, frame)
+            self._conn._requests.send("unsubscribe", self.name, frame)
         self._end(None, UnsubscribedError(self.name, 1000, "unsubscribed"))
 
     def __aiter__(self) -> Room:
@@ -379,7 +352,7 @@ class Room:
         if kind == "ack":
             client_id, seq = frame.get("client_id"), frame.get("seq")
             if isinstance(client_id, str) and type(seq) is int:
-                self._conn._settle(self, client_id, seq)
+                self._conn._sends.settle(self, client_id, seq)
         elif kind == "error":
             self._on_error(frame)
         elif kind == "unsubscribed":
@@ -430,7 +403,7 @@ class Room:
                 self.last_seq = event.seq
                 self._count_unread(event)
                 if event.client_id:  # the sender's post, stored (a catch-up shows it)
-                    self._conn._settle(self, event.client_id, event.seq)
+                    self._conn._sends.settle(self, event.client_id, event.seq)
         elif isinstance(event, Unread):
             self.read_seq, self.unread = event.read_seq, event.unread
             self._counted.clear()
@@ -455,7 +428,7 @@ class Room:
         elif isinstance(event, PresenceCount):
             self.presence_count, self.anonymous = event.count, event.anonymous
         self._events.put(event)
-        self._conn._pump()
+        self._conn._sends.pump()
 
     def _on_joined(self, event: Joined) -> Joined:
         since = self._since_sent
@@ -481,12 +454,12 @@ class Room:
                 self._read_wanted = None
             else:
                 frame = {"type": "read", "room": self.name, "seq": wanted}
-                self._conn._request("silent", self.name, frame)
+                self._conn._requests.send("silent", self.name, frame)
         for frame, future in self._history:
-            self._conn._request("history", self.name, frame, future)
+            self._conn._requests.send("history", self.name, frame, future)
         for waiter in self._presence_waiters:
             frame = {"type": "presence", "room": self.name}
-            self._conn._request("presence", self.name, frame, waiter)
+            self._conn._requests.send("presence", self.name, frame, waiter)
         if not self._first.done():
             self._first.set_result(None)
         return event
@@ -516,7 +489,7 @@ class Room:
         detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
         client_id = frame.get("client_id")
         if isinstance(client_id, str):
-            self._conn._refused(self, client_id, code, detail, retry_after(frame))
+            self._conn._sends.refused(self, client_id, code, detail, retry_after(frame))
         elif code in SUBSCRIBE_ERRORS:
             error = RefusedError(code, detail, room=self.name)
             self._end(error, error)
