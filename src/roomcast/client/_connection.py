@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._events import Connected, UserEvent, UserMessage, retry_after, user_event
 from ._queue import EventQueue, make_lagged
-from ._requests import RequestKind, Requests
+from ._requests import Requests
 from ._room import SUBSCRIBE_ERRORS, Room
 from ._sends import Outbox, fail
 
@@ -68,8 +68,6 @@ CLOSE_TIMEOUT_SECS = 5.0
 #: Room names are checked here for everything but their length (the server's
 #: ROOM_NAME_MAX_CHARS setting), which the server answers with 4400.
 _ANY_LENGTH = sys.maxsize
-#: The requests a bare error frame (no client_id) can answer.
-_ERROR_ANSWERS: tuple[RequestKind, ...] = ("history", "presence", "unsubscribe", "silent")
 #: Query parameters this client sets itself, or that the server refuses in the URL.
 _RESERVED_QUERY = frozenset({"since", "auth", "token", "access_token"})
 
@@ -542,9 +540,7 @@ class Connection:
             if code not in SUBSCRIBE_ERRORS:
                 detail = str(frame["detail"]) if isinstance(frame.get("detail"), str) else ""
                 error = RefusedError(code, detail, room=name, retry_after=retry_after(frame))
-                request = self._requests.answer(
-                    ("history", "presence", "unsubscribe", "silent"), name
-                )
+                request = self._requests.refused(name)
                 if request is not None:
                     if room is not None:
                         room.refused(request.kind, request.future, error)
@@ -554,14 +550,15 @@ class Connection:
                     logger.warning("roomcast.client: %r: unexpected error %s", name, code)
                 return
         elif kind == "history":
-            request = self._requests.answer(("history",), name)
+            request = self._requests.answered("history", name)
             if request is not None and request.future is not None and room is not None:
                 room.answered(request.future, frame)
             return
         elif kind == "presence":
-            self._requests.answer(("presence",), name)  # its waiter is served with the room's state
+            # Its waiters are served with the room's state (Room._on_event).
+            self._requests.answered("presence", name)
         elif kind == "unsubscribed" and frame.get("code") == 1000:
-            self._requests.answer(("unsubscribe",), name)
+            self._requests.answered("unsubscribe", name)
         if room is not None:
             room.on_frame(frame)
 

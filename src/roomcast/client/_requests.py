@@ -22,6 +22,10 @@ __all__ = ["Request", "RequestKind", "Requests"]
 
 RequestKind = Literal["history", "presence", "unsubscribe", "silent", "ping"]
 
+#: Silent frames sent in a row before a ping is added anyway: without a request that
+#: expects an answer (a program that only types and reads), their entries would pile up.
+SILENT_RUN_MAX = 16
+
 
 @dataclass(eq=False, slots=True)
 class Request:
@@ -59,19 +63,48 @@ class Requests:
             return
         waiting = self._waiting
         if kind != "silent" and waiting and waiting[-1].kind == "silent":
-            waiting.append(Request("ping", "", None))
-            self._write({"type": "ping"})
+            self._ping()
         waiting.append(Request(kind, room, future))
         self._write(frame)
+        if kind == "silent" and len(waiting) >= SILENT_RUN_MAX:
+            run = 0
+            for request in reversed(waiting):
+                if request.kind != "silent":
+                    break
+                run += 1
+            if run >= SILENT_RUN_MAX:
+                self._ping()
+
+    def _ping(self) -> None:
+        self._waiting.append(Request("ping", "", None))
+        self._write({"type": "ping"})
 
     def pong(self) -> None:
         """A ``pong``: the frames before its ping went through."""
         while self._waiting and self._waiting.popleft().kind != "ping":
             pass
 
-    def answer(self, kinds: tuple[RequestKind, ...], room: str) -> Request | None:
-        """The oldest waiting request, removed, if it is one of ``kinds`` for ``room``."""
+    def refused(self, room: str) -> Request | None:
+        """The request a bare ``error`` frame about ``room`` answers: the oldest waiting
+        one, removed, if it is about ``room`` (else None: not an answer)."""
         waiting = self._waiting
-        if waiting and waiting[0].kind in kinds and waiting[0].room == room:
+        if waiting and waiting[0].kind != "ping" and waiting[0].room == room:
             return waiting.popleft()
+        return None
+
+    def answered(self, kind: RequestKind, room: str) -> Request | None:
+        """The oldest request of ``kind`` about ``room``, removed, with the silent frames
+        and pings before it (a later frame was answered, so they went through); None if
+        there is none (the frame was not an answer: the presence after a subscribe)."""
+        waiting = self._waiting
+        before = 0
+        while before < len(waiting):
+            request = waiting[before]
+            if request.kind == kind and request.room == room:
+                for _ in range(before):
+                    waiting.popleft()
+                return waiting.popleft()
+            if request.kind not in ("silent", "ping"):
+                return None  # answers come in order: this frame answers nothing
+            before += 1
         return None
