@@ -162,8 +162,10 @@ class connect:
         get_token: a function (or coroutine function) returning a fresh token; see the
             module's documentation for when it is called. A plain function runs in the
             event loop: wrap blocking calls in ``asyncio.to_thread``.
-        since: the last user-channel seq already seen (``Connected.user_seq``, or the
-            last :class:`UserMessage`'s seq): the catch-up is what came after it.
+        since: the last user-channel seq already seen (``conn.user_seq`` of an earlier
+            connection, or the last :class:`UserMessage`'s seq): the catch-up is what
+            came after it. Without it, the catch-up is the latest user messages (the
+            server's ``HISTORY_COUNT``).
         headers: more headers for the handshake (a ``Cookie`` for a session, say).
         ssl: the TLS context for ``wss://`` (default: the system's trusted CAs).
         open_timeout: longest wait for each handshake, in seconds.

@@ -179,7 +179,8 @@ class Connection:
         self._attempt = 0
         self._token_failures = 0
         self._closing = False
-        self._end_error: ClosedError | None = None
+        #: Why the connection ended, unless the program closed it.
+        self._end_error: ClientError | None = None
         loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] = loop.create_future()
@@ -279,8 +280,9 @@ class Connection:
             self._finish(None)
 
     async def wait_closed(self) -> None:
-        """Wait until the connection ends: returns after :meth:`close`, raises
-        :class:`ClosedError` when it ended otherwise."""
+        """Wait until the connection ends: returns after :meth:`close`, raises what
+        ended it otherwise (:class:`ClosedError`; :class:`ConnectError` if the first
+        connection failed)."""
         await asyncio.shield(self._done)
         if self._end_error is not None:
             raise self._end_error
@@ -466,8 +468,7 @@ class Connection:
         """The connection has ended: ``error`` says why (None: the program closed it)."""
         if self._done.done():
             return
-        closed = error if isinstance(error, ClosedError) else None
-        self._end_error = closed
+        self._end_error = error
         self._connected = False
         code, reason = (
             (error.code, error.reason)
@@ -479,9 +480,9 @@ class Connection:
         for_waiting = error or ClosedError(1000, "closed by the client")
         fail(self._opened, for_waiting)
         for room in list(self._rooms.values()):
-            room.close(closed)
+            room.close(error)
         self._sends.close(for_waiting)
-        self._user_events.end(closed)
+        self._user_events.end(error)
         self._done.set_result(None)
         self._set_status(
             Status(state="closed", code=code, reason=reason, ever_open=self._ever_open)

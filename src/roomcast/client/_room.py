@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from roomcast.protocol import ProtocolError, should_reconnect
 from roomcast.protocol.codec import check_text
 
-from ._errors import ClosedError, RefusedError, UnsubscribedError
+from ._errors import ClientError, ClosedError, RefusedError, UnsubscribedError
 from ._events import (
     SEQ_MAX,
     Delete,
@@ -535,6 +535,6 @@ class Room:
         self._presence_waiters.clear()
         self._conn._forget(self, for_waiting)
 
-    def close(self, error: ClosedError | None) -> None:
+    def close(self, error: ClientError | None) -> None:
         """The connection ended: ``error`` (None: closed by the program)."""
         self._end(error, error or ClosedError(1000, "closed by the client"))
