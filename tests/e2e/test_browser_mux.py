@@ -185,9 +185,6 @@ ROOMS = ["lobby", "技术 café", "ops"]
 
 # Parts of issue 8 built by other helpers, on main once merged (the integrator removes the
 # marks then): strict, so that a pass is noticed.
-NEEDS_DURABLE = pytest.mark.xfail(
-    strict=True, reason="needs edits, cursors and push --user (helper durable) on main"
-)
 NEEDS_PRESENCE = pytest.mark.xfail(
     strict=True, reason="needs presence wired to the hub (helper presence) on main"
 )
@@ -276,7 +273,6 @@ async def test_mux_presence_across_two_users(browser: Browser, serve: Any) -> No
     assert errors == []
 
 
-@NEEDS_DURABLE
 async def test_mux_edit_and_delete_update_both_pages(browser: Browser, serve: Any) -> None:
     """alice edits her message in one room and deletes hers in another: each promise gives
     the event's own seq, and both pages show the new text and the tombstone."""
@@ -394,7 +390,6 @@ async def test_mux_a_room_made_private_ends_alone(browser: Browser, serve: Any) 
     assert errors == []
 
 
-@NEEDS_DURABLE
 async def test_mux_read_on_one_tab_updates_the_other(browser: Browser, serve: Any) -> None:
     """Two tabs of alice: bob's messages count as unread on both (her own do not); she
     reads on one tab and the other's count drops too."""
@@ -422,7 +417,6 @@ async def test_mux_read_on_one_tab_updates_the_other(browser: Browser, serve: An
     assert errors == []
 
 
-@NEEDS_DURABLE
 async def test_mux_user_message(browser: Browser, serve: Any) -> None:
     """``roomcast push --user``: every socket of that user shows it, nobody else's."""
     server = serve()
