@@ -324,13 +324,14 @@ async def test_client_retries_busy_and_rate_limited_then_refuses(double) -> None
 
 
 async def test_client_bounds_sends_and_frame_size(double) -> None:
-    """While disconnected at most MAX_QUEUED_SENDS sends wait (then QueueFullError, the
-    queued ones all stored after the reconnect); a frame over max_frame_bytes is refused
-    before sending."""
+    """While disconnected at most MAX_QUEUED_SENDS sends of a room wait (then
+    QueueFullError; another room still queues; the queued ones are all stored after the
+    reconnect); a frame over max_frame_bytes is refused before sending."""
     async with connect(
         double.url, token=double.token("alice"), max_frame_bytes=200, **FAST
     ) as conn:
         lobby = await conn.subscribe("lobby")
+        board = await conn.subscribe("board")
         with pytest.raises(FrameTooLargeError) as big:
             await lobby.send("x" * 200)
         assert big.value.limit == 200
@@ -340,9 +341,11 @@ async def test_client_bounds_sends_and_frame_size(double) -> None:
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError):
             await lobby.send("one too many")
+        other = asyncio.create_task(board.send("another room's queue"))
         await double.start()
         seqs = await asyncio.wait_for(asyncio.gather(*waiting), 30)
         assert seqs == list(range(1, MAX_QUEUED_SENDS + 1))
+        assert await asyncio.wait_for(other, 10) == 1
 
 
 async def test_client_lagged_when_the_program_does_not_read(double) -> None:

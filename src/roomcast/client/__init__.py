@@ -29,8 +29,10 @@ What it does for the program:
 - **Sends until stored**: ``await room.send(text)`` returns the seq once the server
   acknowledged it; a send waiting while the connection is down goes out after the
   reconnect, with the same ``client_id``, so the server stores it once. At most
-  ``MAX_QUEUED_SENDS`` (100) sends of the connection wait; more raise
-  :class:`QueueFullError`.
+  ``MAX_QUEUED_SENDS`` (100) sends per room wait; more raise :class:`QueueFullError`.
+  The connection sends one at a time (the server reads a socket's next frame after it
+  answered a post); ``busy`` and ``rate_limited`` answers are sent again after the
+  server's ``retry_after``, 3 times at most.
 - **Tokens**: ``token=`` is sent in the ``Authorization: Bearer`` header (never in the
   URL). ``get_token=`` (a function, or coroutine function, returning a token) is asked
   before the first connection, after 4501 (the token expired on a live socket: no

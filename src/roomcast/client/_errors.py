@@ -7,7 +7,7 @@
     ├── ClosedError           the connection ended for good (code, reason)
     ├── UnsubscribedError     the server ended (or refused) one room's subscription
     ├── RefusedError          the server answered a frame with an ``error`` frame
-    ├── QueueFullError        MAX_QUEUED_SENDS sends already wait
+    ├── QueueFullError        MAX_QUEUED_SENDS sends of the room already wait
     └── FrameTooLargeError    the frame would be over the server's MAX_FRAME_BYTES
 
 Wrong arguments (a room name the protocol refuses, an empty text, a negative seq) raise
@@ -121,7 +121,7 @@ class RefusedError(ClientError):
 
 
 class QueueFullError(ClientError):
-    """``limit`` sends (messages, edits, deletes of all rooms) already wait for the
+    """``limit`` sends (messages, edits, deletes) of the room already wait for the
     server; nothing was queued. Await some of them first."""
 
     def __init__(self, limit: int) -> None:

@@ -153,7 +153,7 @@ class Room:
         """Post ``text``; returns its seq once the server stored it.
 
         It waits while the connection is down (at most MAX_QUEUED_SENDS, 100, sends of
-        the whole connection wait) and is sent again after a reconnect until the server
+        the room wait) and is sent again after a reconnect until the server
         acknowledges it, with the same ``client_id``: the server stores it once.
         ``busy`` and ``rate_limited`` answers are retried after the server's
         ``retry_after`` (3 times at most).

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_QUEUED_SENDS", "Outbox", "Post", "fail"]
 
-#: Sends (messages, edits, deletes of every room) waiting for the server at once, sent or
+#: Sends (messages, edits, deletes) of one room waiting for the server at once, sent or
 #: not: more are refused with QueueFullError, never dropped. The JS client's bound.
 MAX_QUEUED_SENDS = 100
 #: Times a send answered ``busy`` or ``rate_limited`` is sent again (after the server's
@@ -89,7 +89,11 @@ class Outbox:
         size = len(json.dumps(post.frame, ensure_ascii=False).encode())
         if self._max_frame_bytes is not None and size > self._max_frame_bytes:
             raise FrameTooLargeError(size, self._max_frame_bytes)
-        if len(self._queue) + (self._in_flight is not None) >= MAX_QUEUED_SENDS:
+        room = post.room
+        waiting = sum(1 for queued in self._queue if queued.room is room)
+        if self._in_flight is not None and self._in_flight.room is room:
+            waiting += 1
+        if waiting >= MAX_QUEUED_SENDS:
             raise QueueFullError(MAX_QUEUED_SENDS)
         self._queue.append(post)
         self.pump()
