@@ -179,6 +179,12 @@ async def _listen(args: argparse.Namespace, name: str, url: str, token: str | No
             if isinstance(event, Joined):
                 if not first:
                     note(prog, _rejoined(name, event.recovered))
+                elif event.recovered is False:
+                    note(
+                        prog,
+                        f"the messages after {args.since} are no longer all kept: "
+                        "the latest follow",
+                    )
                 first = False
 
     shown = asyncio.create_task(show())
