@@ -182,8 +182,8 @@ async def _listen(args: argparse.Namespace, name: str, url: str, token: str | No
                 elif event.recovered is False:
                     note(
                         prog,
-                        f"the messages after {args.since} are no longer all kept: "
-                        "the latest follow",
+                        f"the messages after seq {args.since} cannot be replayed (too far "
+                        "back, or past the room's last seq): the latest follow",
                     )
                 first = False
 
