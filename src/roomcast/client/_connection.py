@@ -350,6 +350,9 @@ class Connection:
         """Read ``ws`` until it closes; the close code and reason."""
         self._socket_id += 1
         self._ws = ws
+        # Frames for the socket, in order. Not bounded by a count: what enters is, one
+        # post at a time (Outbox), a subscribe per room, one typing frame per room per
+        # TYPING_RESEND_SECS, and requests the program awaits one by one.
         writes: asyncio.Queue[str] = asyncio.Queue()
         self._writes = writes
         writer = asyncio.create_task(self._write_loop(ws, writes))
