@@ -522,3 +522,20 @@ async def test_client_subscribes_again_after_rate_limited_and_1011(double) -> No
         with pytest.raises(RefusedError) as info:
             await conn.subscribe("board")
         assert info.value.code == "invalid_frame" and "board" not in conn.rooms
+
+
+async def test_client_ignores_frames_it_cannot_read(double, caplog) -> None:
+    """Frames that are not JSON, nested too deeply, not objects, or missing fields are
+    logged and skipped; the connection goes on."""
+    async with connect(double.url, token=double.token("alice")) as conn:
+        lobby = await conn.subscribe("lobby")
+        socket = double.hub.sockets[0]
+        for text in ("not json", "[" * 5000, "[1, 2]", '{"type": "message", "room": "lobby"}',
+                     '{"type": "joined", "room": "lobby", "seq": -1}',
+                     '{"type": "history", "room": "lobby", "messages": 7}',
+                     '{"type": "unsubscribed", "room": "lobby", "code": "x"}',
+                     '{"type": "user_message", "seq": "one"}'):  # fmt: skip
+            await socket.ws.send(text)
+        assert await lobby.send("still fine") == 1
+        assert conn.status.state == "open" and not lobby.ended
+    assert "not JSON" in caplog.text

@@ -510,7 +510,7 @@ class Connection:
     def _on_text(self, text: str) -> None:
         try:
             frame = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than json reads
             logger.warning("roomcast.client: the server sent a frame that is not JSON")
             return
         if not isinstance(frame, dict):
