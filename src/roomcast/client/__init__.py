@@ -37,8 +37,9 @@ What it does for the program:
   URL). ``get_token=`` (a function, or coroutine function, returning a token) is asked
   before the first connection, after 4501 (the token expired on a live socket: no
   failure) and after 4401 (refused: a failure); after ``MAX_TOKEN_FAILURES`` (5)
-  failures in a row the connection ends with ClosedError 4401. A fixed ``token`` and no
-  ``get_token``: 4401 and 4501 end the connection. Without either the client is a guest.
+  failures in a row the connection ends with ClosedError 4401. Both given: ``token``
+  first, ``get_token`` for the next ones. A fixed ``token`` and no ``get_token``: 4401
+  and 4501 end the connection. Without either the client is a guest.
 - **Ends loudly**: any other close code ends the connection with :class:`ClosedError`
   (``code``, ``reason``), raised by the iterators, waiting calls and
   :meth:`Connection.wait_closed`. A room whose subscription the server ends (4403 after
