@@ -54,8 +54,8 @@ The first connection raises :class:`ConnectError` when the server cannot be reac
 refuses the handshake; later ones are retried until they succeed or the program closes
 the connection.
 
-Layer: client. Imports the standard library, ``websockets`` (the ``server`` extra
-installs it) and :mod:`roomcast.protocol`; never Django, so it runs in any asyncio
+Layer: client. Imports the standard library, ``websockets`` (``pip install
+roomcast[client]``; the ``server`` extra has it too) and :mod:`roomcast.protocol`; never Django, so it runs in any asyncio
 program.
 """
 
