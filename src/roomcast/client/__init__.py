@@ -55,8 +55,8 @@ refuses the handshake; later ones are retried until they succeed or the program 
 the connection.
 
 Layer: client. Imports the standard library, ``websockets`` (``pip install
-roomcast[client]``; the ``server`` extra has it too) and :mod:`roomcast.protocol`; never Django, so it runs in any asyncio
-program.
+roomcast[client]``; the ``server`` extra has it too) and :mod:`roomcast.protocol`; never
+Django, so it runs in any asyncio program.
 """
 
 from __future__ import annotations
