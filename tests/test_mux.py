@@ -247,3 +247,84 @@ async def test_room_requests_are_rate_limited_per_socket(mux, settings):
     assert 0 < error["retry_after"] <= 1.0
     await asyncio.sleep(error["retry_after"])
     await alice.subscribe("f")
+
+
+async def test_edit_and_delete_on_ws_reach_v1_members_not_seed_ones(mux, app):
+    """An edit and a delete from /ws/: acked with their own seq and room, delivered to
+    /ws/ and v1 room sockets as events, never to seed-dialect sockets; a later join shows
+    the final state, and since replays the events."""
+    alice = await mux(token=await token_for("alice"))
+    await alice.subscribe("lobby")
+    seed = RoomCommunicator(app, "lobby", v1=False)
+    await seed.join()
+    v1_room = RoomCommunicator(app, "lobby")
+    await v1_room.join()
+    await alice.say("lobby", "helo", client_id="m-1")
+    await next_of(alice, "ack")
+    await seed.receive_event("message")
+    await v1_room.receive_event("message")
+    await alice.send_frame(type="edit", room="lobby", seq=1, message="hello", client_id="e-1")
+    ack = await next_of(alice, "ack")
+    assert (ack["room"], ack["seq"], ack["client_id"]) == ("lobby", 2, "e-1")
+    edit = await v1_room.receive_event("edit")
+    assert (edit["seq"], edit["target"], edit["message"]) == (2, 1, "hello")
+    await alice.send_frame(type="delete", room="lobby", seq=1)
+    assert (await v1_room.receive_event("delete"))["target"] == 1
+    assert await seed.receive_nothing(0.2)  # neither event reached the tutorial's page
+    late = await mux()
+    await late.subscribe("lobby")
+    tombstone = await late.receive_event("message")
+    assert (tombstone["seq"], tombstone["deleted"], tombstone["message"]) == (1, True, "")
+    # Refusals: another user may not edit alice's message; no such message.
+    bob = await mux(token=await token_for("bob"))
+    await bob.subscribe("lobby")
+    await bob.send_frame(type="edit", room="lobby", seq=3, message="mine now")
+    assert (await next_of(bob, "error"))["code"] == "not_found"  # seq 3 is the delete event
+    await alice.say("lobby", "second")
+    await next_of(bob, "message")
+    await bob.send_frame(type="edit", room="lobby", seq=4, message="mine now", client_id="x")
+    error = await next_of(bob, "error")
+    assert (error["code"], error["room"], error["client_id"]) == ("forbidden", "lobby", "x")
+    await seed.disconnect()
+    await v1_room.disconnect()
+
+
+async def test_read_cursor_updates_every_socket_of_the_user(mux):
+    """joined carries read_seq and unread; a read on one socket sends unread to every
+    /ws/ socket of the user; guests get forbidden."""
+    for text in ("a", "b", "c"):
+        await services.apost_message("news", text)
+    token = await token_for("rae")
+    phone, laptop = await mux(token=token), await mux(token=token)
+    joined = await phone.subscribe("news")
+    assert (joined["read_seq"], joined["unread"]) == (0, 3)
+    await laptop.subscribe("news")
+    await phone.send_frame(type="read", room="news", seq=2)
+    for socket in (phone, laptop):
+        unread = await next_of(socket, "unread")
+        assert (unread["room"], unread["read_seq"], unread["unread"]) == ("news", 2, 1)
+    await laptop.send_frame(type="read", room="news", seq=1)  # never back
+    assert (await next_of(phone, "unread"))["read_seq"] == 2
+    guest = await mux()
+    joined = await guest.subscribe("news")
+    assert "unread" not in joined
+    await guest.send_frame(type="read", room="news", seq=3)
+    assert (await next_of(guest, "error"))["code"] == "forbidden"
+
+
+async def test_send_to_user_reaches_each_ws_socket_of_the_user(mux):
+    from roomcast import push
+
+    token = await token_for("uma")
+    first, second = await mux(token=token), await mux(token=token)
+    other = await mux(token=await token_for("otto"))
+    stored = await push.asend_to_user("uma", {"kind": "invoice", "id": 7})
+    for socket in (first, second):
+        frame = await next_of(socket, "user_message")
+        assert frame == {
+            "type": "user_message",
+            "seq": stored.seq,
+            "data": {"kind": "invoice", "id": 7},
+            "ts": frame["ts"],
+        }
+    assert await other.receive_nothing(0.2)

@@ -7,20 +7,31 @@ they lost within a second: a visibility change, a member removed (inline, on the
 membership's own page, or by the "delete selected" action), an admin made a member, a
 membership moved to another user or room, a room deleted. A room's name is fixed once
 it exists: sockets and stored messages are bound to it.
+
+Messages change only as stream events (``roomcast.edits``), so live members see the
+change at once and history keeps its seqs dense: a message's text saved here is an
+edit, and deleting messages (the "Delete selected messages (as stream events)" action,
+or the Delete button of a message) leaves tombstones. Each is recorded in the admin
+log. Users' own channels (rooms named ``user/<id>``) are listed apart from chat rooms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import router, transaction
 from django.db.models import Count, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 
+from . import edits
+from .exceptions import MessageNotFoundError
+from .fanout import USER_STREAM_PREFIX
 from .models import Message, Room, RoomMember
+from .protocol import ProtocolError
 from .signals import access_changed
 
 
@@ -56,10 +67,44 @@ class RoomMemberInline(admin.TabularInline):  # type: ignore[type-arg]
     readonly_fields = ("created_at",)
 
 
+class StreamFilter(admin.SimpleListFilter):
+    """Chat rooms (by default) or users' own channels: never the two mixed."""
+
+    title = "stream"
+    parameter_name = "stream"
+    #: The field holding the room's name, from the admin's model.
+    name_field = "name"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("user", "users' channels")]
+
+    def choices(self, changelist: Any) -> Iterator[Any]:
+        yield {
+            "selected": self.value() != "user",
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "chat rooms",
+        }
+        yield {
+            "selected": self.value() == "user",
+            "query_string": changelist.get_query_string({self.parameter_name: "user"}),
+            "display": "users' channels",
+        }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        users = {f"{self.name_field}__startswith": USER_STREAM_PREFIX}
+        if self.value() == "user":
+            return queryset.filter(**users)
+        return queryset.exclude(**users)
+
+
+class MessageStreamFilter(StreamFilter):
+    name_field = "room__name"
+
+
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("name", "visibility", "member_count", "last_seq", "created_at")
-    list_filter = ("visibility",)
+    list_filter = (StreamFilter, "visibility")
     search_fields = ("name",)
     readonly_fields = ("last_seq", "created_at")
     inlines = (RoomMemberInline,)
@@ -153,9 +198,115 @@ class RoomMemberAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         _recheck(lost)
 
 
+def _changeable(message: Message) -> bool:
+    """Whether ``message`` can still be edited or deleted (as a stream event)."""
+    return (
+        message.kind in edits.CHANGEABLE_KINDS
+        and message.deleted_at is None
+        and not message.room.name.startswith(USER_STREAM_PREFIX)
+    )
+
+
+class MessageForm(ModelForm):  # type: ignore[type-arg]
+    """The text, held to a client's rules: a save is an edit (``roomcast.edits``)."""
+
+    class Meta:
+        model = Message
+        fields = ("text",)
+
+    def clean_text(self) -> str:
+        text = self.cleaned_data["text"]
+        try:
+            return edits.check_text(text)
+        except ProtocolError as exc:
+            raise ValidationError(exc.detail) from None
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("room", "seq", "kind", "username", "text", "created_at")
-    list_filter = ("kind",)
+    form = MessageForm
+    list_display = ("room", "seq", "kind", "username", "text", "target_seq", "state", "created_at")
+    list_filter = (MessageStreamFilter, "kind")
     search_fields = ("text", "username", "room__name")
-    readonly_fields = ("room", "seq", "kind", "user", "username", "client_id", "created_at")
+    list_select_related = ("room",)
+    readonly_fields = (
+        "room",
+        "seq",
+        "kind",
+        "user",
+        "username",
+        "client_id",
+        "created_at",
+        "target_seq",
+        "edited_at",
+        "deleted_at",
+    )
+    actions = ("delete_as_events",)
+
+    @admin.display(description="state")
+    def state(self, message: Message) -> str:
+        """deleted, edited, or empty."""
+        if message.deleted_at is not None:
+            return "deleted"
+        return "edited" if message.edited_at is not None else ""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # messages get their seqs from services, never from a form
+
+    def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        if obj is not None and not _changeable(obj):
+            return False  # a tombstone or an event: nothing left to delete
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # Removing rows would leave holes in rooms' streams, unseen by live members.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and not _changeable(obj):
+            return (*fields, "text")
+        return fields
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: Message,
+        form: ModelForm,  # type: ignore[type-arg]
+        change: bool,
+    ) -> None:
+        if change and "text" in form.changed_data:
+            # An edit event, as the site: live members see it; obj's row gets the text.
+            edits.edit_message(obj.room.name, obj.seq, obj.text)
+
+    def delete_model(self, request: HttpRequest, obj: Message) -> None:
+        # The message's Delete button: a tombstone and a delete event, not a hole.
+        if _changeable(obj):
+            edits.delete_message(obj.room.name, obj.seq)
+
+    @admin.action(description="Delete selected messages (as stream events)")
+    def delete_as_events(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        """Delete each selected message as a stream event (a tombstone stays); events,
+        deleted messages and users' channels' messages are skipped."""
+        deleted = skipped = 0
+        for message in queryset.select_related("room").order_by("room", "seq"):
+            if not _changeable(message):
+                skipped += 1
+                continue
+            try:
+                change = edits.delete_message(message.room.name, message.seq)
+            except MessageNotFoundError:  # deleted meanwhile
+                skipped += 1
+                continue
+            deleted += 1
+            self.log_change(request, message, f"Deleted as stream event {change.seq}.")
+        if deleted:
+            self.message_user(request, f"Deleted {deleted} message(s) as stream events.")
+        if skipped:
+            self.message_user(
+                request,
+                f"Skipped {skipped} (events, deleted already, or users' channels).",
+                messages.WARNING,
+            )

@@ -9,13 +9,16 @@ body reader and error answers these reuse, so both APIs answer a bad request ali
     PATCH  /api/rooms/<room>            {"visibility": V}                200 ROOM
     POST   /api/rooms/<room>/members    {"users": [NAME], "role": R}     200 ROOM + "added"
     DELETE /api/rooms/<room>/members/<user>                              200 ROOM + "removed"
+    POST   /api/users/<user>/messages   {"message": TEXT} | {"data": X}  201 {"user", "seq"}
+    GET    /api/users/<user>/rooms                                       200 {"user", "rooms", ...}
 
 ``TOKEN`` is ``{"token", "user", "expires_at"}`` (Unix time, whole seconds); ``ROOM``
 is ``{"name", "visibility", "members": [{"user", "role"}], "message_count", "last_seq"}``,
 what ``roomcast room show --json`` prints. Each call needs
 ``Authorization: Bearer KEY`` with a key from ``ROOMCAST['API_KEYS']``: an API key is
 the site's full trust (it mints tokens for any user), for a project's backend, never for
-a browser. Changes go through :mod:`roomcast.rooms`, so one that takes rights away
+a browser (``GET /api/users/<user>/rooms`` also takes that user's own token or session).
+Changes go through :mod:`roomcast.rooms`, so one that takes rights away
 closes the sockets that lost them (``access_changed``).
 
 Every bad input is a 400 (413 for a body over ``MAX_FRAME_BYTES``) with ``{"error",
@@ -29,17 +32,18 @@ import functools
 import math
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import auth, rooms
+from . import access, auth, cursors, push, rooms
 from .conf import roomcast_settings
 from .models import Room, RoomMember
-from .protocol import InvalidFrameError, ProtocolError, codec
+from .protocol import InvalidFrameError, ProtocolError, TokenInURLError, codec
 from .views import USERNAME_MAX_CHARS as _USERNAME_MAX_CHARS
-from .views import _authorized, _error, _json_body, _response_for, _room_name
+from .views import _authorized, _error, _json_body, _reader, _response_for, _room_name
 
 __all__ = [
     "TOKEN_TTL_MAX_SECS",
@@ -52,6 +56,8 @@ __all__ = [
     "room_members",
     "rooms_create",
     "tokens",
+    "user_messages",
+    "user_rooms",
 ]
 
 #: Longest token lifetime the API and ``roomcast token`` issue, in seconds (30 days). A
@@ -243,3 +249,76 @@ def room_member(request: HttpRequest, room_name: str, username: str) -> HttpResp
     _info(name)
     removed = rooms.remove_members(name, [user])
     return JsonResponse({**room_json(_info(name)), "removed": removed})
+
+
+# -- a user's own channel and rooms ---------------------------------------------------------
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+async def user_messages(request: HttpRequest, username: str) -> HttpResponse:
+    """Send to a user's own channel (``push.send_to_user``): ``{"message": TEXT}`` or
+    ``{"data": ANY_JSON}``; ``201 {"user", "seq"}`` (seq in the user's stream)."""
+    if (denied := _authorized(request)) is not None:
+        return denied
+    try:
+        name = _username(username, "the username")
+        body = _json_body(request)
+        if ("message" in body) == ("data" in body):
+            raise InvalidFrameError('Send {"message": TEXT} or {"data": ANY_JSON}, one of them.')
+        if "message" in body:
+            payload = body["message"]
+            if not isinstance(payload, str) or not payload.strip():
+                raise InvalidFrameError('"message" must be a non-empty string.')
+            codec.check_text(payload, "message")
+        else:
+            payload = body["data"]
+    except ProtocolError as exc:
+        return _response_for(exc)
+    try:
+        user = await database_sync_to_async(_user)(name)
+        stored = await push.asend_to_user(user, payload, as_data="data" in body)
+    except _NotFound as exc:
+        return _error(404, exc.code, exc.detail)
+    except ValueError as exc:  # data JSON cannot carry, or over MAX_FRAME_BYTES
+        return _error(400, "invalid_frame", str(exc))
+    return JsonResponse({"user": user.get_username(), "seq": stored.seq}, status=201)
+
+
+@csrf_exempt
+@require_http_methods(["GET"])
+async def user_rooms(request: HttpRequest, username: str) -> HttpResponse:
+    """The user's rooms (member of, or read) with unread counts: ``200 {"user",
+    "rooms": [{"name", "visibility", "last_seq", "read_seq", "unread"}], "truncated"}``.
+
+    An API key may ask about any user; a user's token or session only about that user
+    (any other name is the 404 of a user that does not exist).
+    """
+    try:
+        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
+            raise TokenInURLError()
+        reader = await _reader(request)
+        if isinstance(reader, HttpResponse):
+            return reader
+        name = _username(username, "the username")
+    except ProtocolError as exc:
+        return _response_for(exc)
+
+    def listing() -> tuple[str, list[dict[str, Any]], bool] | None:
+        if reader is None:
+            try:
+                identity = access.identity_for(_user(name))
+            except _NotFound:
+                return None
+        elif reader.name != name:
+            return None
+        else:
+            identity = reader
+        listed, truncated = cursors.user_rooms(identity)
+        return identity.name, listed, truncated
+
+    found = await database_sync_to_async(listing)()
+    if found is None:
+        return _error(404, "user_not_found", f"No user {name!r} that you may ask about.")
+    user, listed, truncated = found
+    return JsonResponse({"user": user, "rooms": listed, "truncated": truncated})

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import limits, security, services
+from . import cursors, edits, limits, security, services
 from .access import Identity
 from .conf import roomcast_settings
 from .connection import Connection, Member
@@ -330,7 +330,6 @@ class _Socket:
             raise InvalidFrameRefusal("Edits and deletes need the roomcast.v1 subprotocol.")
         if self.quota is not None and not self.quota.allow_post(member, frame["client_id"]):
             return  # edits count against the post rate: each is a stored event
-        from . import edits  # type: ignore[attr-defined]
 
         client_id = frame["client_id"] or ""
         if frame["message"] is None:
@@ -573,7 +572,6 @@ class MuxConsumer(_Socket):
         member = self._subscribed(frame)
         if not member.identity.authenticated:
             raise PermissionDeniedError("Guests have no read cursors; log in to keep one.")
-        from . import cursors  # type: ignore[attr-defined]
 
         await cursors.amark_read(member.identity, member.room, frame["seq"])
 

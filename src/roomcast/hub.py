@@ -432,8 +432,13 @@ class Hub:
         if message.get("v1_only"):
             # A stream event (an edit, a delete): seed-dialect sockets show every frame's
             # "message" as a new line, so they get the final state on their next join.
+            # Each changed message's final frame takes the old one's place in the recent
+            # frames: the target, and (for a delete) the earlier edits of it, emptied.
+            changed = list(message.get("also_replace", ()))
             if replace := message.get("replace"):
-                _replace_recent(room.recent, int(replace[0]), str(replace[1]))
+                changed.append(replace)
+            for target, final in changed:
+                _replace_recent(room.recent, int(target), str(final))
             for member in room.members:
                 if member.connection.v1:
                     member.deliver(seq, frame)

@@ -3,6 +3,13 @@
 Layer: models. Every chat message has a place in its room's stream: ``Message.seq`` is
 the room's next sequence number, taken from ``Room.last_seq`` in the transaction that
 stores the message (``services.store_message``), so seqs are dense and ordered per room.
+
+Edits and deletes are messages too (kinds ``edit`` and ``delete``, naming the message
+they change by ``target_seq``): each takes the room's next seq, so a client replaying
+the stream sees them. The changed message's own row holds its final state (its new text
+and ``edited_at``; or no text and ``deleted_at``), which history pages show.
+
+A user's own channel is a room named ``user/<id>`` (``fanout.user_room``), stored alike.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ class Message(models.Model):
     class Kind(models.TextChoices):
         CHAT = "chat", "chat"
         SYSTEM = "system", "system"
+        #: Stream events: ``target_seq`` names the message changed.
+        EDIT = "edit", "edit"
+        DELETE = "delete", "delete"
+        #: A user channel's JSON payload (``push.send_to_user`` with data): ``text`` holds
+        #: its JSON text.
+        DATA = "data", "data"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField()
@@ -57,6 +70,12 @@ class Message(models.Model):
     text = models.TextField()
     client_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField()
+    # An edit or delete event: the seq of the message it changes.
+    target_seq = models.BigIntegerField(null=True, blank=True)
+    # The final state of a changed message (and of an edit event whose target was
+    # deleted: its text is gone too).
+    edited_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("room", "seq")
@@ -67,6 +86,14 @@ class Message(models.Model):
                 fields=("room", "client_id"),
                 condition=~models.Q(client_id=""),
                 name="roomcast_message_room_client_id",
+            ),
+        ]
+        indexes = [
+            # A delete finds the edit events of its target (their text goes too).
+            models.Index(
+                fields=("room", "target_seq"),
+                condition=models.Q(target_seq__isnull=False),
+                name="roomcast_message_target",
             ),
         ]
 
@@ -96,3 +123,26 @@ class RoomMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.room_id} ({self.role})"
+
+
+class ReadCursor(models.Model):
+    """How far a user has read a room: the seq of the last message read.
+
+    Only moves forward (``roomcast.cursors.mark_read``); one row per (user, room),
+    shared by every device of the user.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="roomcast_read_cursors"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="read_cursors")
+    seq = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("user", "room"), name="roomcast_readcursor_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} read {self.room_id} to {self.seq}"

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import router
 
-from . import access, fanout, presence
+from . import access, cursors, fanout, presence
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError, RefusedError
 from .hub import CatchUp, Connection, Hub, Member, Send, connection_origin, get_hub
@@ -338,12 +338,7 @@ async def join_room(
         return CatchUp(preface=preface if v1 else [], frames=frames, last_seq=last_seq)
 
     if cursors_wanted:
-        try:  # TODO(integration): roomcast.cursors lands with the durable branch
-            from . import cursors  # type: ignore[attr-defined]
-        except ImportError:
-            cursors_wanted = False
-        else:
-            read_state = await cursors.aread_state(identity, [room])
+        read_state = await cursors.aread_state(identity, [room])
     try:
         await the_hub.join(member, catch_up)
     except BaseException:

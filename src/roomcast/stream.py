@@ -50,8 +50,9 @@ from django.utils import timezone
 
 from .conf import roomcast_settings
 from .exceptions import StoreBusyError
+from .fanout import is_user_room
 from .models import Message, Room
-from .protocol import codec
+from .protocol import codec, stream_events
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def _stored_with_client_id(post: _Post, using: str) -> StoredMessage | None:
     message = (
         Message.objects.using(using)
         .filter(room__name=post.room, client_id=post.client_id)
-        .only("seq", "kind", "username", "text", "client_id", "created_at")
+        .only(*FRAME_FIELDS)
         .first()
     )
     if message is None:
@@ -397,14 +398,7 @@ def _build_store_sql(connection: Any) -> tuple[str, ...]:
     column = {field.name: field.column for field in Message._meta.concrete_fields}
     columns = ", ".join(q(column[name]) for name in names)
     values = ", ".join(["%s"] * 6)  # kind, user, username, text, client_id, created_at
-    room_id, client_id = q(column["room"]), q(column["client_id"])
-    # The room's seq is taken only if no message of the room has this client_id ('' is
-    # no client_id): a taken seq with no message would be a gap in the stream.
-    update = (
-        f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s AND NOT EXISTS "
-        f"(SELECT 1 FROM {messages} m WHERE m.{room_id} = {rooms}.id "
-        f"AND m.{client_id} = %s AND m.{client_id} <> '')"
-    )
+    update = _take_seq_sql(connection)
     if connection.vendor == "postgresql":
         return (
             f"WITH r AS ({update} RETURNING id, last_seq) INSERT INTO {messages} ({columns}) "
@@ -418,6 +412,36 @@ def _build_store_sql(connection: Any) -> tuple[str, ...]:
     )
 
 
+def _take_seq_sql(connection: Any) -> str:
+    """The UPDATE that takes a room's next seq (and its row lock), with parameters (room
+    name, client_id). It changes no row when the room does not exist or already has a
+    message with this client_id ('' is no client_id): a taken seq with no message would
+    be a gap in the stream."""
+    q = connection.ops.quote_name
+    rooms, messages = q(Room._meta.db_table), q(Message._meta.db_table)
+    column = {field.name: field.column for field in Message._meta.concrete_fields}
+    room_id, client_id = q(column["room"]), q(column["client_id"])
+    return (
+        f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s AND NOT EXISTS "
+        f"(SELECT 1 FROM {messages} m WHERE m.{room_id} = {rooms}.id "
+        f"AND m.{client_id} = %s AND m.{client_id} <> '')"
+    )
+
+
+def take_seq(connection: Any, room: str, client_id: str) -> tuple[int, int] | None:
+    """Take ``room``'s next seq as posting does: ``(room id, seq)``, or None when the room
+    does not exist or has a message with ``client_id`` already.
+
+    The room's row stays locked until the caller's transaction ends: call it inside
+    ``transaction.atomic()``, and store the message of that seq before it commits.
+    """
+    sql = f"{_take_seq_sql(connection)} RETURNING id, last_seq"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [room, client_id])
+        row = cursor.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
 # -- frames -------------------------------------------------------------------------------------
 
 
@@ -426,22 +450,87 @@ def _timestamp(moment: datetime) -> str:
 
 
 def message_frame(message: Message, room: str) -> str:
-    """The wire frame of a stored message: the same bytes live and when read back."""
-    return _frame(
-        room,
-        message.text,
-        message.kind,
-        message.username,
-        message.created_at,
-        message.seq,
-        message.client_id,
+    """The wire frame of a stored message: the same bytes live and when read back.
+
+    A message in its final state (``"edited": TS``, or a tombstone without its text), an
+    edit or delete event as ``edit`` / ``delete``, a message of a user's own channel as
+    ``user_message``.
+    """
+    kind = message.kind
+    if kind in _EVENT_KINDS and not is_user_room(room):
+        target = int(message.target_seq or 0)
+        user = message.username or None
+        ts = _timestamp(message.created_at)
+        client_id = message.client_id or None
+        if kind == Message.Kind.EDIT:
+            event: stream_events.StreamEvent = stream_events.edit_event(
+                room=room,
+                seq=message.seq,
+                target=target,
+                text=message.text,
+                user=user,
+                ts=ts,
+                client_id=client_id,
+                deleted=message.deleted_at is not None,
+            )
+        else:
+            event = stream_events.delete_event(
+                room=room, seq=message.seq, target=target, user=user, ts=ts, client_id=client_id
+            )
+        return stream_events.encode(event)
+    edited, deleted = message.edited_at, message.deleted_at
+    if edited is None and deleted is None:
+        return _frame(
+            room,
+            message.text,
+            kind,
+            message.username,
+            message.created_at,
+            message.seq,
+            message.client_id,
+        )
+    return stream_events.encode(
+        stream_events.final_message_event(
+            room=room,
+            text=message.text,
+            kind=kind,  # type: ignore[arg-type]
+            user=message.username or None,
+            ts=_timestamp(message.created_at),
+            seq=message.seq,
+            client_id=message.client_id or None,
+            edited=None if edited is None else _timestamp(edited),
+            deleted=deleted is not None,
+        )
     )
+
+
+_EVENT_KINDS = frozenset((Message.Kind.EDIT, Message.Kind.DELETE))
+
+#: The columns :func:`message_frame` reads (for ``.only()``).
+FRAME_FIELDS = (
+    "seq",
+    "kind",
+    "username",
+    "text",
+    "client_id",
+    "created_at",
+    "target_seq",
+    "edited_at",
+    "deleted_at",
+)
 
 
 def _frame(
     room: str, text: str, kind: str, username: str, created_at: datetime, seq: int, client_id: str
 ) -> str:
-    """One encoding for a message, from a post being stored or a row read back."""
+    """One encoding for a new message, from a post being stored or a row read back."""
+    if is_user_room(room):
+        ts = _timestamp(created_at)
+        if kind == Message.Kind.DATA:
+            return stream_events.encode(
+                stream_events.user_message_event(seq=seq, ts=ts, data_json=text)
+            )
+        return stream_events.encode(stream_events.user_message_event(seq=seq, ts=ts, text=text))
     return codec.encode(
         codec.message_event(
             room=room,

@@ -12,6 +12,7 @@ urlpatterns = [
     path("chat/", views.index, name="index"),
     path("chat/<str:room_name>/", views.room, name="room"),
     path("api/rooms/<str:room_name>/messages", views.api_messages, name="api-messages"),
+    path("api/rooms/<str:room_name>/messages/<str:seq>", views.api_message, name="api-message"),
     path("api/rooms/<str:room_name>/disconnect", views.api_disconnect, name="api-disconnect"),
     path("api/rooms/<str:room_name>/presence", presence_views.api_presence, name="api-presence"),
     # The management API (roomcast.api): tokens, rooms, members.
@@ -24,4 +25,7 @@ urlpatterns = [
         api.room_member,
         name="api-room-member",
     ),
+    # A user's own channel, and their rooms with unread counts.
+    path("api/users/<str:username>/messages", api.user_messages, name="api-user-messages"),
+    path("api/users/<str:username>/rooms", api.user_rooms, name="api-user-rooms"),
 ]

@@ -6,12 +6,17 @@ Python or not on a machine with Redis access (``roomcast push`` uses it)::
     POST /api/rooms/<room>/messages    {"message": TEXT}   -> 201 {"room", "seq"}
     GET  /api/rooms/<room>/messages?before=SEQ&limit=N     -> 200 {"messages", "has_more"}
     POST /api/rooms/<room>/disconnect  {"reason": TEXT, "user_id": ID}   -> 202
+    PATCH  /api/rooms/<room>/messages/<seq>  {"message": TEXT}  -> 200 {"room", "seq", "target"}
+    DELETE /api/rooms/<room>/messages/<seq>                     -> 200 {"room", "seq", "target"}
 
 Each takes ``Authorization: Bearer KEY`` with a key from ``ROOMCAST['API_KEYS']`` (full
-access). Reading history also takes a user's connection token in the same header
-(``roomcast.auth``), or the session of a logged-in user: then only rooms that user may
-read, and any other room, existing or not, is a 404 (a private room's existence does
-not leak). A token in the URL (``?token=``) is refused with 400 ``token_in_url``.
+access). Editing and deleting a message also take a user's token or session, acting as
+that user (``roomcast.edits``: the author within the edit window, or a moderator); a
+refusal is 403 ``forbidden``, no such message 404 ``not_found``. Reading history also
+takes a user's connection token in the same header (``roomcast.auth``), or the session
+of a logged-in user: then only rooms that user may read, and any other room, existing
+or not, is a 404 (a private room's existence does not leak). A token in the URL
+(``?token=``) is refused with 400 ``token_in_url``.
 
 Every input is read through the protocol's functions (room names, JSON, integers), so a
 request gets the same answer as the same thing sent over the room socket: bad input is a
@@ -35,9 +40,10 @@ from django.urls import get_script_prefix, reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import access, auth, push, services
+from . import access, auth, edits, fanout, push, services
 from . import rooms as rooms_api
 from .conf import roomcast_settings
+from .exceptions import MessageNotFoundError, PermissionDeniedError
 from .models import Room
 from .protocol import (
     FrameTooLargeError,
@@ -78,7 +84,8 @@ def index(request: HttpRequest) -> HttpResponse:
     """Pick a room: a name box and the busiest rooms the visitor may join (a private
     room's name is not shown to those outside it)."""
     user = getattr(request, "user", None)
-    rooms = Room.objects.order_by("-last_seq")
+    # Users' own channels (user/<id>) are stored as rooms but are nobody's chat room.
+    rooms = Room.objects.exclude(name__startswith=fanout.USER_STREAM_PREFIX).order_by("-last_seq")
     if not (user is not None and user.is_authenticated and (user.is_staff or user.is_superuser)):
         visible = Q(visibility__in=(Room.Visibility.PUBLIC, Room.Visibility.READ_ONLY))
         if user is not None and user.is_authenticated:
@@ -348,3 +355,47 @@ def _user_id_of(username: str) -> int | None:
         return int(rooms_api.get_user(username).pk)
     except rooms_api.UserNotFoundError:
         return None
+
+
+@csrf_exempt
+@require_http_methods(["PATCH", "DELETE"])
+async def api_message(request: HttpRequest, room_name: str, seq: str) -> HttpResponse:
+    """PATCH ``{"message": TEXT}``: edit message ``seq``. DELETE: delete it.
+
+    With an API key the site acts (always allowed); with a user's token or session,
+    that user (the author within ``EDIT_WINDOW_SECS``, or a moderator). The change is a
+    stream event with its own seq: ``200 {"room", "seq": EVENT_SEQ, "target": seq}``.
+    A room the user may not read answers 404 like a message that does not exist.
+    """
+    try:
+        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
+            raise TokenInURLError()
+        actor = await _reader(request)
+        if isinstance(actor, HttpResponse):
+            return actor
+        room = _room_name(request, room_name)
+        target = codec.parse_query_int(
+            seq, name="the message's seq", minimum=1, error=InvalidFrameError
+        )
+        text = None
+        if request.method == "PATCH":
+            body = _json_body(request)
+            text = body.get("message")
+            if not isinstance(text, str):
+                raise InvalidFrameError('Send {"message": TEXT}, the new text.')
+        client_id = request.headers.get("Idempotency-Key", "")
+        if actor is not None and not await database_sync_to_async(access.check)(
+            actor, room, "read"
+        ):
+            raise MessageNotFoundError(f"No message {target} in a room {room!r} you may read.")
+        if text is not None:
+            change = await edits.aedit_message(room, target, text, by=actor, client_id=client_id)
+        else:
+            change = await edits.adelete_message(room, target, by=actor, client_id=client_id)
+    except ProtocolError as exc:
+        return _response_for(exc)
+    except MessageNotFoundError as exc:
+        return _error(404, exc.code, exc.detail)
+    except PermissionDeniedError as exc:
+        return _error(403, exc.code, exc.detail)
+    return JsonResponse({"room": change.room, "seq": change.seq, "target": change.target})

@@ -16,7 +16,7 @@ from typing import Any
 
 from roomcast.protocol import ProtocolError, codec
 
-from ._api import DEFAULT_SERVER, call
+from ._api import DEFAULT_SERVER, call, quote, request
 from ._common import (
     EXIT_FAILED,
     CommandError,
@@ -36,6 +36,8 @@ STDIN_MAX_BYTES = 1024 * 1024
 #: Longest disconnect reason, in characters, as the HTTP push API takes it (the
 #: WebSocket close frame holds 123 bytes of reason).
 REASON_MAX_CHARS = 120
+#: Longest username --user takes (the HTTP API's bound: an e-mail address).
+USERNAME_MAX_CHARS = 254
 #: Room names are checked here for everything but their length: the limit is the
 #: server's ROOM_NAME_MAX_CHARS setting, which it answers with its own detail.
 _ANY_LENGTH = sys.maxsize
@@ -48,7 +50,8 @@ def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
         help="post a system message to a room",
         description=describe(
             "Post a system message to ROOM: it is stored with the room's next "
-            "sequence number and sent to every member. Without Redis the message goes through "
+            "sequence number and sent to every member; or, with --user NAME, to that user's "
+            "own channel. Without Redis the message goes through "
             "the HTTP push API of the server at --server; with --redis (or ROOMCAST_REDIS_URL) "
             "and no --server it is stored and published from this process, into the "
             "database of --database (or ROOMCAST_DATABASE_URL), which must be the servers'."
@@ -56,16 +59,28 @@ def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
         epilog="examples:\n"
         '  roomcast push lobby "Deploy finished"\n'
         "  git log -1 --format=%s | roomcast push deploys -\n"
+        '  roomcast push --user alice "Your export is ready"\n'
         "  roomcast push --server https://chat.example.com --api-key $KEY lobby hi\n"
         "  roomcast push --redis redis://127.0.0.1:6379/0 \\\n"
         "      --database postgresql://postgres@127.0.0.1/chat lobby hi",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [flags] ROOM TEXT\n       %(prog)s [flags] --user NAME TEXT",
     )
-    push.add_argument("room", metavar="ROOM", help="the room's name (any text without '/')")
+    # Both optional to argparse: with --user there is no ROOM (run_push checks).
+    push.add_argument(
+        "room", metavar="ROOM", nargs="?", help="the room's name (any text without '/')"
+    )
     push.add_argument(
         "text",
         metavar="TEXT",
+        nargs="?",
         help="the message; - reads it from standard input (trailing newlines dropped)",
+    )
+    push.add_argument(
+        "--user",
+        metavar="NAME",
+        help="send TEXT to this user's own channel instead of a room: every /ws/ socket of "
+        "theirs gets it (stored: a socket that reconnects gets what it missed)",
     )
     _push_flags(push)
     push.set_defaults(run=run_push, prog=push.prog)
@@ -184,7 +199,17 @@ def _setup_direct(command: str, *, store: bool) -> None:
 
 
 def run_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Post ``args.text`` to ``args.room``."""
+    """Post ``args.text`` to ``args.room`` (or to ``args.user``'s own channel)."""
+    if args.user is not None:
+        if args.text is not None:
+            raise CommandError("with --user NAME give TEXT alone, no ROOM")
+        if args.room is None:
+            raise CommandError("the following arguments are required: TEXT")
+        args.text, args.room = args.room, None
+        return _push_to_user(args)
+    if args.room is None or args.text is None:
+        missing = "ROOM, TEXT" if args.room is None else "TEXT"
+        raise CommandError(f"the following arguments are required: {missing}")
     room = _room(args)
     text = _text(args)
     if _direct(args):
@@ -209,6 +234,47 @@ def run_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise CommandError(f"unexpected answer {reply!r:.100}", EXIT_FAILED)
         room, seq = reply.get("room", room), reply["seq"]
     print(f"pushed to {room!r} as seq {seq}")
+    return 0
+
+
+def _username(name: str) -> str:
+    if not 0 < len(name) <= USERNAME_MAX_CHARS:
+        raise CommandError(f"--user must be a username of 1 to {USERNAME_MAX_CHARS} characters")
+    try:
+        codec.check_text(name, "--user")
+    except ProtocolError as exc:
+        raise CommandError(f"{exc.detail} Pass UTF-8 text.") from None
+    return name
+
+
+def _push_to_user(args: argparse.Namespace) -> int:
+    """Send ``args.text`` to user ``args.user``'s own channel."""
+    name = _username(args.user)
+    text = _text(args)
+    if _direct(args):
+        _setup_direct("roomcast push --user", store=True)
+        from django.db import DatabaseError
+
+        from roomcast.exceptions import PushError
+        from roomcast.push import UserNotFoundError, send_to_user
+
+        try:
+            stored = send_to_user(name, text)
+        except UserNotFoundError:
+            raise CommandError(f"no user {name!r} in this site's database") from None
+        except ValueError as exc:  # the text's size
+            raise CommandError(str(exc)) from None
+        except DatabaseError as exc:
+            raise database_error(exc) from None
+        except PushError as exc:
+            raise CommandError(f"{exc} (the message is stored)", EXIT_FAILED) from None
+        seq = stored.seq
+    else:
+        reply = request(args, "POST", f"/api/users/{quote(name)}/messages", {"message": text})
+        if not isinstance(reply, dict) or "seq" not in reply:
+            raise CommandError(f"unexpected answer {reply!r:.100}", EXIT_FAILED)
+        name, seq = reply.get("user", name), reply["seq"]
+    print(f"sent to user {name!r} as seq {seq}")
     return 0
 
 

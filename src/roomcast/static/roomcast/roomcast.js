@@ -19,6 +19,10 @@
 // ClosedError). After a close code that says not to reconnect the client stops
 // (status "closed") until reconnect() is called; after 1009 it rejects the messages the
 // server had not answered and reconnects (docs/protocol.md, "The browser client").
+//
+// The parts RoomClient is made of, SocketLink (the socket, its token, backoff and status)
+// and RoomStream (one room's stream), make connection.js's Connection too: many rooms on
+// one /ws/ socket.
 
 export const PROTOCOL = "roomcast.v1";
 
@@ -119,21 +123,26 @@ export function describeClose(code, reason) {
   return why ? `${name}: ${why} (${code})` : `${name} (${code})`;
 }
 
-export class RoomClient extends EventTarget {
-  /**
-   * Options: url (default: defaultUrl(room)), since (last seq already shown),
-   * maxFrameBytes (the server's MAX_FRAME_BYTES; null: no check), minDelayMs and
-   * maxDelayMs (reconnect backoff), token (a connection token) or getToken (a function
-   * returning a token or a promise of one, called for the first connection and whenever
-   * the server refuses or expires the token; getTokenTimeoutMs bounds each call).
-   * Without either the page's session cookie, if any, says who it is.
-   */
+/**
+ * One socket to a roomcast endpoint that comes back by itself: the token (first-frame
+ * auth, getToken() and its failures), the backoff between attempts, the status events and
+ * which close codes reconnect. RoomClient (one room) and Connection (connection.js, many
+ * rooms on /ws/) are built on it; a subclass supplies what the socket carries through
+ * these hooks:
+ *
+ * - _since(): the position to resume from, sent as ?since= (null: none);
+ * - _onFrame(frame): a parsed frame from the server;
+ * - _socketLost(): the socket closed: drop what was tied to it (history requests);
+ * - _rejectWaiting(which, code, reason): reject the waiting sends for which which(entry);
+ * - _unsend(): a new socket is coming: what was sent unanswered goes out again on it.
+ *
+ * A subclass calls _connect() once its own fields are set, and _accepted() when the
+ * server has let the socket in (RoomClient: joined; Connection: connected).
+ */
+export class SocketLink extends EventTarget {
   constructor(
-    room,
+    url,
     {
-      url = null,
-      since = null,
-      maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
       minDelayMs = 250,
       maxDelayMs = 10000,
       token = null,
@@ -148,10 +157,7 @@ export class RoomClient extends EventTarget {
     if (token !== null && (typeof token !== "string" || !token)) {
       throw new TypeError("token must be a non-empty string");
     }
-    this.room = room;
-    this.url = url || defaultUrl(room);
-    this.lastSeq = since;           // last seq shown; null before the first join
-    this.maxFrameBytes = maxFrameBytes;
+    this.url = url;
     this.status = "connecting";
     this.lastClose = null;          // {code, reason} of the last close
     this._minDelay = minDelayMs;
@@ -159,70 +165,19 @@ export class RoomClient extends EventTarget {
     this._attempt = 0;
     this._everOpen = false;         // whether any socket of this client was accepted
     this._closed = false;
-    this._pending = new Map();      // client_id -> {text, resolve, reject, sent}
-    this._joinedSeq = null;         // the stream position announced by the last "joined"
-    this._history = [];             // waiting history requests, answered in order
-    this._counter = 0;
     this._getToken = getToken;
     this._getTokenTimeout = getTokenTimeoutMs;
     this._usesToken = token !== null || getToken !== null;
     this._token = token;            // the token the next connection sends; null: ask getToken
     this._tokenFailures = 0;        // in a row; reset by a join
     this._tokenRequest = 0;         // the getToken() call whose answer is awaited
-    this._connect();
   }
 
-  /** Bytes of the frame send(text) would send (UTF-8 of the whole JSON, longest client_id). */
-  frameBytes(text) {
-    return frameSize(text, "x".repeat(CLIENT_ID_MAX_CHARS));
-  }
-
-  /** Throws FrameTooLargeError if send(text) would be refused for its size. */
-  checkSize(text) {
-    const bytes = this.frameBytes(text);
-    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
-      throw new FrameTooLargeError(text, bytes, this.maxFrameBytes);
-    }
-  }
-
-  /** Post `text`; resolves with its seq once stored, rejects with a SendError. */
-  send(text) {
-    const clientId = [
-      Date.now().toString(36),
-      Math.random().toString(36).slice(2, 10),
-      (++this._counter).toString(36),
-    ].join("-");
-    if (this._closed) {
-      const close = this.lastClose ?? { code: 1000, reason: "closed by the page" };
-      return Promise.reject(new ClosedError(text, close.code, close.reason));
-    }
-    const bytes = frameSize(text, clientId);
-    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
-      return Promise.reject(new FrameTooLargeError(text, bytes, this.maxFrameBytes));
-    }
-    if (this._pending.size >= MAX_QUEUED_SENDS) {
-      return Promise.reject(new QueueFullError(text));
-    }
-    return new Promise((resolve, reject) => {
-      this._pending.set(clientId, { text, resolve, reject, sent: false });
-      this._flush();
-    });
-  }
-
-  /** Messages sent and not yet stored (queued while offline, or waiting for the ack). */
-  get waiting() {
-    return this._pending.size;
-  }
-
-  history({ before = null, limit = 50 } = {}) {
-    return new Promise((resolve, reject) => {
-      if (!this._isOpen()) return reject(new Error("not connected"));
-      this._history.push({ resolve, reject });
-      const frame = { type: "history", limit };
-      if (before !== null) frame.before = before;
-      this._ws.send(JSON.stringify(frame));
-    });
-  }
+  _since() { return null; }
+  _onFrame() {}
+  _socketLost() {}
+  _rejectWaiting() {}
+  _unsend() {}
 
   /** Connect again after the client stopped (a close code that says not to reconnect). */
   reconnect() {
@@ -241,7 +196,7 @@ export class RoomClient extends EventTarget {
     clearTimeout(this._timer);
     this.lastClose = { code: 1000, reason: "closed by the page" };
     if (this._ws) this._ws.close(1000);
-    this._rejectPending(() => true, 1000, "closed by the page");
+    this._rejectWaiting(() => true, 1000, "closed by the page");
     this._setStatus("closed");
   }
 
@@ -249,12 +204,24 @@ export class RoomClient extends EventTarget {
     return this._ws && this._ws.readyState === WebSocket.OPEN && this.status === "open";
   }
 
+  /** {code, reason} of the close that stopped the client, or null while it goes on. */
+  _stoppedBy() {
+    if (!this._closed) return null;
+    return this.lastClose ?? { code: 1000, reason: "closed by the page" };
+  }
+
+  /** Send a frame on the open socket (callers check _isOpen() first). */
+  _sendFrame(frame) {
+    this._ws.send(JSON.stringify(frame));
+  }
+
   _socketUrl() {
     // The token never goes in the URL (proxies log URLs): ?auth=1 says it comes in the
     // first frame.
     const query = [];
+    const since = this._since();
     if (this._usesToken) query.push("auth=1");
-    if (this.lastSeq !== null) query.push(`since=${this.lastSeq}`);
+    if (since !== null) query.push(`since=${since}`);
     if (!query.length) return this.url;
     return this.url + (this.url.includes("?") ? "&" : "?") + query.join("&");
   }
@@ -333,86 +300,16 @@ export class RoomClient extends EventTarget {
     this._retry(code, reason, false);
   }
 
-  _onFrame(frame) {
-    switch (frame.type) {
-      case "joined":
-        this._attempt = 0;
-        this._tokenFailures = 0;
-        this._joinedSeq = frame.seq;
-        if (frame.recovered === false || (this.lastSeq !== null && frame.seq < this.lastSeq)) {
-          // The gap was too long to replay (or the server's stream is not the one we saw):
-          // the latest messages follow; the page should start over from them.
-          this.lastSeq = null;
-          this._emit("reset", frame);
-        }
-        this._setStatus("open");
-        this._emit("joined", frame);
-        this._flush();
-        break;
-      case "message":
-        if (frame.seq !== undefined) {
-          if (this.lastSeq !== null && frame.seq <= this.lastSeq) return; // already shown
-          this.lastSeq = frame.seq;
-          if (frame.client_id) this._settle(frame.client_id, frame.seq);
-        }
-        this._emit("message", frame);
-        this._flush();
-        break;
-      case "ack":
-        this._settle(frame.client_id, frame.seq);
-        break;
-      case "history": {
-        const waiter = this._history.shift();
-        if (waiter) waiter.resolve(frame);
-        break;
-      }
-      case "error": {
-        // An error about a message carries its client_id: that message was not stored
-        // and will not be, so its send() is rejected (the page can offer it again).
-        const entry = frame.client_id ? this._pending.get(frame.client_id) : undefined;
-        if (entry) {
-          this._pending.delete(frame.client_id);
-          entry.reject(new RefusedError(entry.text, frame.code, frame.detail));
-        }
-        this._emit("error", frame);
-        break;
-      }
-      default:
-        break; // newer server: unknown frame types are ignored
-    }
-  }
-
-  _settle(clientId, seq) {
-    const entry = this._pending.get(clientId);
-    if (!entry) return;
-    this._pending.delete(clientId);
-    entry.resolve(seq);
-  }
-
-  _flush() {
-    // Send queued messages, but only once the replay after a reconnect is done: a queued
-    // message that the replay shows as stored is settled instead of being sent again.
-    if (!this._isOpen()) return;
-    if (this._joinedSeq !== null && (this.lastSeq ?? 0) < this._joinedSeq) return;
-    for (const [clientId, entry] of this._pending) {
-      if (entry.sent) continue;
-      entry.sent = true;
-      this._ws.send(JSON.stringify({ type: "message", message: entry.text, client_id: clientId }));
-    }
-  }
-
-  _rejectPending(which, code, reason) {
-    for (const [clientId, entry] of this._pending) {
-      if (!which(entry)) continue;
-      this._pending.delete(clientId);
-      entry.reject(new ClosedError(entry.text, code, reason));
-    }
+  /** The server let the socket in: the backoff and the token failures start again. */
+  _accepted() {
+    this._attempt = 0;
+    this._tokenFailures = 0;
   }
 
   _stop(code, reason) {
     this._closed = true;
     this.lastClose = { code, reason };
-    this._rejectPending(() => true, code, reason);
+    this._rejectWaiting(() => true, code, reason);
     this._setStatus("closed", { code, reason });
   }
 
@@ -420,8 +317,7 @@ export class RoomClient extends EventTarget {
     const { code, reason } = event;
     const wasOpen = this.status === "open";
     this.lastClose = { code, reason };
-    for (const waiter of this._history.splice(0)) waiter.reject(new Error("connection closed"));
-    this._joinedSeq = null;
+    this._socketLost();
     this._emit("close", { code, reason });
     if (this._closed) return;
     if (code === MESSAGE_TOO_BIG) {
@@ -429,7 +325,7 @@ export class RoomClient extends EventTarget {
       // the frames it had not answered are that one and any sent after it, none stored.
       // Reject them, so that they are not sent again to the same end, and reconnect:
       // the connection itself was fine.
-      this._rejectPending((entry) => entry.sent, code, reason);
+      this._rejectWaiting((entry) => entry.sent, code, reason);
     } else if ((code === UNAUTHORIZED || code === TOKEN_EXPIRED) && this._getToken) {
       // A fresh token may do: ask for one before the next attempt (a refused one counts
       // as a failure; an expired one that had let the socket in does not).
@@ -449,9 +345,8 @@ export class RoomClient extends EventTarget {
   }
 
   _retry(code, reason, wasOpen) {
-    for (const entry of this._pending.values()) entry.sent = false; // resend unless replayed
-    const ceiling = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt++);
-    const delayMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this._unsend(); // resend unless replayed
+    const delayMs = backoffDelay(this._attempt++, this._minDelay, this._maxDelay);
     this._timer = setTimeout(() => this._connect(), delayMs);
     // "everOpen": a socket of this client was accepted before (the connection was lost),
     // or never (the server cannot be reached or refuses the handshake).
@@ -470,10 +365,251 @@ export class RoomClient extends EventTarget {
   }
 }
 
-function frameSize(text, clientId) {
-  // What the socket sends: UTF-8 of the JSON text (JSON.stringify escapes lone surrogates).
-  return utf8.encode(JSON.stringify({ type: "message", message: text, client_id: clientId }))
-    .length;
+/** Milliseconds to wait before attempt `attempt` (0, 1, ...): exponential with jitter,
+ * between half and all of min(maxMs, minMs * 2**attempt). */
+export function backoffDelay(attempt, minMs, maxMs) {
+  const ceiling = Math.min(maxMs, minMs * 2 ** attempt);
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+/**
+ * The part of a client that follows one room's stream, for RoomClient (one room per
+ * socket) and connection.js's Subscription (a room on a shared /ws/ socket): the last seq
+ * shown (nothing shown twice), sends that always settle (queued while offline, sent after
+ * the replay, settled by the replay when it shows them stored), history requests answered
+ * in order, and the joined frame's recovery rule.
+ *
+ * Base supplies _isOpen() (frames may go out now), _sendFrame(frame), _stoppedBy()
+ * ({code, reason} once nothing will be sent any more, else null), _onJoined(frame) and
+ * _emit(type, detail); _frame(type, fields) builds a frame (a Subscription adds its room).
+ * The class calls _initStream() in its constructor.
+ */
+export const RoomStream = (Base) => class extends Base {
+  _initStream(since) {
+    this.lastSeq = since;           // last seq shown; null before the first join
+    this._pending = new Map();      // client_id -> {text, type, fields, resolve, reject, sent}
+    this._joinedSeq = null;         // the stream position announced by the last "joined"
+    this._history = [];             // waiting history requests, answered in order
+    this._counter = 0;
+  }
+
+  _frame(type, fields) {
+    return { type, ...fields };
+  }
+
+  /** Bytes of the frame send(text) would send (UTF-8 of the whole JSON, longest client_id). */
+  frameBytes(text) {
+    return this._frameBytes("message", { message: text }, "x".repeat(CLIENT_ID_MAX_CHARS));
+  }
+
+  /** Throws FrameTooLargeError if send(text) would be refused for its size. */
+  checkSize(text) {
+    const bytes = this.frameBytes(text);
+    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
+      throw new FrameTooLargeError(text, bytes, this.maxFrameBytes);
+    }
+  }
+
+  /** Post `text`; resolves with its seq once stored, rejects with a SendError. */
+  send(text) {
+    return this._request("message", { message: text }, text);
+  }
+
+  /** Messages sent and not yet stored (queued while offline, or waiting for the ack). */
+  get waiting() {
+    return this._pending.size;
+  }
+
+  history({ before = null, limit = 50 } = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this._isOpen()) return reject(new Error("not connected"));
+      this._history.push({ resolve, reject });
+      const fields = { limit };
+      if (before !== null) fields.before = before;
+      this._sendFrame(this._frame("history", fields));
+    });
+  }
+
+  _frameBytes(type, fields, clientId) {
+    // What the socket sends: UTF-8 of the JSON text (JSON.stringify escapes lone surrogates).
+    return utf8.encode(JSON.stringify(this._frame(type, { ...fields, client_id: clientId })))
+      .length;
+  }
+
+  /** A frame that the server answers with an ack (or an error) carrying its client_id. */
+  _request(type, fields, text) {
+    const clientId = [
+      Date.now().toString(36),
+      Math.random().toString(36).slice(2, 10),
+      (++this._counter).toString(36),
+    ].join("-");
+    const stopped = this._stoppedBy();
+    if (stopped !== null) {
+      return Promise.reject(new ClosedError(text, stopped.code, stopped.reason));
+    }
+    const bytes = this._frameBytes(type, fields, clientId);
+    if (this.maxFrameBytes != null && bytes > this.maxFrameBytes) {
+      return Promise.reject(new FrameTooLargeError(text, bytes, this.maxFrameBytes));
+    }
+    if (this._pending.size >= MAX_QUEUED_SENDS) {
+      return Promise.reject(new QueueFullError(text));
+    }
+    return new Promise((resolve, reject) => {
+      this._pending.set(clientId, { text, type, fields, resolve, reject, sent: false });
+      this._flush();
+    });
+  }
+
+  /** Handles the frames of the room's stream; false for a frame of another type. */
+  _onStreamFrame(frame) {
+    switch (frame.type) {
+      case "joined":
+        this._joinedSeq = frame.seq;
+        if (frame.recovered === false || (this.lastSeq !== null && frame.seq < this.lastSeq)) {
+          // The gap was too long to replay (or the server's stream is not the one we saw):
+          // the latest messages follow; the page should start over from them.
+          this.lastSeq = null;
+          this._emit("reset", frame);
+        }
+        this._onJoined(frame);
+        this._emit("joined", frame);
+        this._flush();
+        return true;
+      case "message":
+      case "edit":
+      case "delete":
+        // Stream events: each has a seq (but a tutorial-style system message has none,
+        // and is live only). An edit or delete is an event of its own, naming `target`.
+        if (frame.seq !== undefined) {
+          if (this.lastSeq !== null && frame.seq <= this.lastSeq) return true; // already shown
+          this.lastSeq = frame.seq;
+          this._settleStored(frame);
+        }
+        this._onEvent(frame);
+        this._emit(frame.type, frame);
+        this._flush();
+        return true;
+      case "ack":
+        this._settle(frame.client_id, frame.seq);
+        return true;
+      case "history": {
+        const waiter = this._history.shift();
+        if (waiter) waiter.resolve(frame);
+        return true;
+      }
+      case "error": {
+        // An error about a message carries its client_id: that message was not stored
+        // and will not be, so its send() is rejected (the page can offer it again).
+        const entry = frame.client_id ? this._pending.get(frame.client_id) : undefined;
+        if (entry) {
+          this._pending.delete(frame.client_id);
+          entry.reject(new RefusedError(entry.text, frame.code, frame.detail));
+        }
+        this._emit("error", frame);
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** A stored event arrived (live or replayed): the requests it shows done are settled. */
+  _settleStored(frame) {
+    if (frame.client_id) this._settle(frame.client_id, frame.seq);
+    if (frame.type === "message") return;
+    // An edit or delete replayed after a reconnect may not carry the client_id it was
+    // sent with: the event that deletes the target, or gives it the text asked for, is
+    // what the request wanted.
+    for (const [clientId, entry] of this._pending) {
+      if (entry.type !== frame.type || entry.fields.seq !== frame.target) continue;
+      if (frame.type === "edit" && entry.fields.message !== frame.message) continue;
+      this._settle(clientId, frame.seq);
+    }
+  }
+
+  _onEvent() {}
+
+  _settle(clientId, seq) {
+    const entry = this._pending.get(clientId);
+    if (!entry) return;
+    this._pending.delete(clientId);
+    entry.resolve(seq);
+  }
+
+  _flush() {
+    // Send queued messages, but only once the replay after a reconnect is done: a queued
+    // message that the replay shows as stored is settled instead of being sent again.
+    if (!this._isOpen()) return;
+    if (this._joinedSeq !== null && (this.lastSeq ?? 0) < this._joinedSeq) return;
+    for (const [clientId, entry] of this._pending) {
+      if (entry.sent) continue;
+      entry.sent = true;
+      this._sendFrame(this._frame(entry.type, { ...entry.fields, client_id: clientId }));
+    }
+  }
+
+  _rejectPending(which, code, reason) {
+    for (const [clientId, entry] of this._pending) {
+      if (!which(entry)) continue;
+      this._pending.delete(clientId);
+      entry.reject(new ClosedError(entry.text, code, reason));
+    }
+  }
+
+  /** The socket (or the subscription) ended: waiting history requests fail. */
+  _streamLost() {
+    for (const waiter of this._history.splice(0)) waiter.reject(new Error("connection closed"));
+    this._joinedSeq = null;
+  }
+
+  /** What was sent goes out again after the next join, unless the replay shows it stored. */
+  _markUnsent() {
+    for (const entry of this._pending.values()) entry.sent = false;
+  }
+};
+
+export class RoomClient extends RoomStream(SocketLink) {
+  /**
+   * Options: url (default: defaultUrl(room)), since (last seq already shown),
+   * maxFrameBytes (the server's MAX_FRAME_BYTES; null: no check), minDelayMs and
+   * maxDelayMs (reconnect backoff), token (a connection token) or getToken (a function
+   * returning a token or a promise of one, called for the first connection and whenever
+   * the server refuses or expires the token; getTokenTimeoutMs bounds each call).
+   * Without either the page's session cookie, if any, says who it is.
+   */
+  constructor(room, options = {}) {
+    const { url = null, since = null, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES } = options;
+    super(url || defaultUrl(room), options);
+    this.room = room;
+    this.maxFrameBytes = maxFrameBytes;
+    this._initStream(since);
+    this._connect();
+  }
+
+  _since() {
+    return this.lastSeq;
+  }
+
+  _onJoined() {
+    this._accepted();
+    this._setStatus("open");
+  }
+
+  _onFrame(frame) {
+    this._onStreamFrame(frame); // newer server: unknown frame types are ignored
+  }
+
+  _socketLost() {
+    this._streamLost();
+  }
+
+  _rejectWaiting(which, code, reason) {
+    this._rejectPending(which, code, reason);
+  }
+
+  _unsend() {
+    this._markUnsent();
+  }
 }
 
 /** The socket URL for a path on this page's host ("/ws/chat/lobby/" -> "ws://host/ws/chat/lobby/"). */
