@@ -499,10 +499,17 @@ class Tracker:
         except Exception:
             # Redis has it: the others' version check reloads the room within two beats.
             logger.warning("Presence: publishing room %r failed", room.name, exc_info=True)
-        if write.gone and room.empty() and self._rooms.get(room.name) is room:
-            if room.timer is not None:
-                room.timer.cancel()
-            del self._rooms[room.name]
+        if write.gone and self._rooms.get(room.name) is room:
+            if room.empty():
+                if room.timer is not None:
+                    room.timer.cancel()
+                del self._rooms[room.name]
+            else:
+                # Someone came while it was going: the others dropped this node's entries
+                # in the room, so its next write is whole.
+                room.full = True
+                self._dirty[room.name] = room
+                self._wake.set()
 
     async def _beat_loop(self, store: Store) -> None:
         """Heartbeat every TTL/3; every TTL/6, drop the nodes that stopped beating."""
