@@ -26,6 +26,10 @@ from tests.conftest import free_port
 
 ROOMCAST = str(Path(sys.executable).with_name("roomcast"))
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: The commands of ``roomcast``.
+COMMANDS = (
+    "serve", "push", "disconnect", "user", "room", "token", "listen", "history", "rooms", "manage"
+)  # fmt: skip
 
 #: Imports refused in the child process: ``BLOCK_IMPORTS=uvicorn,psycopg`` behaves like a
 #: ``pip install roomcast`` without those packages.
@@ -92,7 +96,7 @@ def test_top_level_help_is_plain_text_listing_the_commands(tmp_path: Path) -> No
     result = run(tmp_path, "--help")
     assert result.returncode == 0
     assert "`" not in result.stdout, result.stdout  # no reST/Markdown markup
-    for command in ("serve", "push", "disconnect", "user", "room", "token", "manage"):
+    for command in COMMANDS:
         assert command in result.stdout
     for text in ("--version", "docs/cli.md"):
         assert text in result.stdout
@@ -112,8 +116,7 @@ def subcommands(
 def test_every_flag_of_every_command_has_help() -> None:
     commands = dict(subcommands(build_parser()))
     assert {name for name in commands if name.count(" ") == 1} == {
-        f"roomcast {name}"
-        for name in ("serve", "push", "disconnect", "user", "room", "token", "manage")
+        f"roomcast {name}" for name in COMMANDS
     }
     assert {"roomcast room members", "roomcast user create"} <= set(commands)
     for name, sub in commands.items():

@@ -218,7 +218,7 @@ class Hub:
         member.start(result)
         if self.presence is not None and not member.closed and not is_user_room(member.room):
             member.present = True
-            self.presence.added(member)
+            self.presence.added(member)  # it sends the member's first presence frame
 
     def leave(self, member: Member) -> None:
         """Remove ``member``; the last member out unsubscribes the process from the room."""

@@ -30,6 +30,9 @@ class Lifespan:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await services.hub().close()
+                hub = services.hub()
+                if hub.presence is not None:
+                    await hub.presence.close()  # others see this process's users leave now
+                await hub.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import router
 
-from . import access, cursors, fanout
+from . import access, cursors, fanout, presence
 from .conf import roomcast_settings
 from .exceptions import PermissionDeniedError, RefusedError
 from .hub import CatchUp, Connection, Hub, Member, Send, connection_origin, get_hub
@@ -154,13 +154,15 @@ class DatabaseLoader:
 
 def _make_hub() -> Hub:
     fanout.set_server_loop(asyncio.get_running_loop())
-    return Hub(
+    made = Hub(
         fanout.get_layer(),
         DatabaseLoader(),
         fanout.room_group,
         position_check_secs=roomcast_settings.POSITION_CHECK_SECS,
         recent_count=roomcast_settings.HISTORY_COUNT,
     )
+    made.presence = presence.Tracker(made, made.layer)
+    return made
 
 
 def hub() -> Hub:

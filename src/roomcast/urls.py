@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, views
+from . import api, presence_views, views
 
 app_name = "roomcast"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/rooms/<str:room_name>/messages", views.api_messages, name="api-messages"),
     path("api/rooms/<str:room_name>/messages/<str:seq>", views.api_message, name="api-message"),
     path("api/rooms/<str:room_name>/disconnect", views.api_disconnect, name="api-disconnect"),
+    path("api/rooms/<str:room_name>/presence", presence_views.api_presence, name="api-presence"),
     # The management API (roomcast.api): tokens, rooms, members.
     path("api/tokens", api.tokens, name="api-tokens"),
     path("api/rooms", api.rooms_create, name="api-rooms"),

@@ -1,10 +1,12 @@
 """The ``roomcast`` console script: ``serve``, ``push``, ``disconnect``, ``user``,
-``room``, ``token``, ``manage``.
+``room``, ``token``, ``listen``, ``history``, ``rooms``, ``manage``.
 
 One module per command group: ``serve``, ``push`` (push and disconnect), ``user``,
-``room``, ``token``, ``manage``; ``_common`` (errors, exit codes, set-up), ``_database``
-(reaching the database and Redis), ``_api`` (the HTTP API's client), ``_environ`` (the
-variables and flags of serve, shared with docs/settings.md). A new command group is a
+``room``, ``token``, ``listen``, ``history``, ``rooms``, ``manage``; ``_common`` (errors,
+exit codes, set-up), ``_database`` (reaching the database and Redis), ``_api`` (the HTTP
+API's client), ``_reading`` (what listen, history and rooms share: a user's token, and
+printing messages), ``_environ`` (the variables and flags of serve, shared with
+docs/settings.md). A new command group is a
 module with an ``add_parser(commands)``, added in :func:`build_parser`.
 Each module's ``add_parser`` sets ``run``, called as ``run(args, parser)``, returning the
 exit code or raising :class:`~._common.CommandError`, which :func:`main` prints as one
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from . import manage, push, room, serve, token, user
+from . import history, listen, manage, push, room, rooms, serve, token, user
 from ._common import EXIT_USAGE, SERVER_EXTRA_MODULES, CommandError, Parser, missing_extra
 
 __all__ = ["build_parser", "main"]
@@ -33,7 +35,9 @@ roomcast: real-time rooms and server push for Django.
 
 Run the bundled chat site with 'roomcast serve', then open http://127.0.0.1:8000/chat/;
 push to its rooms from the shell with 'roomcast push ROOM TEXT'; make rooms private
-with 'roomcast room', users with 'roomcast user', tokens with 'roomcast token'."""
+with 'roomcast room', users with 'roomcast user', tokens with 'roomcast token'; follow
+a room with 'roomcast listen ROOM', read it with 'roomcast history ROOM', list a user's
+rooms with 'roomcast rooms'."""
 
 EPILOG = """\
 'roomcast COMMAND --help' lists a command's flags and environment variables;
@@ -81,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_parser(commands)
     room.add_parser(commands)
     token.add_parser(commands)
+    listen.add_parser(commands)
+    history.add_parser(commands)
+    rooms.add_parser(commands)
     manage.add_parser(commands)
     return parser
 
@@ -90,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("give a COMMAND: serve, push, disconnect, user, room, token or manage")
+        parser.error(
+            "give a COMMAND: serve, push, disconnect, user, room, token, listen, history, "
+            "rooms or manage"
+        )
     try:
         return int(args.run(args, parser))
     except CommandError as exc:

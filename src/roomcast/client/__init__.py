@@ -1,0 +1,240 @@
+"""roomcast.client: an asyncio client of a roomcast server's ``/ws/`` endpoint.
+
+One socket, many rooms (docs/protocol.md, "One socket, many rooms: `/ws/`")::
+
+    from roomcast.client import connect, Message, Edit, Delete, Joined
+
+    async with connect("ws://127.0.0.1:8000/ws/", token=TOKEN) as conn:
+        lobby = await conn.subscribe("lobby")
+        seq = await lobby.send("hello")          # the stored message's seq
+        async for event in lobby:
+            match event:
+                case Joined(recovered=False):      # a gap too long to replay:
+                    clear_screen()                 # start over from the catch-up
+                case Message(seq=seq, user=user, text=text):
+                    show(seq, user, text)
+                case Edit(target=target, text=text):
+                    replace(target, text)
+                case Delete(target=target):
+                    remove(target)
+
+What it does for the program:
+
+- **Reconnects** after a close whose code says to (1001, 1006, 1011, 1012, 1013,
+  4500-4999: ``roomcast.protocol.should_reconnect``), with exponential backoff and
+  jitter (0.25 s doubling to 10 s), and resubscribes every room with its ``last_seq``
+  and the user channel with ``?since=``: nothing is lost or shown twice. When the server
+  cannot replay the gap, the room's :class:`Joined` (or the user channel's
+  :class:`Connected`) says ``recovered=False``.
+- **Sends until stored**: ``await room.send(text)`` returns the seq once the server
+  acknowledged it; a send waiting while the connection is down goes out after the
+  reconnect, with the same ``client_id``, so the server stores it once. At most
+  ``MAX_QUEUED_SENDS`` (100) sends per room wait; more raise :class:`QueueFullError`.
+  The connection sends one at a time (the server reads a socket's next frame after it
+  answered a post); ``busy`` and ``rate_limited`` answers are sent again after the
+  server's ``retry_after``, 3 times at most.
+- **Tokens**: ``token=`` is sent in the ``Authorization: Bearer`` header (never in the
+  URL). ``get_token=`` (a function, or coroutine function, returning a token) is asked
+  before the first connection, after 4501 (the token expired on a live socket: no
+  failure) and after 4401 (refused: a failure); after ``MAX_TOKEN_FAILURES`` (5)
+  failures in a row the connection ends with ClosedError 4401. Both given: ``token``
+  first, ``get_token`` for the next ones. A fixed ``token`` and no ``get_token``: 4401
+  and 4501 end the connection. Without either the client is a guest.
+- **Ends loudly**: any other close code ends the connection with :class:`ClosedError`
+  (``code``, ``reason``), raised by the iterators, waiting calls and
+  :meth:`Connection.wait_closed`. A room whose subscription the server ends (4403 after
+  its rights were taken away) raises :class:`UnsubscribedError` from its iterator; the
+  other rooms continue.
+- **Bounded**: each room's events, and the user channel's, wait for the program at most
+  ``max_queued_events`` (1000) deep; then the oldest are dropped and the next read is a
+  :class:`Lagged` event (treat it like ``recovered=False``). A room nobody reads never
+  slows the others.
+
+The first connection raises :class:`ConnectError` when the server cannot be reached or
+refuses the handshake; later ones are retried until they succeed or the program closes
+the connection.
+
+Layer: client. Imports the standard library, ``websockets`` (``pip install
+roomcast[client]``; the ``server`` extra has it too) and :mod:`roomcast.protocol`; never
+Django, so it runs in any asyncio program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from ssl import SSLContext
+from typing import Any
+
+from ._connection import (
+    DEFAULT_MAX_FRAME_BYTES,
+    GET_TOKEN_TIMEOUT_SECS,
+    MAX_DELAY_SECS,
+    MAX_QUEUED_EVENTS,
+    MAX_TOKEN_FAILURES,
+    MIN_DELAY_SECS,
+    Connection,
+    GetToken,
+    Status,
+    socket_url,
+)
+from ._errors import (
+    ClientError,
+    ClosedError,
+    ConnectError,
+    FrameTooLargeError,
+    QueueFullError,
+    RefusedError,
+    UnsubscribedError,
+    describe_close,
+)
+from ._events import (
+    Connected,
+    Delete,
+    Edit,
+    HistoryPage,
+    Join,
+    Joined,
+    Lagged,
+    Leave,
+    Message,
+    Presence,
+    PresenceCount,
+    RoomEvent,
+    Typing,
+    Unread,
+    UserEvent,
+    UserMessage,
+)
+from ._room import HISTORY_PAGE_MAX, Room
+from ._sends import MAX_QUEUED_SENDS
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "GET_TOKEN_TIMEOUT_SECS",
+    "HISTORY_PAGE_MAX",
+    "MAX_DELAY_SECS",
+    "MAX_QUEUED_EVENTS",
+    "MAX_QUEUED_SENDS",
+    "MAX_TOKEN_FAILURES",
+    "MIN_DELAY_SECS",
+    "ClientError",
+    "ClosedError",
+    "ConnectError",
+    "Connected",
+    "Connection",
+    "Delete",
+    "Edit",
+    "FrameTooLargeError",
+    "GetToken",
+    "HistoryPage",
+    "Join",
+    "Joined",
+    "Lagged",
+    "Leave",
+    "Message",
+    "Presence",
+    "PresenceCount",
+    "QueueFullError",
+    "RefusedError",
+    "Room",
+    "RoomEvent",
+    "Status",
+    "Typing",
+    "Unread",
+    "UnsubscribedError",
+    "UserEvent",
+    "UserMessage",
+    "connect",
+    "describe_close",
+    "socket_url",
+]
+
+
+class connect:
+    """Connect to a roomcast server's ``/ws/`` endpoint.
+
+    ``async with connect(url, ...) as conn:`` opens it and closes it at the end of the
+    block; ``conn = await connect(url, ...)`` opens it, and ``await conn.close()``
+    closes it.
+
+    Args:
+        url: the endpoint, ``ws[s]://HOST/ws/`` (``http[s]://`` is turned into
+            ``ws[s]://``). Its query must not set ``since``, ``auth`` or a token.
+        token: a connection token (``roomcast token NAME``,
+            ``roomcast.auth.issue_token``), sent in the ``Authorization`` header.
+        get_token: a function (or coroutine function) returning a fresh token; see the
+            module's documentation for when it is called. A plain function runs in the
+            event loop: wrap blocking calls in ``asyncio.to_thread``.
+        since: the last user-channel seq already seen (``conn.user_seq`` of an earlier
+            connection, or the last :class:`UserMessage`'s seq): the catch-up is what
+            came after it. Without it, the catch-up is the latest user messages (the
+            server's ``HISTORY_COUNT``).
+        headers: more headers for the handshake (a ``Cookie`` for a session, say).
+        ssl: the TLS context for ``wss://`` (default: the system's trusted CAs).
+        open_timeout: longest wait for each handshake, in seconds.
+        max_frame_bytes: the server's ``MAX_FRAME_BYTES``: larger sends raise
+            :class:`FrameTooLargeError` (None: no check).
+        max_queued_events: the bound of each room's event queue, and the user channel's.
+        min_delay, max_delay: the reconnect backoff's range, in seconds.
+        get_token_timeout: longest wait for ``get_token()``, in seconds.
+        on_status: called with a :class:`Status` at each change (connecting, open,
+            reconnecting with the close code and delay, closed); must not block.
+
+    Raises (when opened):
+        ConnectError: the server cannot be reached or refused the handshake.
+        ClosedError: the server closed the first socket with a code that says not to
+            reconnect (4401 for a refused token and no ``get_token``, ...).
+        ValueError, TypeError: bad arguments.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        get_token: GetToken | None = None,
+        since: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        ssl: SSLContext | None = None,
+        open_timeout: float = 10.0,
+        max_frame_bytes: int | None = DEFAULT_MAX_FRAME_BYTES,
+        max_queued_events: int = MAX_QUEUED_EVENTS,
+        min_delay: float = MIN_DELAY_SECS,
+        max_delay: float = MAX_DELAY_SECS,
+        get_token_timeout: float = GET_TOKEN_TIMEOUT_SECS,
+        on_status: Callable[[Status], object] | None = None,
+    ) -> None:
+        self._kwargs: dict[str, Any] = {
+            "token": token,
+            "get_token": get_token,
+            "since": since,
+            "headers": headers,
+            "ssl": ssl,
+            "open_timeout": open_timeout,
+            "max_frame_bytes": max_frame_bytes,
+            "max_queued_events": max_queued_events,
+            "min_delay": min_delay,
+            "max_delay": max_delay,
+            "get_token_timeout": get_token_timeout,
+            "on_status": on_status,
+        }
+        self._url = url
+        self._conn: Connection | None = None
+
+    async def _open(self) -> Connection:
+        self._conn = Connection(self._url, **self._kwargs)
+        try:
+            return await self._conn.open()
+        except BaseException:
+            await self._conn.close()
+            raise
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Connection:
+        return await self._open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
