@@ -424,10 +424,12 @@ def _picows_member_class() -> type:
                 asyncio.get_running_loop().create_future() if dialect != "seed" else None
             )
             self.opening = _Subscribing(rooms) if dialect == "mux" else None
+            self.opened_at = self.connected_at = math.nan  # dialect mux: when they came
             self._partial: list[str] = []
 
         def on_ws_connected(self, transport: WSTransport) -> None:
             self.transport = transport
+            self.opened_at = time.monotonic()  # the handshake done
 
         def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
             received = time.monotonic()
@@ -466,6 +468,7 @@ def _picows_member_class() -> type:
                 return
             try:  # dialect mux: a room's catch-up meanwhile is not kept
                 for out in self.opening.feed(text):
+                    self.connected_at = time.monotonic()  # feed answers connected alone
                     transport.send(WSMsgType.TEXT, out.encode())
             except Exception as exc:
                 self.joined.set_exception(exc)
@@ -646,6 +649,9 @@ class ChurnJoin:
     joined: float  # its joined frame received
     left: float  # its socket closed (the server answered the close)
     error: str
+    opened: float = math.nan  # its handshake done
+    connected: float = math.nan  # its connected frame received (it subscribes then)
+    leaving: float = math.nan  # its close frame sent
 
 
 @dataclass
@@ -764,10 +770,12 @@ async def _churn(
             spec = Spec("churn", url, tokens[user], (room,))
             member = await _open_picows(member_class, spec, "mux", state)
             record.joined = time.monotonic()
+            record.opened, record.connected = member.opened_at, member.connected_at
             wait = record.scheduled + stay - time.monotonic()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finishing.wait(), wait)
+            record.leaving = time.monotonic()
             async with asyncio.timeout(CHURN_CLOSE_TIMEOUT_SECS):
                 await member.close()
             record.left = time.monotonic()

@@ -56,6 +56,9 @@ from _report import PhaseResult, percentiles, report
 from fanout import Publisher, analyse
 
 TARGETS = ("chat", "mux", "churn")
+#: The stages of a churn user's join and leave the report times (ChurnResult.stage_ms):
+#: scheduled -> handshake done, -> connected frame, -> joined frame; close sent -> closed.
+STAGES = ("handshake", "connected", "subscribe", "close")
 #: The ratios the report prints, first / second.
 PAIRS = (("churn", "chat"), ("mux", "chat"), ("churn", "mux"))
 
@@ -81,6 +84,9 @@ class ChurnResult(PhaseResult):
     joins_per_sec: float = 0.0
     leaves_per_sec: float = 0.0
     join_ms: dict[str, float] = field(default_factory=dict)  # start -> joined frame
+    # The stages of a join and a leave: start -> handshake done, -> connected frame,
+    # -> joined frame (the subscribe); close frame sent -> the server's close received.
+    stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     churn_frames: int = 0  # frames the churners received
 
 
@@ -120,6 +126,16 @@ def _churn_figures(result: ChurnResult, stats: ChurnStats, start: float, end: fl
         [j.joined - j.scheduled for j in joins if not math.isnan(j.joined)]
     )
     result.churn_frames = stats.frames
+    stages = {
+        "handshake": [(j.scheduled, j.opened) for j in joins],
+        "connected": [(j.opened, j.connected) for j in joins],
+        "subscribe": [(j.connected, j.joined) for j in joins],
+        "close": [(j.leaving, j.left) for j in joins],
+    }
+    result.stage_ms = {
+        name: percentiles([b - a for a, b in pairs if not (math.isnan(a) or math.isnan(b))])
+        for name, pairs in stages.items()
+    }
 
 
 async def _burst(
@@ -313,6 +329,14 @@ def churn_report(results: list[ChurnResult], args: argparse.Namespace) -> str:
                 f"| {_ms(r.join_ms, 'p99')} | {_ms(r.join_ms, 'max')} "
                 f"| {r.cpu.get('churners', 0):.2f} | {r.churn_frames:,} |"
             )
+        out += ["", "Stages of a join and a leave, ms (p50 / p99 / max):", ""]
+        out += ["| round | " + " | ".join(STAGES) + " |", "|" + " --- |" * (1 + len(STAGES))]
+        for r in churned:
+            cells = [
+                " / ".join(_ms(r.stage_ms.get(name, {}), k) for k in ("p50", "p99", "max"))
+                for name in STAGES
+            ]
+            out.append(f"| {r.round} | " + " | ".join(cells) + " |")
         for r in churned:
             if r.churn_first_error:
                 out.append(f"\nround {r.round}: first failed join: `{r.churn_first_error}`")
