@@ -59,6 +59,9 @@ TARGETS = ("chat", "mux", "churn")
 #: The stages of a churn user's join and leave the report times (ChurnResult.stage_ms):
 #: scheduled -> handshake done, -> connected frame, -> joined frame; close sent -> closed.
 STAGES = ("handshake", "connected", "subscribe", "close")
+#: Seconds the members are given, after every churn user left, for the frames of the last
+#: leaves (batched for PRESENCE_BATCH_SECS, 0.2 s by default) before their frames are read.
+LEAVES_SETTLE_SECS = 1.0
 #: The ratios the report prints, first / second.
 PAIRS = (("churn", "chat"), ("mux", "chat"), ("churn", "mux"))
 
@@ -72,6 +75,9 @@ class ChurnResult(PhaseResult):
     window_secs: float = 0.0  # first send -> last receipt: the window of the rates below
     presence_frames: int = 0  # received by the members within the window
     presence_by_kind: dict[str, int] = field(default_factory=dict)
+    # The whole phase (from arming to collecting, churn warm-up and the last leaves
+    # included): with every churn user gone at the end, joins and leaves should match.
+    presence_phase_by_kind: dict[str, int] = field(default_factory=dict)
     presence_per_member_sec: float = 0.0
     churn_scheduled: int = 0  # joins started (the whole churn, warm-up included)
     churn_skipped: int = 0  # not started: no free user or too many churners at once
@@ -97,11 +103,14 @@ def _post(room: str | None, text: str, client_id: str) -> str:
 
 def _presence(result: ChurnResult, records: list[MemberRecord], start: float, end: float) -> None:
     by_kind = dict.fromkeys(PRESENCE_TYPES, 0)
+    phase = dict.fromkeys(PRESENCE_TYPES, 0)
     for rec in records:
         for received, kind in zip(rec.presence_received, rec.presence_kind, strict=True):
+            phase[PRESENCE_TYPES[kind]] += 1
             if start <= received <= end:
                 by_kind[PRESENCE_TYPES[kind]] += 1
     result.presence_by_kind = by_kind
+    result.presence_phase_by_kind = phase
     result.presence_frames = sum(by_kind.values())
     result.presence_per_member_sec = (
         result.presence_frames / max(result.members, 1) / max(end - start, 1e-9)
@@ -179,6 +188,7 @@ async def _burst(
     finally:
         if churn is not None and churn.pid is not None:
             stats = await churn.finish()
+            await asyncio.sleep(LEAVES_SETTLE_SECS)  # the last leaves' frames come
     result.timed_out = not done
     result.cpu, result.cpu_wall = h.cpu_between(before, after), after.wall - before.wall
     if churn is not None:
@@ -311,6 +321,14 @@ def churn_report(results: list[ChurnResult], args: argparse.Namespace) -> str:
             f"| {r.window_secs:.2f} | {r.presence_frames:,} | {r.presence_per_member_sec:.2f} "
             f"| {kinds} |"
         )
+    out += ["", "The whole phase (churn warm-up and last leaves included), per member:", ""]
+    out += [
+        "| target | round | " + " | ".join(PRESENCE_TYPES) + " |",
+        "|" + " --- |" * (2 + len(PRESENCE_TYPES)),
+    ]
+    for r in results:
+        per = [r.presence_phase_by_kind.get(k, 0) / max(r.members, 1) for k in PRESENCE_TYPES]
+        out.append(f"| {r.target} | {r.round} | " + " | ".join(f"{x:,.1f}" for x in per) + " |")
     churned = [r for r in results if r.target == "churn"]
     if churned:
         out += ["", f"## Churn: asked {args.joins:g} joins/s, each staying {args.stay:g} s", ""]
