@@ -318,7 +318,11 @@ class Hub:
         delay = 0.1
         while True:
             try:
-                channel = await self.layer.new_channel("roomcast.control.")
+                # The rooms' prefix, not one of its own: channels_redis' core layer
+                # receives a process's channels of one prefix together, and a second
+                # prefix's receive holds its lock while it waits, so room messages
+                # stalled behind an idle control channel (found by the presence tests).
+                channel = await self.layer.new_channel("roomcast.")
                 await self.layer.group_add(CONTROL_GROUP, channel)
                 break
             except Exception:
