@@ -64,6 +64,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+from . import _events
 from ._connection import (
     DEFAULT_MAX_FRAME_BYTES,
     GET_TOKEN_TIMEOUT_SECS,
@@ -86,24 +87,7 @@ from ._errors import (
     UnsubscribedError,
     describe_close,
 )
-from ._events import (
-    Connected,
-    Delete,
-    Edit,
-    HistoryPage,
-    Join,
-    Joined,
-    Lagged,
-    Leave,
-    Message,
-    Presence,
-    PresenceCount,
-    RoomEvent,
-    Typing,
-    Unread,
-    UserEvent,
-    UserMessage,
-)
+from ._events import *  # noqa: F403  (the events and HistoryPage: _events.__all__)
 from ._room import HISTORY_PAGE_MAX, Room
 from ._sends import MAX_QUEUED_SENDS
 
@@ -119,34 +103,19 @@ __all__ = [
     "ClientError",
     "ClosedError",
     "ConnectError",
-    "Connected",
     "Connection",
-    "Delete",
-    "Edit",
     "FrameTooLargeError",
     "GetToken",
-    "HistoryPage",
-    "Join",
-    "Joined",
-    "Lagged",
-    "Leave",
-    "Message",
-    "Presence",
-    "PresenceCount",
     "QueueFullError",
     "RefusedError",
     "Room",
-    "RoomEvent",
     "Status",
-    "Typing",
-    "Unread",
     "UnsubscribedError",
-    "UserEvent",
-    "UserMessage",
     "connect",
     "describe_close",
     "socket_url",
 ]
+__all__ += _events.__all__
 
 
 class connect(Connection):
