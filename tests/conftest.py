@@ -184,6 +184,25 @@ async def app() -> Any:
         await running.close()
 
 
+@pytest.fixture
+async def room_of(app: Any) -> Any:
+    """``await room_of(name, **kwargs)`` joins a RoomCommunicator (``/ws/chat/<name>/``)
+    of ``app``; all disconnect at the end, before the hub closes."""
+    from roomcast.testing import RoomCommunicator  # loaded before Django is set up
+
+    opened = []
+
+    async def join(name: str, **kwargs: Any) -> Any:
+        communicator = RoomCommunicator(app, name, **kwargs)
+        await communicator.join()
+        opened.append(communicator)
+        return communicator
+
+    yield join
+    for communicator in opened:
+        await communicator.disconnect()
+
+
 @pytest.fixture(autouse=True)
 def _forget_room_visibility() -> Iterator[None]:
     """Each test starts with no remembered room visibility (roomcast.access caches what

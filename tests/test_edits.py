@@ -16,7 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from roomcast import access, edits, hub, push, services
+from roomcast import access, edits, push, services
 from roomcast.exceptions import (
     InvalidFrameError,
     InvalidRoomNameError,
@@ -24,8 +24,6 @@ from roomcast.exceptions import (
     PermissionDeniedError,
 )
 from roomcast.models import Message, Room, RoomMember
-from roomcast.routing import websocket_application
-from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -290,29 +288,10 @@ def test_layer_message_has_the_contracts_shape(lobby):
 # -- live sockets -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def sockets():
-    """``await sockets(room, **kw)``: a joined communicator; all closed, and the hub."""
-    opened = []
-    app = websocket_application()
-
-    async def join(room: str, **kwargs: Any) -> RoomCommunicator:
-        communicator = RoomCommunicator(app, room, **kwargs)
-        await communicator.join()
-        opened.append(communicator)
-        return communicator
-
-    yield join
-    for communicator in opened:
-        await communicator.disconnect()
-    if (running := hub.running_hub()) is not None:
-        await running.close()
-
-
-async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, sockets):
+async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, room_of):
     """A member of /ws/chat/<room>/ (v1) gets the edit and the delete as they happen:
     from async code and, after commit, from a worker thread."""
-    member = await sockets(lobby)
+    member = await room_of(lobby)
     await member.receive_messages(2)  # the catch-up
     change = await edits.aedit_message(lobby, 1, "live edit", by=people["alice"], client_id="c9")
     frame = await member.receive_event("edit")
@@ -332,11 +311,11 @@ async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, s
     assert await member.receive_nothing(0.1)
 
 
-async def test_a_reconnecting_socket_replays_the_events(people, lobby, sockets):
+async def test_a_reconnecting_socket_replays_the_events(people, lobby, room_of):
     """since= replays the events and each message in its final state."""
     await edits.aedit_message(lobby, 1, "edited while away")
     await edits.adelete_message(lobby, 2)
-    member = await sockets(lobby, since=1)
+    member = await room_of(lobby, since=1)
     frames = [await member.receive_event() for _ in range(3)]
     assert [(f["type"], f["seq"]) for f in frames] == [("message", 2), ("edit", 3), ("delete", 4)]
     assert frames[0]["deleted"] is True and frames[0]["message"] == ""
