@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,30 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def make_users(
+    names: list[str], *, staff: Collection[str] = (), superusers: Collection[str] = ()
+) -> dict[str, Any]:
+    """Users by name, created in the order of ``names``: those in ``staff`` with
+    ``is_staff``, those in ``superusers`` superusers (``NAME@example.com``, no password)."""
+    from django.contrib.auth import get_user_model  # loaded before Django is set up
+
+    User = get_user_model()
+    made = {}
+    for name in names:
+        if name in superusers:
+            made[name] = User.objects.create_superuser(name, f"{name}@example.com", None)
+        else:
+            made[name] = User.objects.create_user(name, is_staff=name in staff)
+    return made
+
+
+def identities(users: dict[str, Any]) -> dict[str, Any]:
+    """Each user's ``access.Identity`` by name, and the users themselves as ``"users"``."""
+    from roomcast import access  # loaded before Django is set up
+
+    return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
 
 
 # -- checks: fail fast with what to start --------------------------------------------------

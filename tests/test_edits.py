@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from roomcast import access, edits, push, services
@@ -24,6 +23,7 @@ from roomcast.exceptions import (
     PermissionDeniedError,
 )
 from roomcast.models import Message, Room, RoomMember
+from tests.conftest import identities, make_users
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,15 +31,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def people() -> dict[str, Any]:
     """alice (the author), bob, staff, carol (lobby's admin); their identities."""
-    User = get_user_model()
-    users = {
-        "alice": User.objects.create_user("alice"),
-        "bob": User.objects.create_user("bob"),
-        "staff": User.objects.create_user("staff", is_staff=True),
-        "root": User.objects.create_superuser("root", "root@example.com", None),
-        "carol": User.objects.create_user("carol"),
-    }
-    return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
+    users = make_users(
+        ["alice", "bob", "staff", "root", "carol"], staff={"staff"}, superusers={"root"}
+    )
+    return identities(users)
 
 
 @pytest.fixture
