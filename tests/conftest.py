@@ -209,22 +209,43 @@ async def app() -> Any:
 
 
 @pytest.fixture
-async def room_of(app: Any) -> Any:
-    """``await room_of(name, **kwargs)`` joins a RoomCommunicator (``/ws/chat/<name>/``)
-    of ``app``; all disconnect at the end, before the hub closes."""
-    from roomcast.testing import RoomCommunicator  # loaded before Django is set up
+async def communicators(app: Any) -> Any:
+    """A list: the communicators of ``app`` put in it disconnect at the end of the test,
+    before the hub closes."""
+    opened: list[Any] = []
+    yield opened
+    for communicator in opened:
+        await communicator.disconnect()
 
-    opened = []
+
+@pytest.fixture
+def room_of(app: Any, communicators: list[Any]) -> Any:
+    """``await room_of(name, **kwargs)`` joins a RoomCommunicator (``/ws/chat/<name>/``)
+    of ``app``; all disconnect at the end."""
+    from roomcast.testing import RoomCommunicator  # loaded before Django is set up
 
     async def join(name: str, **kwargs: Any) -> Any:
         communicator = RoomCommunicator(app, name, **kwargs)
         await communicator.join()
-        opened.append(communicator)
+        communicators.append(communicator)
         return communicator
 
-    yield join
-    for communicator in opened:
-        await communicator.disconnect()
+    return join
+
+
+@pytest.fixture
+def mux(app: Any, communicators: list[Any]) -> Any:
+    """``await mux(token=None, **kwargs)`` opens a MuxCommunicator (``/ws/``) of ``app``,
+    its ``connected`` frame kept as ``.connected``; all disconnect at the end."""
+    from roomcast.testing import MuxCommunicator  # loaded before Django is set up
+
+    async def open_(token: str | None = None, **kwargs: Any) -> Any:
+        communicator = MuxCommunicator(app, token=token, **kwargs)
+        communicator.connected = await communicator.open()
+        communicators.append(communicator)
+        return communicator
+
+    return open_
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from roomcast import auth, fanout, rooms, services
 from roomcast.protocol import CloseCode
-from roomcast.testing import MuxCommunicator, RoomCommunicator
+from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,23 +24,6 @@ User = get_user_model()
 
 def sync(func):
     return database_sync_to_async(func)
-
-
-@pytest.fixture
-async def mux(app):
-    """``await mux(**kwargs)`` opens a MuxCommunicator; all disconnect at the end."""
-    opened = []
-
-    async def open_(**kwargs):
-        communicator = MuxCommunicator(app, **kwargs)
-        connected = await communicator.open()
-        communicator.connected = connected
-        opened.append(communicator)
-        return communicator
-
-    yield open_
-    for communicator in opened:
-        await communicator.disconnect()
 
 
 @pytest.fixture
