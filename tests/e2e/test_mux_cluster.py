@@ -6,13 +6,12 @@ taken away from one subscription while the socket's other rooms go on.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_presence_e2e import shell, sockets, tokens_for  # noqa: F401  (a fixture)
+from tests.e2e.test_presence_e2e import shell, tokens_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
