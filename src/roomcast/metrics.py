@@ -70,7 +70,7 @@ try:
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 except ImportError:  # pragma: no cover - the dev environment installs it
-    prometheus_client = None
+    prometheus_client = None  # type: ignore[assignment]
 
 MULTIPROCESS = prometheus_client is not None and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 #: This process's metrics (not prometheus_client's global REGISTRY: a project's own
@@ -177,7 +177,7 @@ def exposition() -> tuple[bytes, str] | None:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -188,7 +188,7 @@ def _process_exit() -> None:
 
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
-        multiprocess.mark_process_dead(os.getpid(), directory)
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
 if MULTIPROCESS:
