@@ -382,6 +382,7 @@ class Member:
         if held is not None:
             held.append((seq, frame))
             if len(held) > connection.max_frames:
+                metrics.SLOW_CLOSES.inc()
                 connection.close(CloseCode.TRY_AGAIN_LATER, "too far behind while joining")
             return
         if seq is not None:
