@@ -446,6 +446,7 @@ class Hub:
                 changed.append(replace)
             for target, final in changed:
                 _replace_recent(room.recent, int(target), str(final))
+            metrics.DELIVERIES.inc(len(room.members))  # seed members skip it: an upper bound
             for member in room.members:
                 if member.connection.v1:
                     member.deliver(seq, frame)
