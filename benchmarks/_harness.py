@@ -34,6 +34,10 @@ from typing import Any
 ROOMCAST = str(Path(sys.executable).with_name("roomcast"))
 REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Lifetime of the tokens of the users a benchmark creates: longer than any run.
+TOKEN_TTL_SECS = 3 * 3600
+#: Longest wait for the creation of a benchmark's users (thousands take seconds).
+USERS_TIMEOUT_SECS = 300
 #: Packages whose versions decide the numbers; recorded with every result.
 PACKAGES = (
     "roomcast",
@@ -178,7 +182,8 @@ class Processes:
         """``roomcast serve`` on a free port, its data dir and settings from ``env``;
         ``binary``: another build's ``roomcast`` (a checkout's ``.venv/bin/roomcast``)."""
         port = free_port()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Private, as roomcast serve wants its data dir (else it says so in its log).
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {
             "ROOMCAST_DATA_DIR": str(data_dir),
             "ROOMCAST_LOG_LEVEL": "WARNING",
@@ -196,6 +201,52 @@ class Processes:
         os.environ.pop("DJANGO_SETTINGS_MODULE", None)
         argv = [binary, "serve", "--port", str(port), "--log-level", "warning"]
         return self.start(name, argv, port=port, env=env, nofile=nofile)
+
+    def users(
+        self,
+        data_dir: Path,
+        names: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        ttl: int = TOKEN_TTL_SECS,
+        binary: str = ROOMCAST,
+    ) -> list[str]:
+        """Create the users ``names`` in the database of the ``roomcast serve`` that runs
+        on ``data_dir`` (and ``env``), without passwords as ``roomcast user create`` does,
+        and return a connection token for each, in order, as ``roomcast token NAME`` makes
+        them (``roomcast.auth.issue_token``, the site's own secret key). One ``roomcast
+        manage shell`` for all of them: a ``roomcast user create`` per user would take
+        minutes for thousands."""
+        script = (
+            "import json, sys\n"
+            "from django.contrib.auth import get_user_model\n"
+            "from roomcast.auth import issue_token\n"
+            "User = get_user_model()\n"
+            "names = json.loads(sys.stdin.read())\n"
+            "users = [User(username=n) for n in names]\n"
+            "for u in users:\n"
+            "    u.set_unusable_password()\n"
+            "User.objects.bulk_create(users, batch_size=500)\n"
+            "by = {u.username: u for u in User.objects.filter(username__in=names)}\n"
+            f"print(json.dumps([issue_token(by[n], ttl={int(ttl)}) for n in names]))\n"
+        )
+        env = {"ROOMCAST_DATA_DIR": str(data_dir), "ROOMCAST_LOG_LEVEL": "WARNING", **(env or {})}
+        os.environ.pop("DJANGO_SETTINGS_MODULE", None)
+        proc = subprocess.run(
+            [binary, "manage", "shell", "-c", script],
+            input=json.dumps(names),
+            env={**os.environ, **env},
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=USERS_TIMEOUT_SECS,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"creating {len(names)} users failed:\n{proc.stderr[-3000:]}")
+        tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+        if len(tokens) != len(names):
+            raise RuntimeError(f"asked for {len(names)} tokens, got {len(tokens)}")
+        return [str(t) for t in tokens]
 
     def bare_uvicorn(self, name: str, ws: str = "lean", *, nofile: int | None = None) -> Proc:
         """``bare_asgi.py`` on uvicorn with the options ``roomcast serve`` uses: the floor.

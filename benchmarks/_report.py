@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 PERCENTILES = (0.50, 0.90, 0.95, 0.99)
 #: Lines of each server's log shown in the report (the first: a traceback starts there).
 LOG_LINES_SHOWN = 12
-#: Keys of PhaseResult.cpu that are not processes serving the room.
-_NOT_SERVING = ("client", "members", "members_max", "machine", "steal")
+#: Keys of PhaseResult.cpu that are not processes serving the room ("churners": the
+#: process of users joining and leaving, churn.py).
+_NOT_SERVING = ("client", "members", "members_max", "machine", "steal", "churners")
+#: Target pairs of the ratios table, first / second, by default (fanout.py's targets).
+PAIRS = (("roomcast", "seed"), ("roomcast", "baseline"), ("roomcast", "before"), ("pubsub", "core"))
 
 
 @dataclass
@@ -101,9 +104,13 @@ def _counterpart(results: list[PhaseResult], r: PhaseResult, target: str) -> Pha
 
 
 def report(
-    results: list[PhaseResult], facts: dict[str, str], command: str, logs: dict[str, list[str]]
+    results: list[PhaseResult],
+    facts: dict[str, str],
+    command: str,
+    logs: dict[str, list[str]],
+    pairs: tuple[tuple[str, str], ...] = PAIRS,
 ) -> str:
-    """The run as Markdown: machine, command, tables, ratios."""
+    """The run as Markdown: machine, command, tables, ratios of the targets ``pairs``."""
     out = ["## Machine", ""]
     out += [f"- {key}: {value}" for key, value in facts.items()]
     out += ["", "## Command", "", "```", command, "```", ""]
@@ -173,8 +180,7 @@ def report(
     out += _table(
         "deliveries/s|p50 latency|p99 latency|first-receipt p50|server+redis CPU per delivery"
     )
-    pairs = (("roomcast", "seed"), ("roomcast", "baseline"), ("roomcast", "before"))
-    for x, y in (*pairs, ("pubsub", "core")):
+    for x, y in pairs:
         for rx in results:
             ry = _counterpart(results, rx, y) if rx.target == x else None
             if ry is None:

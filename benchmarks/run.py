@@ -1,12 +1,14 @@
-"""The standard benchmark set, one command: issue 3's scenarios (a)-(e) and its targets.
+"""The standard benchmark set, one command: issue 3's scenarios (a)-(e), issue 8's (f) and
+(g), and their targets.
 
-    .venv/bin/python benchmarks/run.py            # or scripts/bench; about 8 minutes
+    .venv/bin/python benchmarks/run.py            # or scripts/bench; about 20 minutes
 
-Runs each step below as its own process (``fanout.py``, ``idle.py``, ``ingest.py``, each
-bounded by its ``--time-limit`` and stopping its own servers), then writes
-``benchmarks/results/YYYY-MM-DD-<commit>.md``: the machine, a table of issue 3's targets
-with the measured values, ratios and pass/fail, and every step's own report. Only
-measured values are printed; the targets' ratios are taken within one step (one run).
+Runs each step below as its own process (``fanout.py``, ``idle.py``, ``ingest.py``,
+``churn.py``, ``multiroom.py``, each bounded by its ``--time-limit`` and stopping its own
+servers), then writes ``benchmarks/results/YYYY-MM-DD-<commit>.md``: the machine, a table
+of the targets with the measured values, ratios and pass/fail, and every step's own
+report. Only measured values are printed; the targets' ratios are taken within one step
+(one run).
 """
 
 from __future__ import annotations
@@ -72,6 +74,20 @@ STEPS = (
         "fanout.py --scenarios embedded --targets roomcast,baseline --members 5000 "
         "--messages 50 --rate 2".split(),
         200,
+    ),
+    Step(
+        "f",
+        "(f) a room of 1,000 on /ws/ with presence, 50 joins + 50 leaves/s, flat out: vs (a)",
+        "churn.py --targets chat,mux,churn --members 1000 --member-auth users --messages 1000 "
+        "--joins 50 --stay 1".split(),
+        420,
+    ),
+    Step(
+        "g",
+        "(g) 10,000 /ws/ sockets in 5 rooms each vs one-room sockets; 10 rooms vs 1 (2,000)",
+        "multiroom.py --sockets 10000 --rooms-per-socket 5 --rooms 2000 --goal-sockets 2000 "
+        "--goal-rooms 10".split(),
+        1200,
     ),
 )
 
@@ -236,12 +252,103 @@ def _targets_e(data: dict[str, Any]) -> list[Row]:
     return rows or [("(e) 5,000 members", "-", "not measured", "-", _verdict(False))]
 
 
+def _targets_f(data: dict[str, Any]) -> list[Row]:
+    by = {r["target"]: r for r in data.get("results", []) if r["round"] == 1}
+    churn, chat, mux = by.get("churn"), by.get("chat"), by.get("mux")
+    rows = []
+    if churn and chat and chat["deliveries_per_sec"]:
+        ratio = churn["deliveries_per_sec"] / chat["deliveries_per_sec"]
+        bad = churn["lost"] + churn["duplicates"] + churn["out_of_order"]
+        measured = (
+            f"{churn['deliveries_per_sec']:,.0f} vs {chat['deliveries_per_sec']:,.0f}/s "
+            f"(server CPU {churn['server_us']:.1f} vs {chat['server_us']:.1f} µs per "
+            "delivery); "
+            f"{churn['presence_per_member_sec']:.2f} presence frames per member per s; "
+            f"{churn['joins_per_sec']:.1f} joins/s, {churn['leaves_per_sec']:.1f} leaves/s; "
+            f"lost {churn['lost']}, dup {churn['duplicates']}, "
+            f"out of order {churn['out_of_order']}"
+        )
+        ok = ratio >= 0.85 and not bad and not churn["timed_out"]
+        rows.append(
+            (
+                f"(f) {churn['members']:,} on /ws/ with presence and churn / (a) on "
+                "/ws/chat/, flat out",
+                ">= 0.85x, 0 lost",
+                measured,
+                f"{ratio:.2f}x",
+                _verdict(ok),
+            )
+        )
+    else:
+        rows.append(
+            ("(f) presence and churn / (a)", ">= 0.85x", "not measured", "-", _verdict(False))
+        )
+    if mux and chat and chat["deliveries_per_sec"]:
+        ratio = mux["deliveries_per_sec"] / chat["deliveries_per_sec"]
+        rows.append(
+            (
+                "(f) the same on /ws/ without churn / (a)",
+                "none; 0 lost",
+                f"{mux['deliveries_per_sec']:,.0f}/s ({mux['server_us']:.1f} µs per delivery), "
+                f"lost {mux['lost']}",
+                f"{ratio:.2f}x",
+                _verdict(mux["lost"] == 0),
+            )
+        )
+    return rows
+
+
+def _targets_g(data: dict[str, Any]) -> list[Row]:
+    by = {(r["group"], r["target"]): r for r in data.get("results", []) if r["round"] == 1}
+    rows = []
+    chat = by.get(("big", "chat x1"))
+    for (group, _), r in by.items():
+        if group != "big" or r["endpoint"] != "ws" or chat is None:
+            continue
+        rows.append(
+            (
+                f"(g) {r['sockets']:,} /ws/ sockets x {r['rooms_per_socket']} rooms "
+                f"(over {r['rooms']:,})",
+                "none; all open",
+                f"{r['kb_per_socket']:.1f} KB per socket vs {chat['kb_per_socket']:.1f} "
+                f"one-room; {r['sockets_per_sec']:,.0f} vs {chat['sockets_per_sec']:,.0f} "
+                f"sockets/s ({r['subscriptions_per_sec']:,.0f} subscriptions/s)",
+                f"{r['kb_per_socket'] / chat['kb_per_socket']:.2f}x the memory"
+                if chat["kb_per_socket"]
+                else "-",
+                _verdict(r["opened"] == r["sockets"] and chat["opened"] == chat["sockets"]),
+            )
+        )
+    single = by.get(("goal", "chat x1"))
+    many = [r for (g, _), r in by.items() if g == "goal" and r["rooms_per_socket"] > 1]
+    for r in many:
+        if single is None or not single["kb_per_socket"]:
+            continue
+        ratio = r["kb_per_socket"] / single["kb_per_socket"]
+        ok = ratio <= 2 and r["opened"] == r["sockets"] and single["opened"] == single["sockets"]
+        one = by.get(("goal", "ws x1"))
+        versus = f"; /ws/ x1 {one['kb_per_socket']:.1f} KB" if one else ""
+        rows.append(
+            (
+                f"(g) a socket in {r['rooms_per_socket']} rooms / a one-room socket "
+                f"({r['sockets']:,} each)",
+                "<= 2x",
+                f"{r['kb_per_socket']:.1f} vs {single['kb_per_socket']:.1f} KB{versus}",
+                f"{ratio:.2f}x",
+                _verdict(ok),
+            )
+        )
+    return rows or [("(g) sockets in many rooms", "-", "not measured", "-", _verdict(False))]
+
+
 TARGETS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "a": _targets_a,
     "b": _targets_b,
     "c": _targets_c,
     "d": _targets_d,
     "e": _targets_e,
+    "f": _targets_f,
+    "g": _targets_g,
 }
 
 
@@ -269,7 +376,7 @@ def _run_step(step: Step, tmp: Path) -> tuple[dict[str, Any], str, int, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the standard set; 0 when every step delivered and stored everything."""
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__)
-    parser.add_argument("--steps", default="abcde", help="which of a-e to run (default all)")
+    parser.add_argument("--steps", default="abcdefg", help="which of a-g to run (default all)")
     parser.add_argument("--output", type=Path, help="results file (default: see above)")
     args = parser.parse_args(argv)
     steps = [s for s in STEPS if s.name in args.steps]
@@ -298,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     out += [f"- steps: {'; '.join(codes)}; total {time.monotonic() - started:.0f} s", ""]
     if facts["src/ digest at end"] != facts["src/ digest at start"]:
         out += ["src/ changed during the run: steps started later ran other code.", ""]
-    out += ["## Issue 3's targets", ""]
+    out += ["## Targets (issue 3: a-e; issue 8: f, g)", ""]
     out += ["| target | wanted | measured | ratio | verdict |", "| --- | --- | --- | --- | --- |"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     out += ["", *parts]
