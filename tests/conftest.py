@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,30 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def make_users(
+    names: list[str], *, staff: Collection[str] = (), superusers: Collection[str] = ()
+) -> dict[str, Any]:
+    """Users by name, created in the order of ``names``: those in ``staff`` with
+    ``is_staff``, those in ``superusers`` superusers (``NAME@example.com``, no password)."""
+    from django.contrib.auth import get_user_model  # loaded before Django is set up
+
+    User = get_user_model()
+    made = {}
+    for name in names:
+        if name in superusers:
+            made[name] = User.objects.create_superuser(name, f"{name}@example.com", None)
+        else:
+            made[name] = User.objects.create_user(name, is_staff=name in staff)
+    return made
+
+
+def identities(users: dict[str, Any]) -> dict[str, Any]:
+    """Each user's ``access.Identity`` by name, and the users themselves as ``"users"``."""
+    from roomcast import access  # loaded before Django is set up
+
+    return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
 
 
 # -- checks: fail fast with what to start --------------------------------------------------
@@ -182,6 +206,46 @@ async def app() -> Any:
     running = hub.running_hub()
     if running is not None:
         await running.close()
+
+
+@pytest.fixture
+async def communicators(app: Any) -> Any:
+    """A list: the communicators of ``app`` put in it disconnect at the end of the test,
+    before the hub closes."""
+    opened: list[Any] = []
+    yield opened
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+@pytest.fixture
+def room_of(app: Any, communicators: list[Any]) -> Any:
+    """``await room_of(name, **kwargs)`` joins a RoomCommunicator (``/ws/chat/<name>/``)
+    of ``app``; all disconnect at the end."""
+    from roomcast.testing import RoomCommunicator  # loaded before Django is set up
+
+    async def join(name: str, **kwargs: Any) -> Any:
+        communicator = RoomCommunicator(app, name, **kwargs)
+        await communicator.join()
+        communicators.append(communicator)
+        return communicator
+
+    return join
+
+
+@pytest.fixture
+def mux(app: Any, communicators: list[Any]) -> Any:
+    """``await mux(token=None, **kwargs)`` opens a MuxCommunicator (``/ws/``) of ``app``,
+    its ``connected`` frame kept as ``.connected``; all disconnect at the end."""
+    from roomcast.testing import MuxCommunicator  # loaded before Django is set up
+
+    async def open_(token: str | None = None, **kwargs: Any) -> Any:
+        communicator = MuxCommunicator(app, token=token, **kwargs)
+        communicator.connected = await communicator.open()
+        communicators.append(communicator)
+        return communicator
+
+    return open_
 
 
 @pytest.fixture(autouse=True)

@@ -27,22 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 UNICODE_ROOMS = ["技术交流", "café", "a room with spaces", "é" * 200, "lobby"]
 
 
-@pytest.fixture
-async def room_of(app):
-    """``await room_of(name, **kwargs)`` joins a RoomCommunicator; all disconnect at the end."""
-    opened = []
-
-    async def join(name, **kwargs):
-        communicator = RoomCommunicator(app, name, **kwargs)
-        await communicator.join()
-        opened.append(communicator)
-        return communicator
-
-    yield join
-    for communicator in opened:
-        await communicator.disconnect()
-
-
 async def test_seed_client_sends_and_reads_message_key(room_of):
     """A seed client (no subprotocol) sends {"message"} and reads data["message"]."""
     alice = await room_of("lobby", v1=False)

@@ -9,14 +9,13 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 from django.utils import timezone
 
 from roomcast import access, auth, cursors, edits, fanout, push, services
 from roomcast.exceptions import PermissionDeniedError
 from roomcast.models import ReadCursor, Room, RoomMember
-from tests.conftest import free_port
+from tests.conftest import free_port, identities, make_users
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,13 +24,7 @@ API_KEY = "test-api-key-0123456789"
 
 @pytest.fixture
 def people() -> dict[str, Any]:
-    User = get_user_model()
-    users = {
-        "alice": User.objects.create_user("alice"),
-        "bob": User.objects.create_user("bob"),
-        "staff": User.objects.create_user("staff", is_staff=True),
-    }
-    return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
+    return identities(make_users(["alice", "bob", "staff"], staff={"staff"}))
 
 
 @pytest.fixture

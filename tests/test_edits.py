@@ -13,10 +13,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from roomcast import access, edits, hub, push, services
+from roomcast import access, edits, push, services
 from roomcast.exceptions import (
     InvalidFrameError,
     InvalidRoomNameError,
@@ -24,8 +23,7 @@ from roomcast.exceptions import (
     PermissionDeniedError,
 )
 from roomcast.models import Message, Room, RoomMember
-from roomcast.routing import websocket_application
-from roomcast.testing import RoomCommunicator
+from tests.conftest import identities, make_users
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,15 +31,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def people() -> dict[str, Any]:
     """alice (the author), bob, staff, carol (lobby's admin); their identities."""
-    User = get_user_model()
-    users = {
-        "alice": User.objects.create_user("alice"),
-        "bob": User.objects.create_user("bob"),
-        "staff": User.objects.create_user("staff", is_staff=True),
-        "root": User.objects.create_superuser("root", "root@example.com", None),
-        "carol": User.objects.create_user("carol"),
-    }
-    return {name: access.identity_for(user) for name, user in users.items()} | {"users": users}
+    users = make_users(
+        ["alice", "bob", "staff", "root", "carol"], staff={"staff"}, superusers={"root"}
+    )
+    return identities(users)
 
 
 @pytest.fixture
@@ -290,29 +283,10 @@ def test_layer_message_has_the_contracts_shape(lobby):
 # -- live sockets -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def sockets():
-    """``await sockets(room, **kw)``: a joined communicator; all closed, and the hub."""
-    opened = []
-    app = websocket_application()
-
-    async def join(room: str, **kwargs: Any) -> RoomCommunicator:
-        communicator = RoomCommunicator(app, room, **kwargs)
-        await communicator.join()
-        opened.append(communicator)
-        return communicator
-
-    yield join
-    for communicator in opened:
-        await communicator.disconnect()
-    if (running := hub.running_hub()) is not None:
-        await running.close()
-
-
-async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, sockets):
+async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, room_of):
     """A member of /ws/chat/<room>/ (v1) gets the edit and the delete as they happen:
     from async code and, after commit, from a worker thread."""
-    member = await sockets(lobby)
+    member = await room_of(lobby)
     await member.receive_messages(2)  # the catch-up
     change = await edits.aedit_message(lobby, 1, "live edit", by=people["alice"], client_id="c9")
     frame = await member.receive_event("edit")
@@ -332,11 +306,11 @@ async def test_a_live_v1_socket_receives_edit_and_delete_events(people, lobby, s
     assert await member.receive_nothing(0.1)
 
 
-async def test_a_reconnecting_socket_replays_the_events(people, lobby, sockets):
+async def test_a_reconnecting_socket_replays_the_events(people, lobby, room_of):
     """since= replays the events and each message in its final state."""
     await edits.aedit_message(lobby, 1, "edited while away")
     await edits.adelete_message(lobby, 2)
-    member = await sockets(lobby, since=1)
+    member = await room_of(lobby, since=1)
     frames = [await member.receive_event() for _ in range(3)]
     assert [(f["type"], f["seq"]) for f in frames] == [("message", 2), ("edit", 3), ("delete", 4)]
     assert frames[0]["deleted"] is True and frames[0]["message"] == ""

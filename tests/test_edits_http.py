@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from roomcast import auth, hub, push, services
 from roomcast.models import Message, Room, RoomMember
 from roomcast.routing import websocket_application
 from roomcast.testing import RoomCommunicator
+from tests.conftest import make_users
 from tests.test_enforce import expired_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,12 +26,7 @@ API_KEY = "test-api-key-0123456789"
 
 @pytest.fixture
 def users() -> dict[str, Any]:
-    User = get_user_model()
-    return {
-        "alice": User.objects.create_user("alice"),
-        "bob": User.objects.create_user("bob"),
-        "root": User.objects.create_superuser("root", "root@example.com", None),
-    }
+    return make_users(["alice", "bob", "root"], superusers={"root"})
 
 
 @pytest.fixture

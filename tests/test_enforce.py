@@ -34,10 +34,9 @@ TOKEN_IN_URL = "tokens go in the Authorization header or the first frame (auth),
 
 
 @pytest.fixture
-async def sockets(app):
+def sockets(app, communicators):
     """``await sockets(path_or_room, token=, headers=, v1=)``: a connected communicator
     (not yet past joined); all are disconnected at the end."""
-    opened = []
 
     async def open_socket(room, *, token=None, headers=(), v1=True, query=""):
         path = f"/ws/chat/{room}/" + (f"?{query}" if query else "")
@@ -49,12 +48,10 @@ async def sockets(app):
         )
         connected, _ = await communicator.connect(5)
         assert connected
-        opened.append(communicator)
+        communicators.append(communicator)
         return communicator
 
-    yield open_socket
-    for communicator in opened:
-        await communicator.disconnect()
+    return open_socket
 
 
 @pytest.fixture

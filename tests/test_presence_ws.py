@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
 from roomcast import auth, presence, rooms
-from roomcast.testing import MuxCommunicator, RoomCommunicator
+from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,22 +30,6 @@ def short_batches(settings: Any) -> None:
 async def token_for(name: str) -> str:
     user = await database_sync_to_async(User.objects.create_user)(name)
     return await database_sync_to_async(auth.issue_token)(user)
-
-
-@pytest.fixture
-async def mux(app: Any) -> Any:
-    """``await mux(token)`` opens a /ws/ socket; all are closed at the end."""
-    opened: list[MuxCommunicator] = []
-
-    async def open_(token: str | None = None) -> MuxCommunicator:
-        socket = MuxCommunicator(app, token=token)
-        await socket.open()
-        opened.append(socket)
-        return socket
-
-    yield open_
-    for socket in opened:
-        await socket.disconnect()
 
 
 async def next_of(socket: Any, *kinds: str) -> dict[str, Any]:

@@ -10,40 +10,19 @@ from django.core.management import call_command
 from django.db import transaction
 from django.test import AsyncClient, override_settings
 
-from roomcast import fanout, hub, push
+from roomcast import fanout, push
 from roomcast.exceptions import InvalidRoomNameError, SynchronousCallError
 from roomcast.models import Message
 from roomcast.protocol import CloseCode
-from roomcast.routing import websocket_application
-from roomcast.testing import RoomCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 API_KEY = "test-api-key-0123456789"
 
 
-@pytest.fixture
-async def member():
-    """``await member(room)``: a joined v1 communicator; the hub is closed afterwards."""
-    opened = []
-    app = websocket_application()
-
-    async def join(room):
-        communicator = RoomCommunicator(app, room)
-        await communicator.join()
-        opened.append(communicator)
-        return communicator
-
-    yield join
-    for communicator in opened:
-        await communicator.disconnect()
-    if (running := hub.running_hub()) is not None:
-        await running.close()
-
-
-async def test_asend_to_room_stores_a_system_message_and_delivers_it(member):
+async def test_asend_to_room_stores_a_system_message_and_delivers_it(room_of):
     """The async push stores a system message with the room's next seq and delivers it."""
-    alice = await member("news")
+    alice = await room_of("news")
     stored = await push.asend_to_room("news", "deploy finished")
     frame = await alice.receive_event("message")
     assert frame["message"] == "deploy finished" and frame["kind"] == "system"
@@ -51,17 +30,17 @@ async def test_asend_to_room_stores_a_system_message_and_delivers_it(member):
     assert await Message.objects.filter(room__name="news", kind="system").acount() == 1
 
 
-async def test_send_to_room_from_a_worker_thread(member):
+async def test_send_to_room_from_a_worker_thread(room_of):
     """The sync push works from a plain thread while the server loop runs."""
-    alice = await member("技术交流")
+    alice = await room_of("技术交流")
     stored = await asyncio.to_thread(push.send_to_room, "技术交流", "from a thread")
     frame = await alice.receive_event("message")
     assert frame["message"] == "from a thread" and frame["seq"] == stored.seq
 
 
-async def test_send_to_room_in_a_transaction_publishes_on_commit_only(member):
+async def test_send_to_room_in_a_transaction_publishes_on_commit_only(room_of):
     """Inside atomic(), a push is published on commit, and not at all on rollback."""
-    alice = await member("tx")
+    alice = await room_of("tx")
 
     def rolled_back():
         with transaction.atomic():
@@ -92,9 +71,9 @@ async def test_sync_push_from_async_code_raises():
         push.disconnect("lobby")
 
 
-async def test_thousands_of_sync_pushes_reuse_one_loop(member):
+async def test_thousands_of_sync_pushes_reuse_one_loop(room_of):
     """2,000 sync pushes in a row start no event loop or thread per call and lose nothing."""
-    alice = await member("flood")
+    alice = await room_of("flood")
     threads_before = threading.active_count()
 
     def flood():
@@ -132,10 +111,10 @@ def test_push_rejects_bad_input():
     assert Message.objects.count() == 0
 
 
-async def test_disconnect_closes_the_room_or_one_user(member):
+async def test_disconnect_closes_the_room_or_one_user(room_of):
     """adisconnect closes every member of the room with 4000 (do not reconnect)."""
-    alice = await member("kick")
-    bob = await member("kick")
+    alice = await room_of("kick")
+    bob = await room_of("kick")
     await push.adisconnect("kick", user_id=12345)  # nobody is user 12345
     assert await alice.receive_nothing(0.1)
     await push.adisconnect("kick", reason="bye")
@@ -154,11 +133,11 @@ def test_management_command_pushes(capsys):
 # -- HTTP push API --------------------------------------------------------------------------
 
 
-async def test_http_push_api(member):
+async def test_http_push_api(room_of):
     """POST /api/rooms/<room>/messages with the API key pushes; the history GET reads it back."""
     # ASCII room: Django's test client decodes percent-encoded paths as Latin-1 where
     # uvicorn uses UTF-8; Unicode rooms over real HTTP are covered in tests/e2e.
-    alice = await member("news-room")
+    alice = await room_of("news-room")
     client = AsyncClient()
     auth = {"Authorization": f"Bearer {API_KEY}"}
     response = await client.post(
@@ -206,9 +185,9 @@ async def test_http_push_api_off_without_keys():
     assert response.status_code == 403 and response.json()["error"] == "api_disabled"
 
 
-async def test_http_disconnect_api(member):
+async def test_http_disconnect_api(room_of):
     """POST /api/rooms/<room>/disconnect closes the room's sockets."""
-    alice = await member("kick")
+    alice = await room_of("kick")
     response = await AsyncClient().post(
         "/api/rooms/kick/disconnect",
         {"reason": "closing"},

@@ -9,12 +9,12 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client, override_settings
 
 from roomcast import fanout, push, services
 from roomcast.models import Message, Room
+from tests.conftest import make_users
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,12 +24,7 @@ KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture
 def users() -> dict[str, Any]:
-    User = get_user_model()
-    return {
-        "alice": User.objects.create_user("alice"),
-        "bob": User.objects.create_user("bob"),
-        "root": User.objects.create_superuser("root", "root@example.com", None),
-    }
+    return make_users(["alice", "bob", "root"], superusers={"root"})
 
 
 def stream_of(user: Any) -> list[tuple[int, str, str]]:

@@ -41,7 +41,7 @@ from django.views.decorators.http import require_http_methods
 from . import access, auth, cursors, push, rooms
 from .conf import roomcast_settings
 from .models import Room, RoomMember
-from .protocol import InvalidFrameError, ProtocolError, TokenInURLError, codec
+from .protocol import InvalidFrameError, ProtocolError, codec
 from .views import USERNAME_MAX_CHARS as _USERNAME_MAX_CHARS
 from .views import _authorized, _error, _json_body, _reader, _response_for, _room_name
 
@@ -295,8 +295,6 @@ async def user_rooms(request: HttpRequest, username: str) -> HttpResponse:
     (any other name is the 404 of a user that does not exist).
     """
     try:
-        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
-            raise TokenInURLError()
         reader = await _reader(request)
         if isinstance(reader, HttpResponse):
             return reader

@@ -122,6 +122,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("ROOMCAST['ALLOW_ANONYMOUS'] must be True or False.", id="roomcast.E004")
         )
+    if not isinstance(roomcast_settings.METRICS_PUBLIC, bool):
+        errors.append(
+            Error("ROOMCAST['METRICS_PUBLIC'] must be True or False.", id="roomcast.E022")
+        )
     errors.extend(_check_allowed_origins(roomcast_settings.ALLOWED_ORIGINS))
     keys = roomcast_settings.API_KEYS
     if not isinstance(keys, list | tuple) or not all(

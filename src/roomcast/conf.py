@@ -123,6 +123,9 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_LIVE_MAX": 200,
     # Users listed in a presence frame at most (the rest are counted).
     "PRESENCE_LIST_MAX": 1000,
+    # Whether GET /metrics answers without an API key. Off: the counts tell who is active
+    # and when, so Prometheus sends Authorization: Bearer <API key>.
+    "METRICS_PUBLIC": False,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from . import direct
+from . import direct, metrics
 from .protocol import CloseCode
 from .protocol.codec import close_reason, encode, is_v1_only, unsubscribed_event
 
@@ -182,11 +182,13 @@ class Connection:
     def _enqueue(self, frame: str) -> None:
         self._buffer.append(frame)
         if len(self._buffer) > self.max_frames + self._slack_frames:
+            metrics.SLOW_CLOSES.inc()
             self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON)
             return
         if self._writer is not None and self.max_bytes:
             self._bytes += _size(frame)
             if self._bytes > self.max_bytes + self._slack:
+                metrics.SLOW_CLOSES.inc()
                 self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON)
             return  # the writer task drains it
         self._kick()
@@ -380,6 +382,7 @@ class Member:
         if held is not None:
             held.append((seq, frame))
             if len(held) > connection.max_frames:
+                metrics.SLOW_CLOSES.inc()
                 connection.close(CloseCode.TRY_AGAIN_LATER, "too far behind while joining")
             return
         if seq is not None:

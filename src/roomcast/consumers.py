@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import cursors, edits, limits, security, services
+from . import cursors, edits, limits, metrics, security, services
 from .access import Identity
 from .conf import roomcast_settings
 from .connection import Connection, Member
@@ -105,6 +105,7 @@ class _Socket:
 
     async def run(self, receive: Any) -> None:
         """Serve the connection until the client goes away."""
+        metrics.socket_opened(self)
         try:
             while True:
                 message = await receive()
@@ -117,6 +118,7 @@ class _Socket:
                     return
         finally:
             self.disconnect()
+            metrics.socket_closed(self)
 
     def _read_url(self) -> codec.ConnectQuery:
         """Check the URL (raises ProtocolError); returns its query."""

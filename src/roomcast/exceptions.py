@@ -5,7 +5,10 @@
     RoomcastError                       anything roomcast raises on purpose
     ├── PushError                       a push could not be published in time
     ├── SynchronousCallError            a sync API was called from async code
-    └── PermissionDeniedError           the user may not do this in this room (code, detail)
+    ├── PermissionDeniedError           the user may not do this in this room (code, detail)
+    ├── MessageNotFoundError            no such message to edit or delete (not_found)
+    └── presence.PresenceUnavailableError  Redis does not answer and this process has no
+                                        view of the room
 
     protocol.ProtocolError              a client frame or URL the server refuses (code,
     ├── InvalidFrameError               detail, close_code); defined in the pure

@@ -29,6 +29,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from . import metrics
 from .conf import roomcast_settings
 from .exceptions import PushError, SynchronousCallError
 from .hub import CONTROL_GROUP, running_hub
@@ -110,6 +111,7 @@ async def publish_stored(room: str, message: dict[str, Any]) -> None:
     try:
         await publish(room, message)
     except Exception:
+        metrics.PUBLISH_ERRORS.inc()
         logger.warning(
             "Publishing seq %s to room %r failed; retrying in the background",
             message.get("seq"),

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from . import metrics
 from .connection import CatchUp, Connection, Member, Send
 from .protocol import CloseCode
 from .protocol.codec import close_reason, encode, is_v1_only, message_event
@@ -202,6 +203,7 @@ class Hub:
                 member.room, self._group_name(member.room), self.recent_count
             )
         room.members[member] = None  # from here on it holds live frames
+        metrics.SUBSCRIPTIONS.inc()
         if member.user_id is not None:
             self._users.setdefault(member.user_id, []).append(member)
         if member.rights_epoch != self.access_epoch:
@@ -225,6 +227,7 @@ class Hub:
         room = self._rooms.get(member.room)
         if room is None or room.members.pop(member, False) is False:
             return
+        metrics.SUBSCRIPTIONS.dec()
         if member.present:
             member.present = False
             self.presence.removed(member)
@@ -318,7 +321,11 @@ class Hub:
         delay = 0.1
         while True:
             try:
-                channel = await self.layer.new_channel("roomcast.control.")
+                # The rooms' prefix, not one of its own: channels_redis' core layer
+                # receives a process's channels of one prefix together, and a second
+                # prefix's receive holds its lock while it waits, so room messages
+                # stalled behind an idle control channel (found by the presence tests).
+                channel = await self.layer.new_channel("roomcast.")
                 await self.layer.group_add(CONTROL_GROUP, channel)
                 break
             except Exception:
@@ -439,10 +446,12 @@ class Hub:
                 changed.append(replace)
             for target, final in changed:
                 _replace_recent(room.recent, int(target), str(final))
+            metrics.DELIVERIES.inc(len(room.members))  # seed members skip it: an upper bound
             for member in room.members:
                 if member.connection.v1:
                     member.deliver(seq, frame)
             return
+        metrics.DELIVERIES.inc(len(room.members))  # once per message, not per member
         for member in room.members:
             member.deliver(seq, frame)
 
@@ -497,6 +506,7 @@ class Hub:
         )
 
     def _start_fill(self, room: _Room, target: int) -> None:
+        metrics.GAP_FILLS.inc()
         room.filling = True
         room.target = target
         self._spawn(self._fill(room))
@@ -529,6 +539,7 @@ class Hub:
                 for seq, frame in rows:
                     room.last_seq = seq
                     seed_skips = is_v1_only(frame)
+                    metrics.DELIVERIES.inc(len(room.members))
                     for member in room.members:
                         if not (seed_skips and not member.connection.v1):
                             member.deliver(seq, frame)

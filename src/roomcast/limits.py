@@ -55,6 +55,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
+from . import metrics
 from .conf import roomcast_settings
 from .hub import Member
 from .protocol import CloseCode, codec
@@ -261,6 +262,7 @@ class Quota:
             if user is not None and config.user_rate > 0:
                 user.tokens -= 1.0
             return True
+        metrics.RATE_LIMITED.inc()
         if config.close_after:
             leaked = (now - self._struck) * config.close_after / config.window
             self._strikes = max(0.0, self._strikes - leaked) + 1.0

@@ -22,22 +22,15 @@ from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from . import access, presence
-from .models import Room
-from .protocol import ProtocolError, TokenInURLError, codec
-from .views import _error, _reader, _response_for, _room_name
-
-
-def _may_read(identity: access.Identity, room: str) -> bool:
-    return Room.objects.filter(name=room).exists() and access.check(identity, room, "read")
+from . import presence
+from .protocol import ProtocolError
+from .views import _error, _may_read, _not_readable, _reader, _response_for, _room_name
 
 
 @require_http_methods(["GET"])
 async def api_presence(request: HttpRequest, room_name: str) -> HttpResponse:
     """Who is in the room now, on every process."""
     try:
-        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
-            raise TokenInURLError()
         reader = await _reader(request)
         if isinstance(reader, HttpResponse):
             return reader
@@ -45,8 +38,7 @@ async def api_presence(request: HttpRequest, room_name: str) -> HttpResponse:
     except ProtocolError as exc:
         return _response_for(exc)
     if reader is not None and not await database_sync_to_async(_may_read)(reader, room):
-        # One answer for "no such room" and "not yours to read".
-        return _error(404, "not_found", f"No room {room!r} that you may read.")
+        return _not_readable(room)
     try:
         body = await presence.amembers(room)
     except presence.PresenceUnavailableError as exc:

@@ -48,6 +48,7 @@ from django.db import (
 )
 from django.utils import timezone
 
+from . import metrics
 from .conf import roomcast_settings
 from .exceptions import StoreBusyError
 from .fanout import is_user_room
@@ -605,6 +606,7 @@ class StreamWriter:
             raise StoreBusyError(f"{limit} messages are waiting to be stored; send again shortly.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredMessage] = loop.create_future()
+        metrics.STORE_QUEUE.set(waiting + 1)
         self._queue.put((_post(room, text, user, kind, client_id, username), (loop, future)))
         if self._started < self.threads:
             self._start_threads()
@@ -702,6 +704,7 @@ class StreamWriter:
         with self._lock:
             self.batches += 1
             self.posts += len(batch)
+        metrics.STORE_QUEUE.set(self._queue.qsize())
         self._limit_lock_waits()
         try:
             posts = [post for post, _ in batch]
@@ -711,6 +714,7 @@ class StreamWriter:
         except Exception as exc:  # a bug: fail these posts, keep the thread
             logger.exception("The roomcast writer thread failed to store a batch")
             results = [exc] * len(batch)
+        metrics.batch_stored(posts, results)
         now = time.monotonic()
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         set_aside: dict[str, list[tuple[_Post, _Waiter]]] = {}

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, presence_views, views
+from . import api, ops_views, presence_views, views
 
 app_name = "roomcast"
 
 urlpatterns = [
     path("chat/", views.index, name="index"),
+    # For the operator: liveness, readiness, Prometheus (roomcast.ops_views).
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics_view, name="metrics"),
     path("chat/<str:room_name>/", views.room, name="room"),
     path("api/rooms/<str:room_name>/messages", views.api_messages, name="api-messages"),
     path("api/rooms/<str:room_name>/messages/<str:seq>", views.api_message, name="api-message"),

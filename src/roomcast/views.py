@@ -231,7 +231,13 @@ def _is_api_key(given: str) -> bool:
 
 async def _reader(request: HttpRequest) -> access.Identity | JsonResponse | None:
     """Who reads: None for an API key (full access), the identity of a user's token or
-    logged-in session, or the error response for anything else."""
+    logged-in session, or the error response for anything else.
+
+    Raises:
+        TokenInURLError: the query has a token (``?token=``): they go in the header.
+    """
+    if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
+        raise TokenInURLError()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     given = given.strip()
     if scheme.lower() == "bearer" and given:
@@ -261,19 +267,31 @@ async def _reader(request: HttpRequest) -> access.Identity | JsonResponse | None
     return response
 
 
+def _may_read(reader: access.Identity | None, room: str) -> bool:
+    """Whether ``reader`` (from :func:`_reader`) may read ``room``: an API key (None) any
+    room, a user a room that exists and that they may ``read``."""
+    if reader is None:
+        return True
+    return Room.objects.filter(name=room).exists() and access.check(reader, room, "read")
+
+
+def _not_readable(room: str) -> JsonResponse:
+    """The answer to a user about a room they may not read: one answer for "no such
+    room" and "not yours to read", so a private room's existence does not leak."""
+    return _error(404, "not_found", f"No room {room!r} that you may read.")
+
+
 def _readable_history(
-    identity: access.Identity, room: str, before: int | None, limit: int
+    reader: access.Identity | None, room: str, before: int | None, limit: int
 ) -> tuple[list[str], bool] | None:
-    """:func:`services.read_history` if ``room`` exists and ``identity`` may read it."""
-    if not Room.objects.filter(name=room).exists() or not access.check(identity, room, "read"):
+    """:func:`services.read_history` if ``reader`` may read ``room`` (:func:`_may_read`)."""
+    if not _may_read(reader, room):
         return None
     return services.read_history(room, before, limit)
 
 
 async def _get_messages(request: HttpRequest, room_name: str) -> HttpResponse:
     try:
-        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
-            raise TokenInURLError()
         reader = await _reader(request)
         if isinstance(reader, HttpResponse):
             return reader
@@ -286,14 +304,9 @@ async def _get_messages(request: HttpRequest, room_name: str) -> HttpResponse:
     except ProtocolError as exc:
         return _response_for(exc)
     limit = min(limit or codec.HISTORY_PAGE_DEFAULT, codec.HISTORY_PAGE_MAX)
-    if reader is None:
-        page = await database_sync_to_async(services.read_history)(room, before, limit)
-    else:
-        found = await database_sync_to_async(_readable_history)(reader, room, before, limit)
-        if found is None:
-            # One answer for "no such room" and "not yours to read".
-            return _error(404, "not_found", f"No room {room!r} that you may read.")
-        page = found
+    page = await database_sync_to_async(_readable_history)(reader, room, before, limit)
+    if page is None:
+        return _not_readable(room)
     frames, has_more = page
     body = (
         '{"messages":['
@@ -368,8 +381,6 @@ async def api_message(request: HttpRequest, room_name: str, seq: str) -> HttpRes
     A room the user may not read answers 404 like a message that does not exist.
     """
     try:
-        if any(name in request.GET for name in codec.TOKEN_QUERY_PARAMETERS):
-            raise TokenInURLError()
         actor = await _reader(request)
         if isinstance(actor, HttpResponse):
             return actor

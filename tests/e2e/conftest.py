@@ -223,3 +223,54 @@ def cluster(serve: Any, redis_server: Any, redis_prefix: str, postgres_database:
         return [serve(**shared) for _ in range(n)]
 
     return start
+
+
+# -- /ws/ clients for tests on real servers ----------------------------------------------
+
+
+class Socket:
+    """A ``/ws/`` client: JSON frames, waiting for the ones a test names."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def next_of(self, *kinds: str, timeout: float = 30) -> dict[str, Any]:
+        """The next frame of one of ``kinds``, skipping others."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if frame["type"] in kinds:
+                    return frame
+
+    async def subscribe(self, room: str) -> dict[str, Any]:
+        """Subscribe; the first presence frame after ``joined`` (it lists the socket's
+        own user too: it comes when the batch the subscription arrived in ends)."""
+        await self.send(type="subscribe", room=room)
+        joined = await self.next_of("joined", "unsubscribed")
+        assert joined["type"] == "joined", joined
+        return await self.next_of("presence")
+
+
+@pytest.fixture
+async def sockets() -> Any:
+    """``await sockets(server, token)`` opens a /ws/ socket; all are closed at the end."""
+    opened: list[Any] = []
+
+    async def open_(server: Any, token: str) -> Socket:
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{server.port}/ws/",
+            subprotocols=["roomcast.v1"],
+            additional_headers={"Authorization": f"Bearer {token}"},
+            open_timeout=10,
+        )
+        opened.append(ws)
+        socket = Socket(ws)
+        assert (await socket.next_of("connected"))["type"] == "connected"
+        return socket
+
+    yield open_
+    for ws in opened:
+        ws.transport.abort()

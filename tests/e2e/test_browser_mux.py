@@ -185,9 +185,6 @@ ROOMS = ["lobby", "技术 café", "ops"]
 
 # Parts of issue 8 built by other helpers, on main once merged (the integrator removes the
 # marks then): strict, so that a pass is noticed.
-NEEDS_PRESENCE = pytest.mark.xfail(
-    strict=True, reason="needs presence wired to the hub (helper presence) on main"
-)
 
 
 async def user_page(browser: Browser, server: Any, name: str, errors: list[str]) -> Page:
@@ -243,7 +240,6 @@ async def test_mux_two_users_three_rooms(browser: Browser, serve: Any) -> None:
     assert errors == []
 
 
-@NEEDS_PRESENCE
 async def test_mux_presence_across_two_users(browser: Browser, serve: Any) -> None:
     """Each room's presence line lists both users on both pages; bob unsubscribing from
     one room leaves the others' lists as they were."""

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOMCAST, ServerProcess
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.test_cli_push import cli
 from tests.test_cli import one_line, run
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +43,7 @@ async def test_push_user_over_http(serve) -> None:
     sent = await asyncio.to_thread(server.cli, "push", "--user", "alice", "export ready", *http)
     assert (sent.returncode, sent.stdout) == (0, "sent to user 'alice' as seq 1\n"), sent.stderr
     piped = await asyncio.to_thread(
-        _with_stdin, server, "line one\nline two\n", "push", "--user", "alice", "-", *http
+        cli, server, "push", "--user", "alice", "-", *http, stdin="line one\nline two\n"
     )
     assert piped.stdout == "sent to user 'alice' as seq 2\n", piped.stderr
     assert await asyncio.to_thread(stream, server, "alice") == [
@@ -54,21 +53,6 @@ async def test_push_user_over_http(serve) -> None:
     nobody = await asyncio.to_thread(server.cli, "push", "--user", "nobody", "hi", *http)
     assert nobody.returncode == 2
     assert nobody.stderr == (f"roomcast push: {server.http_url} answered 404: No user 'nobody'.\n")
-
-
-def _with_stdin(server: ServerProcess, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``roomcast ARGS`` with the server's environment and ``stdin``."""
-    env = {**os.environ, "ROOMCAST_DATA_DIR": str(server.data_dir), **server.env}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run(
-        [ROOMCAST, *args],
-        env=env,
-        cwd=server.data_dir,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.redis

@@ -73,13 +73,22 @@ def quote(name: str) -> str:
 
 
 def request(
-    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    bearer: str | None = None,
 ) -> Any:
-    """``method`` ``path`` (with ``body`` as JSON) on ``--server`` with the API key; the
-    JSON answer, or a CommandError."""
+    """``method`` ``path`` (with ``body`` as JSON) on ``--server`` with the API key, or
+    as the user of the token ``bearer`` when one is given; the JSON answer, or a
+    CommandError."""
     server = server_url(args)
     url = f"{server}{path}"
-    key, source = _api_key(args)
+    if bearer is None:
+        key, source = _api_key(args)
+    else:
+        key, source = bearer, None
     headers = {"Authorization": f"Bearer {key}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
@@ -121,15 +130,25 @@ def request(
         ) from None
 
 
-def _refused(exc: urllib.error.HTTPError, server: str, source: str) -> CommandError:
-    """One line for an error answer: the API's ``detail``, or what a non-API answer means."""
+def _refused(exc: urllib.error.HTTPError, server: str, source: str | None) -> CommandError:
+    """One line for an error answer: the API's ``detail``, or what a non-API answer means.
+    ``source`` is where the API key came from, None for a user's token."""
     body = exc.read(REPLY_MAX_BYTES)
     code = EXIT_USAGE if 400 <= exc.code < 500 and exc.code not in (408, 429) else EXIT_FAILED
     try:
         detail = json.loads(body).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    if not isinstance(detail, str):  # not the push API: another site, a proxy, an old server
+    if source is None:  # a user's token: the reading API
+        if not isinstance(detail, str):
+            detail = (
+                "no roomcast API there; is --server the roomcast server's URL?"
+                if exc.code in (404, 405)
+                else str(exc.reason)
+            )
+        elif exc.code == 401:
+            detail = f"the token was refused: {detail} Get a new one with `roomcast token NAME`."
+    elif not isinstance(detail, str):  # not the push API: another site, a proxy, an old server
         if exc.code in (404, 405):
             detail = (
                 "no roomcast push API there; is --server the roomcast server's URL (its "

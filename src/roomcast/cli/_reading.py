@@ -12,21 +12,17 @@ data dir's ``api_key``), which reads any room.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import sys
 import unicodedata
-import urllib.error
-import urllib.parse
-import urllib.request
 from datetime import datetime
 from typing import Any, TextIO
 
 from roomcast.protocol import ProtocolError, codec
 
-from ._api import DEFAULT_SERVER, HTTP_TIMEOUT_SECS, REPLY_MAX_BYTES, request, server_url
-from ._common import EXIT_FAILED, EXIT_USAGE, CommandError
+from ._api import DEFAULT_SERVER, request
+from ._api import quote as quote  # history and rooms take it from here
+from ._common import CommandError
 
 #: Room names are checked here for everything but their length: the limit is the
 #: server's ROOM_NAME_MAX_CHARS setting, which it answers with its own detail.
@@ -79,64 +75,7 @@ def room_name(value: str, what: str = "ROOM") -> str:
 def get(args: argparse.Namespace, path: str, token: str | None) -> Any:
     """GET ``path`` of ``--server`` as the user of ``token``, or with the API key when
     it is None; the JSON answer, or a CommandError."""
-    if token is None:
-        return request(args, "GET", path)
-    server = server_url(args)
-    url = f"{server}{path}"
-    http_request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(http_request, timeout=HTTP_TIMEOUT_SECS) as response:
-            reply = response.read(REPLY_MAX_BYTES)
-    except urllib.error.HTTPError as exc:
-        raise _refused(exc, server) from None
-    except urllib.error.URLError as exc:
-        raise CommandError(
-            f"no roomcast server at {server} ({exc.reason}): start one with `roomcast "
-            "serve`, or pass --server URL",
-            EXIT_FAILED,
-        ) from None
-    except TimeoutError:
-        raise CommandError(
-            f"{server} did not answer within {HTTP_TIMEOUT_SECS} s; is it overloaded?",
-            EXIT_FAILED,
-        ) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise CommandError(
-            f"{server} did not answer like an HTTP server ({exc or type(exc).__name__}): "
-            "is --server the roomcast server's URL?",
-            EXIT_FAILED,
-        ) from None
-    try:
-        return json.loads(reply)
-    except ValueError:
-        raise CommandError(
-            f"{url} answered with something other than JSON: is --server a roomcast server?",
-            EXIT_FAILED,
-        ) from None
-
-
-def _refused(exc: urllib.error.HTTPError, server: str) -> CommandError:
-    """One line for an error answer to a user's request."""
-    body = exc.read(REPLY_MAX_BYTES)
-    code = EXIT_USAGE if 400 <= exc.code < 500 and exc.code not in (408, 429) else EXIT_FAILED
-    try:
-        detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if not isinstance(detail, str):
-        detail = (
-            "no roomcast API there; is --server the roomcast server's URL?"
-            if exc.code in (404, 405)
-            else str(exc.reason)
-        )
-    elif exc.code == 401:
-        detail = f"the token was refused: {detail} Get a new one with `roomcast token NAME`."
-    return CommandError(f"{server} answered {exc.code}: {detail}", code)
-
-
-def quote(name: str) -> str:
-    """A room or user name as one segment of an API path."""
-    return urllib.parse.quote(name, safe="")
+    return request(args, "GET", path, bearer=token)
 
 
 # -- printing -----------------------------------------------------------------------------

@@ -12,8 +12,12 @@ import errno
 import io
 import ipaddress
 import os
+import shutil
 import socket
 import sys
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 from . import _environ
 from ._common import (
@@ -150,6 +154,34 @@ def _check_listen(host: str, port: int) -> None:
         raise CommandError(f"cannot listen on {host}:{port} ({reason}): {fix}", code) from None
 
 
+def _metrics_dir(port: int) -> Path:
+    """Make ``$ROOMCAST_DATA_DIR/metrics-PORT`` empty and point prometheus-client's
+    multiprocess mode at it (``PROMETHEUS_MULTIPROC_DIR``), for every worker's values to
+    be summed at each scrape (roomcast.metrics). One directory per port: two servers
+    sharing a data dir on one machine listen on two ports. Emptied at each start: the
+    previous run's processes are gone, and their values with them."""
+    from roomcast.server.data_dir import private_data_dir
+
+    # As the bundled settings do (it is a no-op for them after this): the metrics
+    # directory goes in the data dir only once that is known to be private.
+    data_dir = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
+    try:
+        if tightened := private_data_dir(data_dir):
+            print(f"roomcast: {tightened}", file=sys.stderr, flush=True)
+        directory = data_dir / f"metrics-{port}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o700)
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(
+            f"{exc.strerror or exc}: {exc.filename}; set ROOMCAST_DATA_DIR to a writable "
+            "directory (default ./.roomcast)"
+        ) from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Check the settings, migrate, and serve until stopped."""
     level = _log_level(args)
@@ -166,6 +198,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     _check_listen(args.host, args.port)  # before any work on the database
     hint = _allow_host(args.host)
+    _metrics_dir(args.port)  # before anything imports roomcast.metrics
     setup_django()
     from roomcast.conf import unknown_environ
 

@@ -61,10 +61,10 @@ Django, so it runs in any asyncio program.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
-from ssl import SSLContext
+from collections.abc import Generator
 from typing import Any
 
+from . import _events
 from ._connection import (
     DEFAULT_MAX_FRAME_BYTES,
     GET_TOKEN_TIMEOUT_SECS,
@@ -87,24 +87,7 @@ from ._errors import (
     UnsubscribedError,
     describe_close,
 )
-from ._events import (
-    Connected,
-    Delete,
-    Edit,
-    HistoryPage,
-    Join,
-    Joined,
-    Lagged,
-    Leave,
-    Message,
-    Presence,
-    PresenceCount,
-    RoomEvent,
-    Typing,
-    Unread,
-    UserEvent,
-    UserMessage,
-)
+from ._events import *  # noqa: F403  (the events and HistoryPage: _events.__all__)
 from ._room import HISTORY_PAGE_MAX, Room
 from ._sends import MAX_QUEUED_SENDS
 
@@ -120,42 +103,29 @@ __all__ = [
     "ClientError",
     "ClosedError",
     "ConnectError",
-    "Connected",
     "Connection",
-    "Delete",
-    "Edit",
     "FrameTooLargeError",
     "GetToken",
-    "HistoryPage",
-    "Join",
-    "Joined",
-    "Lagged",
-    "Leave",
-    "Message",
-    "Presence",
-    "PresenceCount",
     "QueueFullError",
     "RefusedError",
     "Room",
-    "RoomEvent",
     "Status",
-    "Typing",
-    "Unread",
     "UnsubscribedError",
-    "UserEvent",
-    "UserMessage",
     "connect",
     "describe_close",
     "socket_url",
 ]
+__all__ += _events.__all__
 
 
-class connect:
+class connect(Connection):
     """Connect to a roomcast server's ``/ws/`` endpoint.
 
     ``async with connect(url, ...) as conn:`` opens it and closes it at the end of the
     block; ``conn = await connect(url, ...)`` opens it, and ``await conn.close()``
-    closes it.
+    closes it. It is the :class:`Connection`, made at the call (in a running event loop)
+    and opened by ``await`` or ``async with``; a connection whose opening fails is
+    closed.
 
     Args:
         url: the endpoint, ``ws[s]://HOST/ws/`` (``http[s]://`` is turned into
@@ -180,61 +150,23 @@ class connect:
         on_status: called with a :class:`Status` at each change (connecting, open,
             reconnecting with the close code and delay, closed); must not block.
 
-    Raises (when opened):
-        ConnectError: the server cannot be reached or refused the handshake.
+    Raises:
+        ValueError, TypeError: bad arguments (at the call).
+        ConnectError: the server cannot be reached or refused the handshake (when
+            opened).
         ClosedError: the server closed the first socket with a code that says not to
-            reconnect (4401 for a refused token and no ``get_token``, ...).
-        ValueError, TypeError: bad arguments.
+            reconnect (4401 for a refused token and no ``get_token``, ...; when opened).
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None = None,
-        get_token: GetToken | None = None,
-        since: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        ssl: SSLContext | None = None,
-        open_timeout: float = 10.0,
-        max_frame_bytes: int | None = DEFAULT_MAX_FRAME_BYTES,
-        max_queued_events: int = MAX_QUEUED_EVENTS,
-        min_delay: float = MIN_DELAY_SECS,
-        max_delay: float = MAX_DELAY_SECS,
-        get_token_timeout: float = GET_TOKEN_TIMEOUT_SECS,
-        on_status: Callable[[Status], object] | None = None,
-    ) -> None:
-        self._kwargs: dict[str, Any] = {
-            "token": token,
-            "get_token": get_token,
-            "since": since,
-            "headers": headers,
-            "ssl": ssl,
-            "open_timeout": open_timeout,
-            "max_frame_bytes": max_frame_bytes,
-            "max_queued_events": max_queued_events,
-            "min_delay": min_delay,
-            "max_delay": max_delay,
-            "get_token_timeout": get_token_timeout,
-            "on_status": on_status,
-        }
-        self._url = url
-        self._conn: Connection | None = None
-
-    async def _open(self) -> Connection:
-        self._conn = Connection(self._url, **self._kwargs)
-        try:
-            return await self._conn.open()
-        except BaseException:
-            await self._conn.close()
-            raise
-
     def __await__(self) -> Generator[Any, None, Connection]:
-        return self._open().__await__()
+        return self._open_or_close().__await__()
 
     async def __aenter__(self) -> Connection:
-        return await self._open()
+        return await self._open_or_close()
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+    async def _open_or_close(self) -> Connection:
+        try:
+            return await self.open()
+        except BaseException:
+            await self.close()
+            raise

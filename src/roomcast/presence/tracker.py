@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from roomcast import fanout
+from roomcast import fanout, metrics
 from roomcast.conf import roomcast_settings
 from roomcast.hub import CONTROL_GROUP, register_control
 from roomcast.protocol.codec import encode
@@ -106,11 +106,13 @@ class Tracker:
         local = room.local
         if user_id is None:
             local.anonymous += 1
+            metrics.PRESENCE_USERS.inc()
             room.anon_changed = True
             self._add_anonymous(room, 1)
         else:
             count = local.users.get(user_id, (0, name))[0] + 1
             local.users[user_id] = (count, name)
+            metrics.PRESENCE_USERS.inc(1 if count == 1 else 0)
             room.changed.add(user_id)
             self._add_user(room, user_id, 1, name)
         if member.live_state:
@@ -129,6 +131,7 @@ class Tracker:
                 logger.warning("Presence: a guest left room %r that had none", room.name)
                 return
             local.anonymous -= 1
+            metrics.PRESENCE_USERS.dec()
             room.anon_changed = True
             self._add_anonymous(room, -1)
         else:
@@ -141,6 +144,7 @@ class Tracker:
                 local.users[user_id] = (count - 1, name)
             else:
                 del local.users[user_id]
+                metrics.PRESENCE_USERS.dec()
             room.changed.add(user_id)
             self._add_user(room, user_id, -1, name)
         self._schedule(room)
@@ -199,6 +203,7 @@ class Tracker:
             if room.timer is not None:
                 room.timer.cancel()
         store, rooms = self._store, list(self._rooms.values())
+        metrics.PRESENCE_USERS.dec(sum(len(r.local.users) + r.local.anonymous for r in rooms))
         self._rooms.clear()
         for task in self._tasks:
             task.cancel()
