@@ -132,7 +132,11 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     if _database["NAME"] and _database["NAME"] != ":memory:":
         # Created 0600 before SQLite opens it, which gives -wal and -shm the same mode.
         create_private_file(Path(_database["NAME"]))
-    _database["CONN_MAX_AGE"] = 0
+    # Kept open (600 s, health-checked, as for PostgreSQL): with 0, every database call
+    # of a join (token, user stream, cursors) opened a new SQLite connection and ran the
+    # PRAGMAs below, and under a flat-out fan-out 50 joins/s managed 7/s with a 12.7 s
+    # median join; kept open, 49.8/s at 119 ms (benchmarks/results/2026-11-29-churn-conn.md).
+    _database["CONN_MAX_AGE"] = 600
     _database["OPTIONS"] = {
         # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
         # BEGIN, so two processes queue (for up to `timeout` s) instead of deadlocking.
