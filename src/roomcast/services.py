@@ -319,9 +319,7 @@ async def join_room(
         # else a re-check (arecheck) ran while this decision was on its way, for a change
         # this decision may have read before: the re-check's answer stands.
         if "join" in member.rights and cached is None:
-            cached = the_hub.recent(room, since, replay_limit=replay_limit)
-            if cached is None:
-                cached = await database_sync_to_async(read_catch_up)(room, since)
+            cached = await _read_catch_up(the_hub, room, since)
         rights = member.rights  # the latest answer, after every await
         if "join" not in rights or cached is None:
             raise PermissionDeniedError(NOT_ALLOWED_REASON)
@@ -348,6 +346,17 @@ async def join_room(
     return member
 
 
+async def _read_catch_up(
+    the_hub: Hub, room: str, since: int | None
+) -> tuple[int, list[tuple[int, str]], bool | None]:
+    """A joining member's catch-up: from the hub's recent frames when they hold it, else
+    from the database (:func:`read_catch_up`)."""
+    cached = the_hub.recent(room, since, replay_limit=roomcast_settings.REPLAY_LIMIT)
+    if cached is None:
+        cached = await database_sync_to_async(read_catch_up)(room, since)
+    return cached
+
+
 async def join_user_stream(connection: Connection, since: int | None) -> Member:
     """Subscribe a /ws/ connection of a user to the user's own stream (``user/<id>``),
     queueing the ``connected`` frame and the catch-up after ``since`` first.
@@ -359,13 +368,9 @@ async def join_user_stream(connection: Connection, since: int | None) -> Member:
     member = Member(connection=connection, room=room, rights=frozenset({"join", "read"}))
     connection.subs[room] = member
     the_hub = hub()
-    replay_limit = roomcast_settings.REPLAY_LIMIT
 
     async def catch_up() -> CatchUp:
-        cached = the_hub.recent(room, since, replay_limit=replay_limit)
-        if cached is None:
-            cached = await database_sync_to_async(read_catch_up)(room, since)
-        last_seq, frames, recovered = cached
+        last_seq, frames, recovered = await _read_catch_up(the_hub, room, since)
         connected = codec.connected_event(
             user=identity.name, user_seq=last_seq, recovered=recovered
         )
