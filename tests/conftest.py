@@ -106,6 +106,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         pytest.exit("; ".join(problems), returncode=3)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Django removes the run's SQLite file; its WAL and shared-memory files, still open
+    in the store's writer thread when it does, are removed here."""
+    from django.conf import settings
+
+    name = settings.DATABASES["default"]["NAME"]
+    if not os.environ.get("ROOMCAST_TEST_SQLITE"):
+        for suffix in ("-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+
+
 # -- Redis ----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -35,10 +36,23 @@ TEMPLATES = [
         },
     }
 ]
+# A file, opened as `roomcast serve` opens one (WAL, BEGIN IMMEDIATE, a busy timeout), not
+# Django's default shared-cache in-memory database: there, a reader beside the store's
+# writer thread fails at once with "database table is locked" (SQLITE_LOCKED is not
+# retried by the busy timeout), which a server on a file never sees. One file per run.
+_sqlite = os.environ.get("ROOMCAST_TEST_SQLITE") or os.path.join(
+    tempfile.gettempdir(), f"roomcast-tests-{os.getpid()}.sqlite3"
+)
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("ROOMCAST_TEST_SQLITE", ":memory:"),
+        "NAME": _sqlite,
+        "TEST": {"NAME": _sqlite},
+        "OPTIONS": {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
     }
 }
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -103,6 +103,7 @@ async def test_readyz_503_when_the_database_is_unreachable(monkeypatch):
     broken = {
         **connections.settings["default"],
         "ENGINE": "django.db.backends.postgresql",
+        "OPTIONS": {},  # not the test database's SQLite options
         "NAME": "nothing",
         "USER": "nobody",
         "HOST": "127.0.0.1",
@@ -127,6 +128,7 @@ async def test_readyz_times_out_on_a_database_that_does_not_answer(monkeypatch):
         broken = {
             **connections.settings["default"],
             "ENGINE": "django.db.backends.postgresql",
+            "OPTIONS": {},  # not the test database's SQLite options
             "NAME": "nothing",
             "HOST": "127.0.0.1",
             "PORT": str(silent.getsockname()[1]),
