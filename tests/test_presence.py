@@ -527,8 +527,9 @@ async def test_a_killed_process_users_leave_everyone_elses_presence(hubs, redis_
     await until(lambda: watcher.anonymous == 0)
     store = a.tracker._store
     assert set(await store.read("lobby")) == {a.tracker.node}
-    data_key, _ = store._keys("lobby")
-    await until_async(lambda: store._client.hkeys(data_key), lambda keys: len(keys) == 1)
+    shard = store.shard_of("lobby")
+    data_key, _ = shard._keys("lobby")
+    await until_async(lambda: shard._client.hkeys(data_key), lambda keys: len(keys) == 1)
 
 
 @pytest.mark.redis

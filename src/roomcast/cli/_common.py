@@ -12,9 +12,10 @@ import argparse
 import importlib
 import os
 import textwrap
-import urllib.parse
 from collections.abc import Iterable
 from typing import NoReturn
+
+from roomcast.server import redis_urls
 
 #: Exit codes (docs/cli.md). 2 is also what argparse exits with on a bad flag.
 EXIT_OK = 0
@@ -32,9 +33,6 @@ SERVER_EXTRA_MODULES = frozenset(
      "channels_redis", "redis"}
 )  # fmt: skip
 
-
-#: URL schemes redis-py (and so channels_redis) accepts.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 #: Width of the descriptions the commands' --help prints (argparse's own wraps to the
 #: terminal; these are wrapped here because they keep their paragraphs).
@@ -155,8 +153,8 @@ def apply_service_flags(args: argparse.Namespace) -> None:
         if value:
             os.environ[env] = value
     redis_url = os.environ.get("ROOMCAST_REDIS_URL", "")
-    if redis_url and urllib.parse.urlsplit(redis_url).scheme not in REDIS_SCHEMES:
-        raise CommandError(
-            f"--redis (or ROOMCAST_REDIS_URL) {redis_url[:80]!r} is not a Redis URL: use "
-            "redis://HOST:6379/0, rediss:// (TLS) or unix:///path/to/redis.sock"
-        )
+    if redis_url:
+        try:
+            redis_urls.parse(redis_url)
+        except redis_urls.RedisURLError as exc:
+            raise CommandError(f"--redis (or ROOMCAST_REDIS_URL): {exc}") from None

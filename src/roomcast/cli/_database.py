@@ -164,60 +164,68 @@ def _database_key() -> str:
     return f"{os.environ.get('ROOMCAST_REDIS_PREFIX', 'roomcast')}:database"
 
 
-def _redis_client() -> Any:
-    """A short-lived client of the servers' Redis, for the ``<prefix>:database`` key."""
-    import redis
+def _redis_hosts() -> list[dict[str, Any]]:
+    """The servers' Redis shards (``ROOMCAST_REDIS_URL``, checked by apply_service_flags)."""
+    from roomcast.server import redis_urls
 
-    return redis.Redis.from_url(os.environ["ROOMCAST_REDIS_URL"], socket_timeout=5)
-
-
-def _redis_where() -> str:
-    """The Redis URL without its password, for messages."""
-    url = os.environ["ROOMCAST_REDIS_URL"]
-    return re.sub(r"//[^@/]*@", "//", url)
+    return redis_urls.parse(os.environ["ROOMCAST_REDIS_URL"])
 
 
 def announce_database() -> None:
     """Tell ``roomcast push`` run elsewhere which database this server's rooms live in
-    (a Redis key beside the channel layer's), so it refuses to store into another one."""
+    (a Redis key beside the channel layer's, on every shard: a push may reach any), so it
+    refuses to store into another one."""
     import redis
 
-    try:
-        with _redis_client() as client:
-            client.set(_database_key(), database_in_use())
-    except redis.RedisError as exc:
-        print(
-            f"roomcast serve: warning: could not write {_database_key()} to Redis at "
-            f"{_redis_where()} ({exc}); roomcast push through Redis cannot check its database",
-            file=sys.stderr,
-        )
+    from roomcast.server.redis_urls import sync_client, where
+
+    for host in _redis_hosts():
+        try:
+            with sync_client(host, socket_timeout=5) as client:
+                client.set(_database_key(), database_in_use())
+        except redis.RedisError as exc:
+            print(
+                f"roomcast serve: warning: could not write {_database_key()} to Redis at "
+                f"{where(host)} ({exc}); roomcast push through Redis cannot check its "
+                "database",
+                file=sys.stderr,
+            )
 
 
 def check_redis(*, same_database: bool) -> None:
-    """Reach the servers' Redis, or raise a CommandError. With ``same_database``, also
-    refuse to store into a database the servers do not use (the message would be
-    published, seen by nobody, and missing from history)."""
+    """Reach every shard of the servers' Redis, or raise a CommandError. With
+    ``same_database``, also refuse to store into a database the servers do not use (the
+    message would be published, seen by nobody, and missing from history).
+
+    Every shard, not only the room's: a shard that is down is worth one clear line
+    before anything is stored, and the servers answer pushes over HTTP meanwhile."""
     import redis
 
-    try:
-        with _redis_client() as client:
-            value = client.get(_database_key())
-    except (redis.RedisError, ValueError) as exc:  # ValueError: a port that is not a number
-        raise CommandError(
-            f"cannot reach Redis at {_redis_where()} ({exc}): start it, fix --redis (or "
-            "ROOMCAST_REDIS_URL), or push over HTTP with --server URL",
-            EXIT_FAILED,
-        ) from None
+    from roomcast.server.redis_urls import sync_client, where
+
+    found = set()
+    for host in _redis_hosts():
+        try:
+            with sync_client(host, socket_timeout=5) as client:
+                value = client.get(_database_key())
+        except (redis.RedisError, ValueError) as exc:  # ValueError: a bad port
+            raise CommandError(
+                f"cannot reach Redis at {where(host)} ({exc}): start it, fix --redis (or "
+                "ROOMCAST_REDIS_URL), or push over HTTP with --server URL",
+                EXIT_FAILED,
+            ) from None
+        if value is not None:
+            found.add(value.decode() if isinstance(value, bytes) else value)
     if not same_database:
         return
-    theirs = value.decode() if isinstance(value, bytes) else value
     ours = database_in_use()
-    if theirs is not None and theirs != ours:
-        raise CommandError(
-            f"the servers on this Redis store their rooms in {theirs}, but this command "
-            f"would store the message in {ours}: pass {_DATABASE_FLAG} with the servers' "
-            "database, or --server URL to push through a server's HTTP API"
-        )
+    for theirs in sorted(found):
+        if theirs != ours:
+            raise CommandError(
+                f"the servers on this Redis store their rooms in {theirs}, but this command "
+                f"would store the message in {ours}: pass {_DATABASE_FLAG} with the servers' "
+                "database, or --server URL to push through a server's HTTP API"
+            )
 
 
 # -- commands that read and write the site's tables --------------------------------------

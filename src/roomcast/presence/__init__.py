@@ -58,6 +58,8 @@ Bounds (docs/design.md, "Presence"):
 * Redis down: sockets and local presence go on; writes wait (newest state kept, at most
   one pending entry per local user and room) and are retried with backoff up to
   :data:`tracker.MAX_RETRY_SECS`; failures are logged once per outage.
+* Several Redis shards: a room's keys live on its group's shard (the layer's own hash),
+  heartbeats on every shard; one shard down holds up only its own rooms (``_store``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ async def amembers(room: str) -> dict[str, Any]:
     if tracker is not None and tracker.store is not None:
         store = tracker.store
     else:
-        store = shared_store(*config, ttl=float(roomcast_settings.PRESENCE_TTL_SECS))
+        store = shared_store(config, ttl=float(roomcast_settings.PRESENCE_TTL_SECS))
     try:
         loaded = await store.read(room)
     except Exception as exc:

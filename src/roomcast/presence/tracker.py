@@ -55,7 +55,7 @@ class Tracker:
         self._loop = asyncio.get_running_loop()
         self._rooms: dict[str, Room] = {}
         config = redis_config(layer)
-        self._store = Store(*config, ttl=self.ttl) if config is not None else None
+        self._store = Store(config, ttl=self.ttl) if config is not None else None
         self._dirty: dict[str, Room] = {}  # rooms whose local tally Redis lacks
         self._wake = asyncio.Event()
         self._heard: dict[str, float] = {}  # node -> monotonic time of its last diff
@@ -406,14 +406,12 @@ class Tracker:
             room.buffer.clear()  # from here on, diffs are newer than or as new as the read
             try:
                 loaded = await store.read(room.name)
-            except Exception:
-                self._failed("loading room %r", room.name)
+            except Exception:  # logged by the room's shard, once per outage
                 if room.hold:
                     self._flush_now(room)  # members waiting for a list get this process's
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECS)
                 continue
-            self._recovered()
             if self._rooms.get(room.name) is not room:
                 return
             loaded.pop(self.node, None)
@@ -445,19 +443,21 @@ class Tracker:
             while self._dirty and not self._closed:
                 names = list(self._dirty)[:ROOMS_PER_ROUND_TRIP]
                 writes = [self._take_write(self._dirty.pop(name)) for name in names]
-                try:
-                    await store.write(self.node, writes)
-                except Exception:
-                    self._failed("writing %d rooms", len(writes))
-                    for write in writes:
+                # The writes whose shard did not answer (logged there) wait and are tried
+                # again; the others are published now, so one dead shard holds up only
+                # its own rooms.
+                failed = {id(write) for write in await store.write(self.node, writes)}
+                for write in writes:
+                    if id(write) in failed:
                         self._restore(write)
+                for write in writes:
+                    if id(write) not in failed:
+                        await self._publish(write)
+                if failed:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_SECS)
-                    continue
-                self._recovered()
-                delay = 0.1
-                for write in writes:
-                    await self._publish(write)
+                else:
+                    delay = 0.1
 
     def _take_write(self, room: Room) -> Write:
         room.version += 1
@@ -579,11 +579,13 @@ class Tracker:
         rooms = [room for room in self._rooms.values() if not room.loading]
         for start in range(0, len(rooms), ROOMS_PER_ROUND_TRIP):
             chunk = rooms[start : start + ROOMS_PER_ROUND_TRIP]
-            found = await store.versions([room.name for room in chunk])
+            answered = await store.versions([room.name for room in chunk])
             # A dead node's version stays until someone deletes it: count live ones only.
-            alive = await store.alive({node for versions in found for node in versions})
-            found = [{n: v for n, v in versions.items() if n in alive} for versions in found]
-            for room, versions in zip(chunk, found, strict=True):
+            alive = await store.alive({n for versions in answered if versions for n in versions})
+            for room, found in zip(chunk, answered, strict=True):
+                if found is None:  # its shard did not answer: judged at the next check
+                    continue
+                versions = {n: v for n, v in found.items() if n in alive}
                 versions.pop(self.node, None)
                 expected, room.expected = room.expected, versions
                 if self._rooms.get(room.name) is not room or room.loading:

@@ -5,7 +5,9 @@ ROOMCAST_DATA_DIR                 where SQLite, the secret key and the API key l
                                   (default ``./.roomcast``; kept 0700, files 0600)
 ROOMCAST_DATABASE_URL             ``sqlite:///path`` or ``postgres://user@host/db``
                                   (default: SQLite in the data dir)
-ROOMCAST_REDIS_URL                ``redis://host:6379/0``: link processes through Redis
+ROOMCAST_REDIS_URL                ``redis://host:6379/0``: link processes through Redis; several
+                                  URLs, comma-separated, are shards; ``redis+sentinel://h1:26379,
+                                  h2:26379/mymaster`` asks Sentinel (redis_urls.py)
                                   (default: in-memory layer, one process)
 ROOMCAST_LAYER                    ``pubsub`` (default) or ``core``: which channels_redis layer
 ROOMCAST_REDIS_PREFIX             key/channel prefix on Redis (default ``roomcast``)
@@ -30,6 +32,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from roomcast.conf import settings_from_environ
+from roomcast.server import redis_urls
 from roomcast.server.data_dir import create_private_file, private_data_dir
 
 DATA_DIR = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
@@ -158,28 +161,33 @@ _layer = os.environ.get("ROOMCAST_LAYER", "pubsub")
 if _layer not in ("pubsub", "core"):
     raise ImproperlyConfigured(f"ROOMCAST_LAYER={_layer!r}: use 'pubsub' or 'core'.")
 if _redis_url:
-    _host = {
-        "address": _redis_url,
-        # redis-py 8 defaults to a 5 s socket timeout, equal to the core layer's 5 s
-        # blocking read, and to 100 pooled connections: both stall under connect bursts.
-        "socket_timeout": 15,
-        "socket_connect_timeout": 5,
-        "max_connections": 1000,
-        # RESP2, not redis-py 8's default RESP3: in a standalone reproduction (redis-py
-        # 8.1, channels_redis 4.3) a RESP3 pub/sub layer resubscribed after a Redis
-        # restart yet received nothing more; on RESP2 it resumed at once. The hub's
-        # position check would still deliver, but only every POSITION_CHECK_SECS.
-        "protocol": 2,
-    }
+    try:
+        # One host spec per shard (comma-separated URLs, redis+sentinel:// for Sentinel:
+        # roomcast.server.redis_urls), each with these connection options.
+        _hosts = redis_urls.parse(
+            _redis_url,
+            # redis-py 8 defaults to a 5 s socket timeout, equal to the core layer's 5 s
+            # blocking read, and to 100 pooled connections: both stall under connect bursts.
+            socket_timeout=15,
+            socket_connect_timeout=5,
+            max_connections=1000,
+            # RESP2, not redis-py 8's default RESP3: in a standalone reproduction (redis-py
+            # 8.1, channels_redis 4.3) a RESP3 pub/sub layer resubscribed after a Redis
+            # restart yet received nothing more; on RESP2 it resumed at once. The hub's
+            # position check would still deliver, but only every POSITION_CHECK_SECS.
+            protocol=2,
+        )
+    except redis_urls.RedisURLError as exc:
+        raise ImproperlyConfigured(f"ROOMCAST_REDIS_URL: {exc}") from None
     _prefix = os.environ.get("ROOMCAST_REDIS_PREFIX", "roomcast")
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"
             if _layer == "pubsub"
             else "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_host], "prefix": _prefix}
+            "CONFIG": {"hosts": _hosts, "prefix": _prefix}
             if _layer == "pubsub"
-            else {"hosts": [_host], "prefix": _prefix, "capacity": 1000},
+            else {"hosts": _hosts, "prefix": _prefix, "capacity": 1000},
         }
     }
 else:
