@@ -133,7 +133,8 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
         metavar="URL",
-        help="Redis URL, e.g. redis://127.0.0.1:6379/0 (env ROOMCAST_REDIS_URL)",
+        help="Redis URL, e.g. redis://127.0.0.1:6379/0; the servers' list of shards, "
+        "comma-separated, or redis+sentinel://HOST:26379/MASTER_NAME (env ROOMCAST_REDIS_URL)",
     )
     parser.add_argument(
         "--layer",

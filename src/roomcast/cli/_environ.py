@@ -48,7 +48,10 @@ OPTIONS: tuple[Option, ...] = (
         variable="ROOMCAST_REDIS_URL",
         flag="--redis",
         default="none, the in-memory layer (one process)",
-        meaning="Redis for the channel layer; needed for `--workers` above 1",
+        meaning="Redis for the channel layer; needed for `--workers` above 1. Several "
+        "URLs, comma-separated, are shards (same list, same order, on every process); "
+        "`redis+sentinel://HOST:26379[,HOST:26379...]/MASTER_NAME[/DB]` asks Redis "
+        "Sentinel for the master (docs/deploy.md)",
     ),
     Option(
         variable="ROOMCAST_LAYER",
