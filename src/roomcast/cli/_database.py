@@ -171,6 +171,15 @@ def _redis_hosts() -> list[dict[str, Any]]:
     return redis_urls.parse(os.environ["ROOMCAST_REDIS_URL"])
 
 
+def _reason(exc: Exception) -> str:
+    """``exc`` in a few words (redis-py's sentinel error quotes a whole client's repr)."""
+    from redis.sentinel import MasterNotFoundError
+
+    if isinstance(exc, MasterNotFoundError):
+        return "no sentinel answered with the master's address"
+    return str(exc)
+
+
 def announce_database() -> None:
     """Tell ``roomcast push`` run elsewhere which database this server's rooms live in
     (a Redis key beside the channel layer's, on every shard: a push may reach any), so it
@@ -186,7 +195,7 @@ def announce_database() -> None:
         except redis.RedisError as exc:
             print(
                 f"roomcast serve: warning: could not write {_database_key()} to Redis at "
-                f"{where(host)} ({exc}); roomcast push through Redis cannot check its "
+                f"{where(host)} ({_reason(exc)}); roomcast push through Redis cannot check its "
                 "database",
                 file=sys.stderr,
             )
@@ -210,7 +219,7 @@ def check_redis(*, same_database: bool) -> None:
                 value = client.get(_database_key())
         except (redis.RedisError, ValueError) as exc:  # ValueError: a bad port
             raise CommandError(
-                f"cannot reach Redis at {where(host)} ({exc}): start it, fix --redis (or "
+                f"cannot reach Redis at {where(host)} ({_reason(exc)}): start it, fix --redis (or "
                 "ROOMCAST_REDIS_URL), or push over HTTP with --server URL",
                 EXIT_FAILED,
             ) from None
