@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -144,14 +144,12 @@ class Store:
             grouped.setdefault(self.shard_of(room(item)), []).append(item)
         return grouped
 
-    async def _each(
-        self, calls: dict[_Shard, Callable[[], Awaitable[T]]], what: str
-    ) -> dict[_Shard, T]:
-        """Run one call per shard at once; the results of those that answered (the
+    async def _each(self, calls: Mapping[_Shard, Awaitable[T]], what: str) -> dict[_Shard, T]:
+        """Await one call per shard at once; the results of those that answered (the
         others are logged, once per outage, by their shard)."""
         shards = list(calls)
         results = await asyncio.gather(
-            *(shard.guard(calls[shard](), what) for shard in shards), return_exceptions=True
+            *(shard.guard(calls[shard], what) for shard in shards), return_exceptions=True
         )
         out: dict[_Shard, T] = {}
         for shard, result in zip(shards, results, strict=True):
@@ -173,10 +171,7 @@ class Store:
             ShardsDownError: no shard answered.
         """
         grouped = self._by_shard(rooms, lambda room: room)
-        calls = {
-            shard: (lambda shard=shard: shard.beat(node, grouped.get(shard, [])))
-            for shard in self.shards
-        }
+        calls = {shard: shard.beat(node, grouped.get(shard, [])) for shard in self.shards}
         found = await self._each(calls, "the heartbeat")
         if not found:
             raise ShardsDownError("no Redis shard answered the presence heartbeat")
@@ -189,7 +184,7 @@ class Store:
             ShardsDownError: no shard answered.
         """
         nodes = list(nodes)
-        calls = {shard: (lambda shard=shard: shard.alive(nodes)) for shard in self.shards}
+        calls = {shard: shard.alive(nodes) for shard in self.shards}
         found = await self._each(calls, "a heartbeat check")
         if not found:
             raise ShardsDownError("no Redis shard answered the presence heartbeat check")
@@ -199,9 +194,7 @@ class Store:
         """Mirror the local tallies of ``writes`` (one MULTI per shard); the writes whose
         shard did not answer (to be tried again)."""
         grouped = self._by_shard(writes, lambda write: write.room.name)
-        calls = {
-            shard: (lambda shard=shard: shard.write(node, grouped[shard])) for shard in grouped
-        }
+        calls = {shard: shard.write(node, grouped[shard]) for shard in grouped}
         done = await self._each(calls, "writing presence")
         return [write for shard, chunk in grouped.items() if shard not in done for write in chunk]
 
@@ -218,19 +211,20 @@ class Store:
         """Each room's live node versions (node -> version), None where its shard did
         not answer."""
         grouped = self._by_shard(rooms, lambda room: room)
-        calls = {shard: (lambda shard=shard: shard.versions(grouped[shard])) for shard in grouped}
+        calls = {shard: shard.versions(grouped[shard]) for shard in grouped}
         found = await self._each(calls, "a version check")
         by_room: dict[str, dict[str, int] | None] = {}
         for shard, chunk in grouped.items():
-            for room, versions in zip(chunk, found.get(shard) or [None] * len(chunk), strict=True):
-                by_room[room] = versions
+            answered = found.get(shard)
+            for n, room in enumerate(chunk):
+                by_room[room] = None if answered is None else answered[n]
         return [by_room[room] for room in rooms]
 
     async def forget(self, node: str, rooms: list[tuple[str, dict[int, tuple[int, str]]]]) -> None:
         """Delete ``node``'s entries in ``rooms`` ((room, its users there)) and its
         heartbeat, on the shards that answer (expiry removes the rest)."""
         await self.forget_nodes([(node, room, users) for room, users in rooms])
-        calls = {shard: (lambda shard=shard: shard.delete_alive(node)) for shard in self.shards}
+        calls = {shard: shard.delete_alive(node) for shard in self.shards}
         await self._each(calls, "removing a heartbeat")
 
     async def forget_nodes(
@@ -238,9 +232,7 @@ class Store:
     ) -> None:
         """Delete each (node, room, users)'s fields, on the shards that answer."""
         grouped = self._by_shard(entries, lambda entry: entry[1])
-        calls = {
-            shard: (lambda shard=shard: shard.forget_nodes(grouped[shard])) for shard in grouped
-        }
+        calls = {shard: shard.forget_nodes(grouped[shard]) for shard in grouped}
         await self._each(calls, "removing entries")
 
 

@@ -193,4 +193,5 @@ def sync_client(host: dict[str, Any], **options: Any) -> Any:
     master_name = spec.pop("master_name")
     sentinel_kwargs = {**spec.pop("sentinel_kwargs", {}), **options}
     spec.pop("max_connections", None)
-    return Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **spec).master_for(master_name)
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **spec)  # type: ignore[no-untyped-call]
+    return manager.master_for(master_name)  # type: ignore[no-untyped-call]
