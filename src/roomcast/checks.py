@@ -151,6 +151,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("TYPING_INTERVAL_SECS", "roomcast.E020"),
         ("PRESENCE_TTL_SECS", "roomcast.E020"),
         ("PRESENCE_BATCH_SECS", "roomcast.E020"),
+        ("PRESENCE_COUNT_SECS", "roomcast.E020"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

@@ -121,6 +121,8 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_BATCH_SECS": 0.2,
     # Rooms with more users than this get presence_count frames instead of join/leave.
     "PRESENCE_LIVE_MAX": 200,
+    # Those rooms get one presence_count frame at most this often, in seconds.
+    "PRESENCE_COUNT_SECS": 2.0,
     # Users listed in a presence frame at most (the rest are counted).
     "PRESENCE_LIST_MAX": 1000,
     # Whether GET /metrics answers without an API key. Off: the counts tell who is active
