@@ -114,6 +114,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after posting during which the author may edit or delete a message (0:
     # never; moderators, staff and room admins, always may).
     "EDIT_WINDOW_SECS": 900.0,
+    # Seconds a room stays subscribed in a process after its last member there left, so
+    # that a socket coming back (a page load, a reconnect, a user's own stream at each
+    # connect) finds it ready: no layer subscription, no database read (0: unsubscribe
+    # at once). At most 1,000 such rooms per process (hub.LINGER_MAX_ROOMS).
+    "ROOM_LINGER_SECS": 30.0,
     # Presence (roomcast.presence). A process that stops refreshing its entries (it
     # died) drops out of everyone's presence after this many seconds, with leave frames.
     "PRESENCE_TTL_SECS": 30.0,
