@@ -446,7 +446,7 @@ def _on_ban_saved(sender: Any, instance: Ban, **kwargs: Any) -> None:
     access.forget_bans()
     if instance.until is not None and instance.until <= timezone.now():
         return  # ended (lifted, or saved with an end in the past): nothing to close
-    room = instance.room.name if instance.room_id is not None else None
+    room = instance.room.name if instance.room is not None else None
     _after_commit(_publish_ban, instance.user_id, reason=ban_reason(instance), room=room)
 
 
