@@ -174,6 +174,8 @@ def test_public_rooms_are_remembered_and_forgotten_when_they_change(people):
     assert access.known_rights(guest, "plaza") is None  # never read yet
     assert access.check(guest, "plaza", "join")
     assert access.known_rights(guest, "plaza") == {"join", "read", "post"}
+    assert access.known_rights(alice, "plaza") is None  # her bans were never read yet
+    assert access.check(alice, "plaza", "join")  # reads the set of banned users
     assert access.known_rights(alice, "plaza") == {"join", "read", "post"}
     rooms.set_visibility("plaza", "private")  # access_changed: forgotten here
     assert access.known_rights(guest, "plaza") is None
@@ -318,3 +320,22 @@ def test_the_ban_free_set_is_forgotten_when_a_ban_is_saved(people):
     assert access.known_rights(alice, "plaza") is None
     assert not access.check(alice, "plaza", "join")
     assert access.ban_free(people["bob"].pk)  # read again: bob has none
+
+
+def test_past_the_bound_the_banned_set_is_not_kept_and_decisions_stay_right(people, monkeypatch):
+    """More banned users than BAN_CACHE_USERS: nobody is known ban-free from memory,
+    and every decision reads the database (correct, slower). A user with several bans
+    counts once."""
+    from roomcast import moderation
+
+    monkeypatch.setattr(access, "BAN_CACHE_USERS", 1)
+    moderation.ban("alice", room="plaza")
+    moderation.ban("alice", room="board")
+    assert access.check(who(people["bob"]), "plaza", "join")
+    assert access.ban_free(people["bob"].pk)  # one banned user: the set is kept
+    moderation.ban("bob", room="board")
+    assert access.check(who(people["poster"]), "plaza", "join")
+    assert not access.ban_free(people["poster"].pk)  # two: not kept
+    assert access.check(who(people["bob"]), "plaza", "join")
+    assert not access.check(who(people["bob"]), "board", "join")
+    assert not access.check(who(people["alice"]), "plaza", "join")

@@ -22,13 +22,13 @@ read-only       everyone               staff, room admins, holders of the
 ==============  =====================  ==========================================
 
 ``moderate`` (edit or delete others' messages, manage members) is for staff and room
-admins everywhere.
+admins everywhere. A room that does not exist yet is public: the seed's rooms come into
+being when they are first used. Inactive users get nothing (they cannot connect either).
 
 Bans come first, whatever the policy (the built-in one or a project's): a user banned
 from a room (``roomcast.models.Ban``) may do nothing there, and one banned from the site
-nothing anywhere, staff included, until the ban's end time passes, which is checked when
-deciding (no job lifts it). A room that does not exist yet is public: the seed's rooms come into
-being when they are first used. Inactive users get nothing (they cannot connect either).
+nothing anywhere, staff included, until the ban's end time passes, which is compared
+with the clock when deciding (no job lifts it).
 
 A project replaces the policy with one callable, ``ROOMCAST["ACCESS_POLICY"] =
 "myapp.access.check"``, called as ``check(user, room, action)`` with the Django user
@@ -234,7 +234,12 @@ def ban_free(user_id: int | None) -> bool:
 def _refresh_banned_users() -> None:
     global _banned_users
     epoch = _ban_epoch
-    ids = set(in_force(Ban.objects.all()).values_list("user_id", flat=True)[: BAN_CACHE_USERS + 1])
+    ids = set(
+        in_force(Ban.objects.all())
+        .order_by()  # no ordering column in the DISTINCT
+        .values_list("user_id", flat=True)
+        .distinct()[: BAN_CACHE_USERS + 1]
+    )
     if epoch == _ban_epoch and len(ids) <= BAN_CACHE_USERS:
         _banned_users = (time.monotonic(), frozenset(ids))
 
