@@ -580,3 +580,29 @@ def test_the_ban_form_checks_what_it_is_given(admin_client, people, board):
     assert listed(state="ended") == ["carol"]
     assert listed(scope="site") == ["carol"]
     assert listed(scope="room", q="board") == ["bob"]
+
+
+def test_the_senders_of_selected_messages_are_banned_from_those_rooms(
+    admin_client, chatter, people
+):
+    """One ban per (sender, room), for a day, each in the admin log; guests' messages
+    have no sender to ban."""
+    services.store_message("lobby", "a guest", user=None, username="guest-1")
+    services.store_message("lobby", "again", user=people["alice"])
+    selected = [str(pk) for pk in Message.objects.values_list("pk", flat=True)]
+    response = admin_client.post(
+        "/admin/roomcast/message/",
+        {"action": "ban_senders", "_selected_action": selected},
+        follow=True,
+    )
+    assert [str(m) for m in response.context["messages"]] == [
+        "Banned 3 sender(s) from their rooms for a day."
+    ]
+    bans = sorted(
+        (b.user.username, b.room.name) for b in Ban.objects.select_related("user", "room")
+    )
+    assert bans == [("alice", "café"), ("alice", "lobby"), ("bob", "lobby")]
+    assert all(
+        86390 < (b.until - timezone.now()).total_seconds() <= 86400 for b in Ban.objects.all()
+    )
+    assert log_of(Ban) == [(ADDITION, "Added.")] * 3

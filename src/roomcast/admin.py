@@ -20,6 +20,8 @@ or one user, ``?room__id__exact=`` / ``?user__id__exact=``, linked from the room
 Bans (``roomcast.models.Ban``): a user banned from a room or the whole site, for an hour,
 a day, a week, a month, until a time, or for good. Saving one closes the user's sockets
 on every process at once (``roomcast.revocation``); "End selected bans now" lifts them.
+From the messages list, "Ban the senders of selected messages from those rooms for a
+day" bans each (sender, room) of the selection.
 Every change (bans, ends, edits, deletes, visibility, members) is recorded in Django's
 admin log (``LogEntry``), as the admin records any change. Users' own channels (rooms
 named ``user/<id>``) are listed apart from chat rooms.
@@ -141,7 +143,7 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # One read of presence for the page's rooms together (a Redis round trip each,
         # run at once), put on the rows the page shows.
         changelist = super().get_changelist_instance(request)
-        shown = list(changelist.result_list)
+        shown = [r for r in changelist.result_list if not r.name.startswith(USER_STREAM_PREFIX)]
         counts = moderation.connected(room.name for room in shown)
         for room in shown:
             room._connected = counts.get(room.name)
@@ -155,14 +157,16 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="connected now")
     def connected(self, room: Room) -> str:
         """Signed-in users plus guests' subscriptions, on every process; "?" when
-        presence could not be read."""
+        presence could not be read; "-" for a user's own channel (no presence)."""
+        if room.name.startswith(USER_STREAM_PREFIX):
+            return "-"
         found = getattr(room, "_connected", None)
         return "?" if found is None else str(found.total)
 
     @admin.display(description="connected now")
     def connected_now(self, room: Room) -> str:
         """Who is connected now, on every process, by name (with their subscriptions)."""
-        if room.pk is None:
+        if room.pk is None or room.name.startswith(USER_STREAM_PREFIX):
             return "-"
         found = moderation.connected([room.name]).get(room.name)
         if found is None:
@@ -266,6 +270,10 @@ class RoomMemberAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         _recheck(lost)
 
 
+#: How long "Ban the senders of selected messages" bans them for (a day, in seconds).
+SENDER_BAN_SECS = 24 * 60 * 60
+
+
 def _changeable(message: Message) -> bool:
     """Whether ``message`` can still be edited or deleted (as a stream event)."""
     return (
@@ -312,7 +320,7 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "edited_at",
         "deleted_at",
     )
-    actions = ("delete_as_events",)
+    actions = ("delete_as_events", "ban_senders")
 
     @admin.display(description="state")
     def state(self, message: Message) -> str:
@@ -364,6 +372,31 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 edits.delete_message(obj.room.name, obj.seq)
             except MessageNotFoundError:  # deleted meanwhile: what was asked is done
                 pass
+
+    @admin.action(description="Ban the senders of selected messages from those rooms for a day")
+    def ban_senders(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        """One ban per (sender, room) among the selected messages, for
+        :data:`SENDER_BAN_SECS`; guests' and the site's messages have no sender to ban,
+        and staff are left to a ban made by hand (the Bans page)."""
+        pairs = (
+            queryset.filter(user__isnull=False, user__is_staff=False)
+            .exclude(room__name__startswith=USER_STREAM_PREFIX)
+            .values_list("user_id", "room__name")
+            .distinct()
+            .order_by()
+        )
+        made = 0
+        for user_id, room in pairs:
+            ban = moderation.ban(
+                user_id,
+                room=room,
+                duration=SENDER_BAN_SECS,
+                reason="from the messages list",
+                by=request.user,
+            )
+            self.log_addition(request, ban, [{"added": {}}])
+            made += 1
+        self.message_user(request, f"Banned {made} sender(s) from their rooms for a day.")
 
     @admin.action(description="Delete selected messages (as stream events)")
     def delete_as_events(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
