@@ -151,10 +151,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("TYPING_INTERVAL_SECS", "roomcast.E020"),
         ("PRESENCE_TTL_SECS", "roomcast.E020"),
         ("PRESENCE_BATCH_SECS", "roomcast.E020"),
+        ("PRESENCE_COUNT_SECS", "roomcast.E020"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
+    value = roomcast_settings.ROOM_LINGER_SECS
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 86400:
+        errors.append(
+            Error(
+                f"ROOMCAST['ROOM_LINGER_SECS'] must be a number of seconds from 0 (rooms "
+                f"unsubscribe as their last member leaves) to 86400, not {value!r}.",
+                id="roomcast.E023",
+            )
+        )
     value = roomcast_settings.EDIT_WINDOW_SECS
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e12:
         errors.append(

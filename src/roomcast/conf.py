@@ -114,6 +114,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after posting during which the author may edit or delete a message (0:
     # never; moderators, staff and room admins, always may).
     "EDIT_WINDOW_SECS": 900.0,
+    # Seconds a room stays subscribed in a process after its last member there left, so
+    # that a socket coming back (a page load, a reconnect, a user's own stream at each
+    # connect) finds it ready: no layer subscription, no database read (0: unsubscribe
+    # at once). At most 1,000 such rooms per process (hub.LINGER_MAX_ROOMS).
+    "ROOM_LINGER_SECS": 30.0,
     # Presence (roomcast.presence). A process that stops refreshing its entries (it
     # died) drops out of everyone's presence after this many seconds, with leave frames.
     "PRESENCE_TTL_SECS": 30.0,
@@ -121,6 +126,8 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_BATCH_SECS": 0.2,
     # Rooms with more users than this get presence_count frames instead of join/leave.
     "PRESENCE_LIVE_MAX": 200,
+    # Those rooms get one presence_count frame at most this often, in seconds.
+    "PRESENCE_COUNT_SECS": 2.0,
     # Users listed in a presence frame at most (the rest are counted).
     "PRESENCE_LIST_MAX": 1000,
     # Whether GET /metrics answers without an API key. Off: the counts tell who is active

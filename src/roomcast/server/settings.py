@@ -186,7 +186,7 @@ else:
     # One process: the hub drains each room's channel as messages arrive; a burst larger
     # than this shows up as a gap and is read back from the database.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+        "default": {"BACKEND": "roomcast.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
 # Every other ROOMCAST key from ROOMCAST_<KEY> (docs/settings.md), e.g. ROOMCAST_HISTORY_COUNT.
