@@ -196,7 +196,7 @@ def _check_listen(host: str, port: int) -> None:
         raise CommandError(f"cannot listen on {host}:{port} ({reason}): {fix}", code) from None
 
 
-def _metrics_dir(port: int) -> Path:
+def _metrics_dir(port: int, log_format: str) -> Path:
     """Make ``$ROOMCAST_DATA_DIR/metrics-PORT`` empty and point prometheus-client's
     multiprocess mode at it (``PROMETHEUS_MULTIPROC_DIR``), for every worker's values to
     be summed at each scrape (roomcast.metrics). One directory per port: two servers
@@ -209,7 +209,7 @@ def _metrics_dir(port: int) -> Path:
     data_dir = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
     try:
         if tightened := private_data_dir(data_dir):
-            print(f"roomcast: {tightened}", file=sys.stderr, flush=True)
+            _say(f"roomcast: {tightened}", log_format)
         directory = data_dir / f"metrics-{port}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700)
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     _check_listen(args.host, args.port)  # before any work on the database
     hint = _allow_host(args.host)
-    _metrics_dir(args.port)  # before anything imports roomcast.metrics
+    _metrics_dir(args.port, log_format)  # before anything imports roomcast.metrics
     setup_django()
     from roomcast.conf import unknown_environ
 
