@@ -17,6 +17,7 @@ from django.test import override_settings
 
 from roomcast.server.drain import (
     BATCH_INTERVAL_SECS,
+    MIN_BATCH_SOCKETS,
     SETTLE_SECS,
     Drain,
     graceful_shutdown_secs,
@@ -25,32 +26,38 @@ from roomcast.server.drain import (
 
 
 @pytest.mark.parametrize(
-    ("count", "drain_secs", "expected"),
+    ("count", "drain_secs", "min_batch", "expected"),
     [
-        (0, 5.0, []),
-        (1, 5.0, [(0.0, 1)]),  # one socket: one batch, at once
-        (7, 0.0, [(0.0, 7)]),  # 0: every socket at once
-        (5, 1.0, [(0.0, 1), (0.2, 1), (0.4, 1), (0.6, 1), (0.8, 1)]),  # fewer sockets than slots
-        (7, 0.3, [(0.0, 3), (0.1, 2), (0.2, 2)]),  # larger batches first
-        (4, 0.04, [(0.0, 4)]),  # under one interval: one batch
+        (0, 5.0, 1, []),
+        (1, 5.0, 1, [(0.0, 1)]),  # one socket: one batch, at once
+        (7, 0.0, 1, [(0.0, 7)]),  # 0: every socket at once
+        (5, 1.0, 1, [(0.0, 1), (0.2, 1), (0.4, 1), (0.6, 1), (0.8, 1)]),  # fewer than slots
+        (7, 0.3, 1, [(0.0, 3), (0.1, 2), (0.2, 2)]),  # larger batches first
+        (4, 0.04, 1, [(0.0, 4)]),  # under one interval: one batch
+        (9, 5.0, 10, [(0.0, 9)]),  # fewer than a batch: at once, the stop is not delayed
+        (63, 2.0, 10, [(i / 3, 11 if i < 3 else 10) for i in range(6)]),  # >= 10 each
+        (1000, 5.0, 10, [(i / 10, 20) for i in range(50)]),  # ten a second at most
     ],
 )
-def test_schedule_spreads_sockets_over_the_drain(count, drain_secs, expected):
-    """Batches are evenly spaced from 0, never empty, and differ in size by one at most."""
-    got = schedule(count, drain_secs)
+def test_schedule_spreads_sockets_over_the_drain(count, drain_secs, min_batch, expected):
+    """Batches are evenly spaced from 0, never empty, of min_batch sockets at least, and
+    differ in size by one at most."""
+    got = schedule(count, drain_secs, min_batch=min_batch)
     assert [size for _, size in got] == [size for _, size in expected]
     assert [offset for offset, _ in got] == pytest.approx([offset for offset, _ in expected])
 
 
-@pytest.mark.parametrize("count", [1, 9, 50, 333, 10_000])
+@pytest.mark.parametrize("count", [1, 9, 10, 50, 333, 10_000])
 @pytest.mark.parametrize("drain_secs", [0.0, 0.5, 5.0, 30.0])
 def test_schedule_closes_every_socket_once_within_the_drain(count, drain_secs):
-    """Whatever the numbers: the sizes add up, no batch is empty, batches are at least
-    BATCH_INTERVAL_SECS apart (within rounding), and the last starts before the end."""
+    """Whatever the numbers: the sizes add up, no batch is below MIN_BATCH_SOCKETS (but a
+    lone one), batches are at least BATCH_INTERVAL_SECS apart (within rounding), and the
+    last starts before the end."""
     batches = schedule(count, drain_secs)
     sizes = [size for _, size in batches]
     offsets = [offset for offset, _ in batches]
-    assert sum(sizes) == count and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    assert sum(sizes) == count and max(sizes) - min(sizes) <= 1
+    assert min(sizes) >= MIN_BATCH_SOCKETS or len(batches) == 1
     assert sizes == sorted(sizes, reverse=True)
     assert offsets[0] == 0 and offsets == sorted(offsets)
     assert offsets[-1] < drain_secs or drain_secs == 0
@@ -88,37 +95,37 @@ async def test_drain_closes_batches_in_order_with_their_deadlines(caplog):
     loop = asyncio.get_running_loop()
     drain = Drain(0.3, loop)
     log: list[tuple[Recorder, float, float]] = []
-    sockets = [Recorder(drain, log) for _ in range(7)]
+    sockets = [Recorder(drain, log) for _ in range(70)]
     caplog.set_level(logging.INFO, logger="roomcast.server.drain")
     for socket in sockets:
         drain.add(socket)
     assert log == [] and drain.started_at is None  # planned at the next turn, not now
     await asyncio.sleep(0)
     assert drain.started_at is not None
-    assert [entry[0] for entry in log] == sockets[:3]  # the first batch, at once
+    assert [entry[0] for entry in log] == sockets[:24]  # the first batch, at once
     async with asyncio.timeout(10):
         await sockets[-1].done.wait()
     assert [entry[0] for entry in log] == sockets
     start = drain.started_at
     deadlines = [round(deadline - start - SETTLE_SECS, 6) for _, _, deadline in log]
-    assert deadlines == pytest.approx([0.0] * 3 + [0.1] * 2 + [0.2] * 2)
+    assert deadlines == pytest.approx([0.0] * 24 + [0.1] * 23 + [0.2] * 23)
     # Never before its batch's time (the loop's timers do not fire early).
     assert all(at >= deadline - SETTLE_SECS - 1e-3 for _, at, deadline in log)
-    assert "Draining 7 WebSockets over 0.3 s in 3 batches" in caplog.text
-    assert "Drained 7 WebSockets in" in caplog.text
+    assert "Draining 70 WebSockets over 0.3 s in 3 batches" in caplog.text
+    assert "Drained 70 WebSockets in" in caplog.text
 
 
 async def test_a_socket_added_after_the_plan_is_closed_at_once():
     """A handshake that completed during the drain is not left for the next batch."""
     drain = Drain(10.0, asyncio.get_running_loop())
     log: list[tuple[Recorder, float, float]] = []
-    first = Recorder(drain, log)
-    drain.add(first)
-    drain.add(Recorder(drain, log))
+    sockets = [Recorder(drain, log) for _ in range(20)]  # two batches, 5 s apart
+    for socket in sockets:
+        drain.add(socket)
     await asyncio.sleep(0)
     late = Recorder(drain, log)
     drain.add(late)
-    assert [entry[0] for entry in log] == [first, late]
+    assert [entry[0] for entry in log] == [*sockets[:10], late]
 
 
 async def test_forced_closes_are_a_warning(caplog):

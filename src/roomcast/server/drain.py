@@ -9,7 +9,8 @@ catch-ups there. And a post that the socket's consumer was still storing loses i
 waits for the reconnect to learn so).
 
 Here instead (:class:`Drain`): the sockets are spread over ``DRAIN_SECS`` in evenly spaced
-batches (:func:`schedule`, one every :data:`BATCH_INTERVAL_SECS` at most). When its batch
+batches (:func:`schedule`: one every :data:`BATCH_INTERVAL_SECS` at most, of
+:data:`MIN_BATCH_SOCKETS` at least). When its batch
 comes, a socket stops reading frames, lets its consumer finish the frames it already has
 (a post is stored and its ack written), then closes with 1012 SERVICE_RESTART, which
 every roomcast client answers by reconnecting with ``since=`` and so loses nothing
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_INTERVAL_SECS",
+    "MIN_BATCH_SOCKETS",
     "SETTLE_SECS",
     "Drain",
     "Drainable",
@@ -55,6 +57,10 @@ __all__ = [
 #: receiving process (a batch is then DRAIN_SECS x 10-th of the sockets, at most), and
 #: one timer per batch stays cheap for a drain of minutes.
 BATCH_INTERVAL_SECS = 0.1
+#: Fewest sockets in a batch: a process takes ten reconnects at once without noticing,
+#: and spreading a handful of sockets over DRAIN_SECS would only delay the stop (a
+#: developer's Ctrl-C with two tabs open). So DRAIN_SECS is the longest the closes take.
+MIN_BATCH_SOCKETS = 10
 #: Longest a socket's close waits, after its batch time, for its consumer to finish what
 #: it was given (a post being stored and its ack), in seconds. A post normally takes
 #: milliseconds; one held up by a locked room can take STORE_LOCKED_GIVE_UP_SECS, and
@@ -78,21 +84,28 @@ class Drainable(Protocol):
 
 
 def schedule(
-    count: int, drain_secs: float, interval: float = BATCH_INTERVAL_SECS
+    count: int,
+    drain_secs: float,
+    interval: float = BATCH_INTERVAL_SECS,
+    min_batch: int = MIN_BATCH_SOCKETS,
 ) -> list[tuple[float, int]]:
     """The batches closing ``count`` sockets over ``drain_secs``: ``(offset, size)`` each.
 
     Offsets are evenly spaced from 0 (the signal), ``drain_secs / batches`` apart, so the
     last batch goes one spacing before ``drain_secs`` ends; batches are at most one per
-    ``interval`` and never empty; sizes differ by one at most, the larger ones first.
-    ``drain_secs`` 0 (or a single socket) is one batch at 0.
+    ``interval`` and hold ``min_batch`` sockets at least (unless there are fewer in
+    all); sizes differ by one at most, the larger ones first. ``drain_secs`` 0 is one
+    batch at 0.
 
-    >>> schedule(5, 1.0, interval=0.5)
-    [(0.0, 3), (0.5, 2)]
+    >>> schedule(25, 1.0, interval=0.5)
+    [(0.0, 13), (0.5, 12)]
+    >>> schedule(25, 1.0, interval=0.25)
+    [(0.0, 13), (0.5, 12)]
     """
     if count <= 0:
         return []
-    batches = 1 if drain_secs <= 0 else max(1, min(count, round(drain_secs / interval)))
+    slots = round(drain_secs / interval) if drain_secs > 0 else 1
+    batches = max(1, min(slots, count // max(1, min_batch)))
     size, larger = divmod(count, batches)
     spacing = drain_secs / batches
     return [(i * spacing, size + (1 if i < larger else 0)) for i in range(batches)]
