@@ -208,6 +208,7 @@ def current(loop: asyncio.AbstractEventLoop) -> Drain:
     return _current
 
 
-def started() -> bool:
-    """Whether this process is draining (its new WebSocket handshakes are refused)."""
-    return _current is not None and _current.started_at is not None
+def started(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the server on ``loop`` is draining (its new handshakes are refused); a
+    server started later in the same process (tests) on another loop is not."""
+    return _current is not None and _current.loop is loop and _current.started_at is not None

@@ -177,7 +177,7 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
             self._set_timer(guard.limits().handshake_timeout, self._handshake_timed_out)
 
     def handle_connect(self, event: Any) -> None:
-        if drain.started():
+        if drain.started(self.loop):
             self._refuse_during_drain()
             return
         super().handle_connect(event)
