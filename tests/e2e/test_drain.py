@@ -262,4 +262,5 @@ async def test_sigterm_drains_in_batches_to_the_other_process_losing_nothing(clu
     log = a.log()
     assert f"Draining {len(everyone)} WebSockets over {DRAIN_SECS:g} s in 6 batches" in log, log
     assert f"Drained {len(everyone)} WebSockets in" in log, log
+    assert "closed after SETTLE_SECS" not in log, log  # each closed when idle, none forced
     assert "Traceback" not in log and "ERROR" not in log, log

@@ -121,7 +121,13 @@ async def test_json_at_debug_is_one_object_per_line_and_keeps_secrets_out(
 async def test_the_access_log_from_the_environment_has_sessions_not_connections(serve) -> None:
     """ROOMCAST_LOG_FORMAT=json and ROOMCAST_ACCESS_LOG=1 at the default level: a line per
     request and per session, none per connection (those are DEBUG)."""
-    server = serve(env={"ROOMCAST_LOG_FORMAT": "json", "ROOMCAST_ACCESS_LOG": "1"})
+    server = serve(
+        env={
+            "ROOMCAST_LOG_FORMAT": "json",
+            "ROOMCAST_ACCESS_LOG": "1",
+            "ROOMCAST_HISTORY_CUONT": "5",  # a misspelling: its warning is JSON too
+        }
+    )
     await _session(server, "café 2")
     await _session(server, "café 2")
     assert (await asyncio.to_thread(server.get, "/chat/"))[0] == 200
@@ -131,4 +137,7 @@ async def test_the_access_log_from_the_environment_has_sessions_not_connections(
     sessions = [o for o in lines if o["logger"] == "roomcast.access"]
     assert [(o["room"], o["code"], o["frames_in"]) for o in sessions] == [("café 2", 1000, 1)] * 2
     assert all(o["level"] != "DEBUG" for o in lines)
+    (typo,) = [o for o in lines if "ROOMCAST_HISTORY_CUONT" in o["message"]]
+    assert (typo["level"], typo["logger"]) == ("WARNING", "roomcast.serve"), typo
+    assert "Did you mean ROOMCAST_HISTORY_COUNT?" in typo["message"]
     assert not any("connection open" in o["message"] or "[accepted]" in o["message"] for o in lines)

@@ -131,12 +131,12 @@ def _access_log(args: argparse.Namespace, level: str) -> bool:
     return on
 
 
-def _say(line: str, log_format: str) -> None:
+def _say(line: str, log_format: str, level: int = logging.INFO) -> None:
     """A start-up line on stderr; in the json format, as a log record would be."""
     if log_format == "json":
         from roomcast.server.logs import JsonFormatter
 
-        record = logging.LogRecord("roomcast.serve", logging.INFO, "", 0, line, None, None)
+        record = logging.LogRecord("roomcast.serve", level, "", 0, line, None, None)
         line = JsonFormatter().format(record)
     print(line, file=sys.stderr, flush=True)
 
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from roomcast.conf import unknown_environ
 
     for line in unknown_environ(os.environ):
-        _say(f"roomcast serve: warning: {line}", log_format)
+        _say(f"roomcast serve: warning: {line}", log_format, logging.WARNING)
     from django.conf import settings
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         log_format,
     )
     if hint:
-        _say(hint, log_format)
+        _say(hint, log_format, logging.WARNING)
     uvicorn.run(
         settings.ASGI_APPLICATION.replace(".application", ":application"),
         host=args.host,
