@@ -40,6 +40,10 @@ _LIMIT_INTS = (
     "MAX_SOCKETS_PER_USER",
     "MAX_SOCKETS_PER_ADDRESS",
 )
+#: Longest drain (DRAIN_SECS), in seconds: a service manager kills a process that takes
+#: longer to stop (systemd's default TimeoutStopSec is 90 s), and a drain that long spreads
+#: reconnects thinner than any server needs.
+MAX_DRAIN_SECS = 600
 #: Rates (per second) where 0 turns the limit off.
 _RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER", "ROOM_REQUESTS_PER_SOCKET")
 
@@ -172,6 +176,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 f"ROOMCAST['EDIT_WINDOW_SECS'] must be a number of seconds, 0 or more "
                 f"(0: authors never edit), not {value!r}.",
                 id="roomcast.E021",
+            )
+        )
+    value = roomcast_settings.DRAIN_SECS
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_DRAIN_SECS
+    ):
+        errors.append(
+            Error(
+                f"ROOMCAST['DRAIN_SECS'] must be a number of seconds from 0 (close every "
+                f"socket at once) to {MAX_DRAIN_SECS:g}, not {value!r}.",
+                id="roomcast.E023",
             )
         )
     errors.extend(_check_access_policy(roomcast_settings.ACCESS_POLICY))

@@ -133,6 +133,12 @@ DEFAULTS: dict[str, Any] = {
     # Whether GET /metrics answers without an API key. Off: the counts tell who is active
     # and when, so Prometheus sends Authorization: Bearer <API key>.
     "METRICS_PUBLIC": False,
+    # roomcast serve, on SIGTERM: seconds over which it closes its WebSockets, in evenly
+    # spaced batches, with 1012 (service restart: reconnect with since=), so that the
+    # clients come back to the other processes a few at a time; 0 closes them all at
+    # once. A socket's post being stored is stored and acked before its close
+    # (roomcast.server.drain).
+    "DRAIN_SECS": 5.0,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
@@ -147,7 +153,8 @@ SERVER_VARIABLES = frozenset(
     f"ROOMCAST_{name}"
     for name in (
         "DATA_DIR", "DATABASE_URL", "REDIS_URL", "LAYER", "REDIS_PREFIX", "SECRET_KEY",
-        "API_KEY", "ALLOWED_HOSTS", "DEBUG", "LOG_LEVEL", "TEST_POSTGRES", "TEST_SQLITE",
+        "API_KEY", "ALLOWED_HOSTS", "DEBUG", "LOG_LEVEL", "LOG_FORMAT", "ACCESS_LOG",
+        "TEST_POSTGRES", "TEST_SQLITE",
     )
 )  # fmt: skip
 
