@@ -166,7 +166,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error(
                 f"ROOMCAST['ROOM_LINGER_SECS'] must be a number of seconds from 0 (rooms "
                 f"unsubscribe as their last member leaves) to 86400, not {value!r}.",
-                id="roomcast.E023",
+                id="roomcast.E024",
             )
         )
     value = roomcast_settings.EDIT_WINDOW_SECS
