@@ -48,7 +48,7 @@ from _clients import (
 )
 from _report import PhaseResult, percentiles, report
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 THIS_FILE = Path(__file__).resolve()
 TARGETS = ("roomcast", "before", "baseline", "seed")
@@ -69,7 +69,7 @@ class Publisher:
     reader: asyncio.Task[None] | None = None
 
     async def read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             async for raw in self.ws:
                 if '"type":"ack"' in raw:
                     frame = json.loads(raw)
@@ -79,6 +79,15 @@ class Publisher:
                         self.all_acked.set()
                 elif '"type":"error"' in raw:
                     self.errors.append(str(raw))
+        except ConnectionClosedOK:
+            pass  # this process closed it
+        except ConnectionClosed as exc:
+            # Reported with the phase (e.g. 1013: this process read too slowly for the
+            # server's outbound buffer bound), not only as acks that never came.
+            rcvd = exc.rcvd
+            self.errors.append(
+                f"publisher closed: {rcvd.code} {rcvd.reason!r}" if rcvd else "publisher closed"
+            )
 
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):

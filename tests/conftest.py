@@ -262,8 +262,10 @@ def mux(app: Any, communicators: list[Any]) -> Any:
 @pytest.fixture(autouse=True)
 def _forget_room_visibility() -> Iterator[None]:
     """Each test starts with no remembered room visibility (roomcast.access caches what
-    it read for a few seconds; tests make rooms private behind its back, with the ORM)."""
+    it read for a few seconds; tests make rooms private behind its back, with the ORM),
+    nor a remembered set of banned users (the same, for bans)."""
     from roomcast import access  # this module is loaded before Django is set up
 
     access.forget_visibility()
+    access.forget_bans()
     yield

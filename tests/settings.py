@@ -55,7 +55,8 @@ DATABASES = {
         },
     }
 }
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# roomcast serve's embedded layer (Channels' own, with its expiry sweep bounded).
+CHANNEL_LAYERS = {"default": {"BACKEND": "roomcast.layers.InMemoryChannelLayer"}}
 ROOMCAST = {"API_KEYS": ["test-api-key-0123456789"]}
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -165,6 +165,7 @@ def test_docs_cli_names_every_flag() -> None:
         ((), "roomcast: give a COMMAND"),
         (("serve", "--port", "http"), "roomcast serve: argument --port: 'http' is not a port"),
         (("serve", "--workers", "0"), "roomcast serve: argument --workers"),
+        (("serve", "--log-format", "xml"), "argument --log-format: invalid choice: 'xml'"),
         (("serve", "--workers", "2"), "--workers 2 needs --redis URL"),
         (("serve", "--redis", "localhost:6379"), "is not a Redis URL: use redis://"),
         (("push", "lobby"), "roomcast push: the following arguments are required: TEXT"),
@@ -182,6 +183,9 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], expect
         ("ROOMCAST_ALLOWED_HOSTS", "http://chat.example.com", "without scheme, port or path"),
         ("ROOMCAST_ALLOWED_HOSTS", "chat.example.com:8000", "without scheme, port or path"),
         ("ROOMCAST_LOG_LEVEL", "verbose", "use debug, info, warning"),
+        ("ROOMCAST_LOG_FORMAT", "xml", "is not a log format: use text or json"),
+        ("ROOMCAST_ACCESS_LOG", "maybe", "is not on or off: use 1 (on) or 0 (off)"),
+        ("ROOMCAST_DRAIN_SECS", "soon", "ROOMCAST_DRAIN_SECS must be a number, not 'soon'"),
         ("ROOMCAST_HISTORY_COUNT", "many", "ROOMCAST_HISTORY_COUNT must be a whole number"),
     ],
 )

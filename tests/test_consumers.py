@@ -283,8 +283,36 @@ async def test_anonymous_cannot_post_when_disallowed_but_users_can(room_of):
     assert (await anonymous.receive_event("message"))["user"] == "alice"
 
 
-async def test_disconnected_member_leaves_and_room_unsubscribes(room_of):
-    """When the last local member leaves, the hub leaves the room's group."""
+@override_settings(ROOMCAST={"ROOM_LINGER_SECS": 0.5})
+async def test_an_empty_room_lingers_then_unsubscribes(room_of):
+    """The last local member out leaves the room subscribed for ROOM_LINGER_SECS: a
+    socket back within it joins the same subscription, its catch-up from the hub's
+    recent messages; when it is over, the hub leaves the room's group."""
+    member = await room_of("brief")
+    await member.say("kept")
+    await member.receive_event("message")
+    layer = fanout.get_layer()
+    group = fanout.room_group("brief")
+    channel = hub.running_hub()._rooms["brief"].channel
+    assert channel in layer.groups.get(group, {})
+    await member.disconnect()
+    again = await room_of("brief", v1=False)  # the seed's dialect: the catch-up only
+    assert (await again.receive_event("message"))["message"] == "kept"
+    assert hub.running_hub()._rooms["brief"].channel == channel  # not subscribed anew
+    left_at = asyncio.get_running_loop().time()
+    await again.disconnect()
+    for _ in range(500):
+        if not layer.groups.get(group):
+            break
+        await asyncio.sleep(0.01)
+    assert not layer.groups.get(group)
+    assert asyncio.get_running_loop().time() - left_at >= 0.5 - 0.01
+    assert hub.running_hub().members("brief") == []
+    assert "brief" not in hub.running_hub()._rooms
+
+
+@override_settings(ROOMCAST={"ROOM_LINGER_SECS": 0})
+async def test_without_linger_the_last_member_out_unsubscribes_at_once(room_of):
     member = await room_of("brief")
     layer = fanout.get_layer()
     assert layer.groups.get(fanout.room_group("brief"))

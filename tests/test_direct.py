@@ -107,6 +107,92 @@ async def test_a_member_that_stops_reading_falls_back_and_loses_nothing(server, 
     await fast.close()
 
 
+async def test_a_catch_up_is_written_in_one_call(server, monkeypatch):
+    """A join's 50 catch-up frames go to the socket joined into one write call, whole and
+    in order."""
+    for i in range(50):
+        await services.apost_message("catchup", f"m{i} 你好")
+    calls: list[int] = []
+    write_many = direct.try_write_many
+
+    def counted(protocol, texts):
+        written = write_many(protocol, texts)
+        calls.append(written)
+        return written
+
+    monkeypatch.setattr(direct, "try_write_many", counted)
+    ws = await websockets.connect(
+        server.url + "catchup/", subprotocols=["roomcast.v1"], compression=None
+    )  # type: ignore[list-item]
+    frames = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(51)]
+    assert frames[0]["type"] == "joined"
+    assert [(f["seq"], f["message"]) for f in frames[1:]] == [
+        (i + 1, f"m{i} 你好") for i in range(50)
+    ]
+    assert calls == [51]  # joined and the 50 messages, in one call
+    await ws.close()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class _Protocol:
+    """What try_write_many reads of uvicorn's protocol: a stand-in, so that each state
+    (closing, paused) can be set exactly."""
+
+    def __init__(self) -> None:
+        from websockets.protocol import State
+
+        self.disconnected = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.conn = type("Conn", (), {"state": State.OPEN})()
+        self.transport = _Transport()
+
+
+def _frames_of(data: bytes) -> list[str]:
+    """Parse unmasked text frames (payloads under 64 KiB) back to their texts."""
+    texts = []
+    while data:
+        assert data[0] == 0x81
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        texts.append(data[start : start + length].decode())
+        data = data[start + length :]
+    return texts
+
+
+async def test_write_many_joins_up_to_its_byte_bound_and_no_further():
+    protocol = _Protocol()
+    texts = [f"{i:04} " + "y" * 995 for i in range(100)]  # 1,000 bytes each
+    written = direct.try_write_many(protocol, texts)
+    # Frames of 1,004 bytes: the one that reaches 64 KiB is the last of the call.
+    assert written == -(-direct.COALESCE_MAX_BYTES // 1004)
+    assert len(protocol.transport.writes) == 1
+    assert _frames_of(protocol.transport.writes[0]) == texts[:written]
+
+
+async def test_write_many_writes_nothing_to_a_closing_paused_or_gone_socket():
+    from websockets.protocol import State
+
+    for change in ("closing", "paused", "gone"):
+        protocol = _Protocol()
+        if change == "closing":
+            protocol.conn.state = State.CLOSING
+        elif change == "paused":
+            protocol.writable.clear()
+        else:
+            protocol.disconnected = True
+        assert direct.try_write_many(protocol, ["a", "b"]) == 0
+        assert protocol.transport.writes == []
+
+
 def test_only_uvicorns_websockets_sansio_send_qualifies():
     """Any other send (another server, a wrapped send) keeps the ASGI path."""
 

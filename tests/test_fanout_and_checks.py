@@ -115,3 +115,19 @@ def test_a_misspelt_environment_variable_is_reported_with_a_hint():
         "ROOMCAST_HISTOR_COUNT is not a roomcast variable and is ignored. "
         "Did you mean ROOMCAST_HISTORY_COUNT?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check_id"),
+    [
+        ("ROOM_LINGER_SECS", -1, "roomcast.E024"),
+        ("ROOM_LINGER_SECS", 86401, "roomcast.E024"),
+        ("ROOM_LINGER_SECS", "30", "roomcast.E024"),
+        ("ROOM_LINGER_SECS", float("nan"), "roomcast.E024"),
+        ("PRESENCE_COUNT_SECS", 0, "roomcast.E020"),
+    ],
+)
+def test_bad_linger_or_count_interval_fails_the_checks(key, value, check_id):
+    with override_settings(ROOMCAST={key: value}):
+        errors = [e for e in run_checks() if e.id.startswith("roomcast")]
+    assert [e.id for e in errors] == [check_id] and key in errors[0].msg

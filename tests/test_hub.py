@@ -13,6 +13,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from roomcast import fanout, services
+from roomcast import hub as hub_module
 from roomcast.hub import CONTROL_GROUP, CatchUp, Hub, Member, register_control
 from roomcast.protocol import CloseCode
 
@@ -420,3 +421,45 @@ async def test_access_control_messages_count_in_access_epoch_others_do_not(the_h
     the_hub.control({"type": "test.other"})
     the_hub.control({"type": "access.recheck", "room": "nowhere", "user_id": None})
     assert the_hub.access_epoch == before + 1
+
+
+async def test_lingering_rooms_are_bounded_the_longest_empty_goes_first(monkeypatch):
+    """Past LINGER_MAX_ROOMS empty rooms, the one empty longest is unsubscribed at once;
+    a member joining a lingering room takes it out of the count."""
+    monkeypatch.setattr(hub_module, "LINGER_MAX_ROOMS", 2)
+    layer = fanout.get_layer()
+    the_hub = Hub(layer, services.DatabaseLoader(), fanout.room_group, linger_secs=60)
+    empty = CatchUp(preface=[], frames=[], last_seq=0)
+
+    async def nothing() -> CatchUp:
+        return empty
+
+    async def visit(room: str) -> Member:
+        member = Member(Socket(), room=room, max_frames=10, v1=True)
+        await the_hub.join(member, nothing)
+        return member
+
+    async def subscribed(room: str) -> bool:
+        await asyncio.sleep(0)  # let a spawned unsubscribe run
+        for _ in range(100):
+            if room not in the_hub._rooms or the_hub._rooms[room].ready:
+                break
+            await asyncio.sleep(0.01)
+        return bool(layer.groups.get(fanout.room_group(room)))
+
+    try:
+        for room in ("a", "b"):
+            the_hub.leave(await visit(room))
+        assert await subscribed("a") and await subscribed("b")
+        back = await visit("a")  # no longer lingering: "b" is the oldest empty room
+        the_hub.leave(await visit("c"))
+        assert await subscribed("b") and await subscribed("c")
+        the_hub.leave(await visit("d"))  # three lingering: "b" goes
+        for _ in range(100):
+            if not await subscribed("b"):
+                break
+        assert not await subscribed("b")
+        assert await subscribed("c") and await subscribed("d") and await subscribed("a")
+        assert the_hub.members("a") == [back]
+    finally:
+        await the_hub.close()

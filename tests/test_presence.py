@@ -317,9 +317,9 @@ async def test_guests_give_presence_count_and_chat_sockets_get_no_frames(hubs):
 
 
 async def test_a_large_room_gets_presence_count_then_a_snapshot_when_it_shrinks(hubs, settings):
-    """Above PRESENCE_LIVE_MAX users: one presence_count per batch instead of join/leave;
+    """Above PRESENCE_LIVE_MAX users: presence_count instead of join/leave;
     back at the limit, one presence frame so that clients have the list again."""
-    settings.ROOMCAST = {**settings.ROOMCAST, "PRESENCE_LIVE_MAX": 3}
+    settings.ROOMCAST = {**settings.ROOMCAST, "PRESENCE_LIVE_MAX": 3, "PRESENCE_COUNT_SECS": 0.2}
     hub = await hubs(InMemoryChannelLayer())
     watcher = await hub.join(Sock("big", user(100, "watcher")))
     await watcher.next()
@@ -334,6 +334,36 @@ async def test_a_large_room_gets_presence_count_then_a_snapshot_when_it_shrinks(
     assert watcher.users == {"user3", "user4", "watcher"}
     hub.leave(socks[2])
     assert await watcher.next() == {"type": "leave", "room": "big", "user": "user3"}
+
+
+async def test_a_large_room_gets_one_presence_count_per_count_interval(hubs, settings):
+    """Changes in a large room within PRESENCE_COUNT_SECS of its last presence_count give
+    one frame when the interval is over, with the count then; a newcomer meanwhile gets
+    its presence snapshot at the batch's end as usual."""
+    interval = 1.0
+    settings.ROOMCAST = {
+        **settings.ROOMCAST,
+        "PRESENCE_LIVE_MAX": 2,
+        "PRESENCE_COUNT_SECS": interval,
+    }
+    hub = await hubs(InMemoryChannelLayer())
+    watcher = await hub.join(Sock("big", user(100, "watcher")))
+    await watcher.next()
+    socks = [await hub.join(Sock("big", user(i, f"user{i}"))) for i in range(1, 4)]
+    first = await watcher.next()
+    assert first == {"type": "presence_count", "room": "big", "count": 4, "anonymous": 0}
+    counted_at = asyncio.get_running_loop().time()
+    hub.leave(socks[0])
+    newcomer = await hub.join(Sock("big", user(50, "newcomer")))
+    snapshot = await newcomer.next()  # at its batch's end, not held for the count
+    assert snapshot["type"] == "presence"
+    assert watcher.read == len(watcher.frames)  # the count frame is not due yet
+    hub.leave(socks[1])
+    second = await watcher.next()
+    assert asyncio.get_running_loop().time() >= counted_at + interval - 0.01
+    # user1 and user2 gone, the newcomer here: one frame, the count as it is now.
+    assert second == {**first, "count": 3}
+    assert watcher.read == len(watcher.frames)  # nothing else came in between
 
 
 async def test_many_changes_in_one_batch_become_one_presence_frame(hubs):

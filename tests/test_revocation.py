@@ -394,3 +394,53 @@ async def test_unknown_or_malformed_control_messages_are_logged_not_raised(hub, 
     hub.control({"type": "access.nonsense"})
     hub.control({"type": "access.revoke"})  # no user_id
     assert "unknown type" in caplog.text and "failed" in caplog.text
+
+
+# -- bans (roomcast.moderation) --------------------------------------------------------------
+
+
+async def test_a_room_ban_closes_the_users_sockets_of_that_room_only(hub):
+    """moderation.ban(room=...) closes the user's sockets in that room with 4403 and the
+    ban's reason; their socket elsewhere and another user's socket in the room stay."""
+    from roomcast import moderation
+
+    mo, ned = await user("mo"), await user("ned")
+    m_lobby, _ = await join("lobby", access.identity_for(mo))
+    m_cafe, _ = await join("café", access.identity_for(mo))
+    n_lobby, _ = await join("lobby", access.identity_for(ned))
+    await sync(moderation.ban)("mo", room="lobby")
+    assert await m_lobby.closed() == (FORBIDDEN, "banned from this room")
+    await asyncio.sleep(0.2)  # the revoke has come (m_lobby closed): nothing else follows
+    assert m_cafe.close is None and n_lobby.close is None
+
+
+async def test_a_ban_in_a_transaction_rolled_back_closes_nothing(hub):
+    from roomcast import moderation
+
+    pia = await user("pia")
+    socket, _ = await join("lobby", access.identity_for(pia))
+    epoch = hub.access_epoch
+
+    def ban_then_roll_back():
+        with transaction.atomic():
+            moderation.ban("pia", duration=60)
+            transaction.set_rollback(True)
+
+    await sync(ban_then_roll_back)()
+    await asyncio.sleep(0.2)
+    assert hub.access_epoch == epoch and socket.close is None
+
+
+def test_a_bans_reason_names_its_end_rounded_up_to_the_minute():
+    """Never earlier than the real end; UTC; within a close reason's 123 bytes."""
+    import datetime
+
+    from roomcast.models import Ban
+
+    at = datetime.datetime(2026, 11, 30, 3, 14, 5, tzinfo=datetime.UTC)
+    assert revocation.ban_reason(Ban(until=at)) == "banned from this site until 2026-11-30T03:15Z"
+    exact = at.replace(second=0).astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    assert revocation.ban_reason(Ban(until=exact, room_id=1)) == (
+        "banned from this room until 2026-11-30T03:14Z"
+    )
+    assert revocation.ban_reason(Ban()) == "banned from this site"

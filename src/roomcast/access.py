@@ -25,6 +25,11 @@ read-only       everyone               staff, room admins, holders of the
 admins everywhere. A room that does not exist yet is public: the seed's rooms come into
 being when they are first used. Inactive users get nothing (they cannot connect either).
 
+Bans come first, whatever the policy (the built-in one or a project's): a user banned
+from a room (``roomcast.models.Ban``) may do nothing there, and one banned from the site
+nothing anywhere, staff included, until the ban's end time passes, which is compared
+with the clock when deciding (no job lifts it).
+
 A project replaces the policy with one callable, ``ROOMCAST["ACCESS_POLICY"] =
 "myapp.access.check"``, called as ``check(user, room, action)`` with the Django user
 (``AnonymousUser`` for guests), the room name and one of :data:`ACTIONS`, returning True
@@ -43,20 +48,27 @@ from typing import Any, Literal
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import F, Q
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .conf import roomcast_settings
-from .models import Room, RoomMember
+from .models import Ban, Room, RoomMember
 
 __all__ = [
     "ACTIONS",
     "Action",
     "Identity",
     "acheck",
+    "active_bans",
     "anonymous",
+    "ban_free",
+    "banned",
     "check",
+    "forget_bans",
     "forget_visibility",
     "identity_for",
+    "in_force",
     "known_rights",
     "policy",
 ]
@@ -178,10 +190,93 @@ def _remember(room: str, visibility: str, epoch: int) -> None:
         _public.pop(room, None)
 
 
+# -- what this process knows of bans ----------------------------------------------------------
+#
+# Bans are rare, and most decisions are for users who have none: each process remembers
+# which users had an active ban when it last read them all (one query, at most every
+# BAN_CACHE_SECS, made by a decision that needed the database anyway), so a user absent
+# from that set is known to be ban-free without a query, and a public room's join stays
+# free of the database (known_rights). A user in the set is checked in the database each
+# time (a ban that ended, or a room ban elsewhere, only costs that query). A ban saved
+# anywhere forgets the set here at once and on every other process (the revoke it
+# publishes, roomcast.revocation); the epoch keeps a read that was under way then from
+# remembering what it read before.
+
+#: Longest the set of banned users is trusted without reading it again: bounds how long a
+#: ban made behind roomcast's back (a queryset update, no signal) goes unseen by joins.
+BAN_CACHE_SECS = 5.0
+#: Banned users remembered at most. Past it the set is not kept, and every decision for
+#: a user account reads its bans from the database (correct, one query more).
+BAN_CACHE_USERS = 10_000
+
+_banned_users: tuple[float, frozenset[int]] | None = None  # (monotonic time read, user ids)
+_ban_epoch = 0
+
+
+def forget_bans() -> None:
+    """Forget which users this process read as banned (a ban was saved somewhere)."""
+    global _ban_epoch, _banned_users
+    _ban_epoch += 1
+    _banned_users = None
+
+
+def ban_free(user_id: int | None) -> bool:
+    """Whether ``user_id`` is known, without the database, to have no active ban (guests
+    cannot be banned). False means "ask the database" (:func:`banned`)."""
+    if user_id is None:
+        return True
+    known = _banned_users
+    if known is None or time.monotonic() - known[0] > BAN_CACHE_SECS:
+        return False
+    return user_id not in known[1]
+
+
+def _refresh_banned_users() -> None:
+    global _banned_users
+    epoch = _ban_epoch
+    ids = set(
+        in_force(Ban.objects.all())
+        .order_by()  # no ordering column in the DISTINCT
+        .values_list("user_id", flat=True)
+        .distinct()[: BAN_CACHE_USERS + 1]
+    )
+    if epoch == _ban_epoch and len(ids) <= BAN_CACHE_USERS:
+        _banned_users = (time.monotonic(), frozenset(ids))
+
+
+def in_force(bans: Any) -> Any:
+    """The bans of the queryset ``bans`` that are in force now."""
+    return bans.filter(Q(until__isnull=True) | Q(until__gt=timezone.now()))
+
+
+def active_bans(user_id: int, room: str | None = None) -> list[Ban]:
+    """``user_id``'s bans in force now: from the site, and from ``room`` (from the site
+    only if None); the one that lasts longest first (permanent ones before all)."""
+    bans = in_force(Ban.objects.filter(user_id=user_id)).select_related("room")
+    where = Q(room__isnull=True) | Q(room__name=room) if room else Q(room__isnull=True)
+    return list(bans.filter(where).order_by(F("until").desc(nulls_first=True), "-pk"))
+
+
+def banned(user_id: int | None, room: str | None = None) -> Ban | None:
+    """The ban that keeps ``user_id`` out of ``room`` now (out of the site when ``room``
+    is None): the one that lasts longest, or None. Uses the database unless
+    :func:`ban_free` already knows."""
+    if user_id is None or ban_free(user_id):
+        return None
+    known = _banned_users
+    if known is None or time.monotonic() - known[0] > BAN_CACHE_SECS:
+        _refresh_banned_users()
+        if ban_free(user_id):
+            return None
+    bans = active_bans(user_id, room)
+    return bans[0] if bans else None
+
+
 def known_rights(identity: Identity, room: str) -> frozenset[str] | None:
     """A socket's rights (join, read, post) when they can be told without the database:
-    the built-in policy and a room this process read as public lately. Else None."""
-    if roomcast_settings.ACCESS_POLICY:
+    the built-in policy, a user known to have no ban, and a room this process read as
+    public lately. Else None."""
+    if roomcast_settings.ACCESS_POLICY or not ban_free(identity.user_id):
         return None
     read_at = _public.get(room)
     if read_at is None or time.monotonic() - read_at > VISIBILITY_CACHE_SECS:
@@ -255,6 +350,8 @@ def check(identity: Identity, room: str, action: Action) -> bool:
     """Whether ``identity`` may do ``action`` in ``room`` (sync; uses the database)."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.")
+    if identity.user_id is not None and banned(identity.user_id, room) is not None:
+        return False
     return policy()(identity, room, action)
 
 

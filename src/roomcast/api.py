@@ -38,7 +38,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import access, auth, cursors, push, rooms
+from . import access, auth, cursors, push, revocation, rooms
 from .conf import roomcast_settings
 from .models import Room, RoomMember
 from .protocol import InvalidFrameError, ProtocolError, codec
@@ -176,6 +176,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
     user = _user(name)
     if not user.is_active:
         return _error(409, "inactive_user", f"User {name!r} is inactive: no token is issued.")
+    if (ban := access.banned(user.pk)) is not None:  # roomcast.moderation
+        return _error(403, "banned", f"User {name!r} is {revocation.ban_reason(ban)}.")
     token = auth.issue_token(user, ttl=ttl)
     _, expires_at, _ = auth.read_token(token)
     return JsonResponse(

@@ -40,6 +40,10 @@ _LIMIT_INTS = (
     "MAX_SOCKETS_PER_USER",
     "MAX_SOCKETS_PER_ADDRESS",
 )
+#: Longest drain (DRAIN_SECS), in seconds: a service manager kills a process that takes
+#: longer to stop (systemd's default TimeoutStopSec is 90 s), and a drain that long spreads
+#: reconnects thinner than any server needs.
+MAX_DRAIN_SECS = 600
 #: Rates (per second) where 0 turns the limit off.
 _RATES = ("POST_RATE_PER_SOCKET", "POST_RATE_PER_USER", "ROOM_REQUESTS_PER_SOCKET")
 
@@ -151,10 +155,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("TYPING_INTERVAL_SECS", "roomcast.E020"),
         ("PRESENCE_TTL_SECS", "roomcast.E020"),
         ("PRESENCE_BATCH_SECS", "roomcast.E020"),
+        ("PRESENCE_COUNT_SECS", "roomcast.E020"),
     ):
         value = getattr(roomcast_settings, key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"ROOMCAST[{key!r}] must be a positive number.", id=check_id))
+    value = roomcast_settings.ROOM_LINGER_SECS
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 86400:
+        errors.append(
+            Error(
+                f"ROOMCAST['ROOM_LINGER_SECS'] must be a number of seconds from 0 (rooms "
+                f"unsubscribe as their last member leaves) to 86400, not {value!r}.",
+                id="roomcast.E024",
+            )
+        )
     value = roomcast_settings.EDIT_WINDOW_SECS
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e12:
         errors.append(
@@ -162,6 +176,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 f"ROOMCAST['EDIT_WINDOW_SECS'] must be a number of seconds, 0 or more "
                 f"(0: authors never edit), not {value!r}.",
                 id="roomcast.E021",
+            )
+        )
+    value = roomcast_settings.DRAIN_SECS
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_DRAIN_SECS
+    ):
+        errors.append(
+            Error(
+                f"ROOMCAST['DRAIN_SECS'] must be a number of seconds from 0 (close every "
+                f"socket at once) to {MAX_DRAIN_SECS:g}, not {value!r}.",
+                id="roomcast.E023",
             )
         )
     errors.extend(_check_access_policy(roomcast_settings.ACCESS_POLICY))

@@ -114,6 +114,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after posting during which the author may edit or delete a message (0:
     # never; moderators, staff and room admins, always may).
     "EDIT_WINDOW_SECS": 900.0,
+    # Seconds a room stays subscribed in a process after its last member there left, so
+    # that a socket coming back (a page load, a reconnect, a user's own stream at each
+    # connect) finds it ready: no layer subscription, no database read (0: unsubscribe
+    # at once). At most 1,000 such rooms per process (hub.LINGER_MAX_ROOMS).
+    "ROOM_LINGER_SECS": 30.0,
     # Presence (roomcast.presence). A process that stops refreshing its entries (it
     # died) drops out of everyone's presence after this many seconds, with leave frames.
     "PRESENCE_TTL_SECS": 30.0,
@@ -121,11 +126,19 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_BATCH_SECS": 0.2,
     # Rooms with more users than this get presence_count frames instead of join/leave.
     "PRESENCE_LIVE_MAX": 200,
+    # Those rooms get one presence_count frame at most this often, in seconds.
+    "PRESENCE_COUNT_SECS": 2.0,
     # Users listed in a presence frame at most (the rest are counted).
     "PRESENCE_LIST_MAX": 1000,
     # Whether GET /metrics answers without an API key. Off: the counts tell who is active
     # and when, so Prometheus sends Authorization: Bearer <API key>.
     "METRICS_PUBLIC": False,
+    # roomcast serve, on SIGTERM: seconds over which it closes its WebSockets, in evenly
+    # spaced batches, with 1012 (service restart: reconnect with since=), so that the
+    # clients come back to the other processes a few at a time; 0 closes them all at
+    # once. A socket's post being stored is stored and acked before its close
+    # (roomcast.server.drain).
+    "DRAIN_SECS": 5.0,
 }
 
 #: Keys that ``settings_from_environ`` does not read (the server has its own variable).
@@ -140,7 +153,8 @@ SERVER_VARIABLES = frozenset(
     f"ROOMCAST_{name}"
     for name in (
         "DATA_DIR", "DATABASE_URL", "REDIS_URL", "LAYER", "REDIS_PREFIX", "SECRET_KEY",
-        "API_KEY", "ALLOWED_HOSTS", "DEBUG", "LOG_LEVEL", "TEST_POSTGRES", "TEST_SQLITE",
+        "API_KEY", "ALLOWED_HOSTS", "DEBUG", "LOG_LEVEL", "LOG_FORMAT", "ACCESS_LOG",
+        "TEST_POSTGRES", "TEST_SQLITE",
     )
 )  # fmt: skip
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import cursors, edits, limits, metrics, security, services
+from . import cursors, edits, limits, metrics, security, services, socket_log
 from .access import Identity
 from .conf import roomcast_settings
 from .connection import Connection, Member
@@ -106,17 +106,21 @@ class _Socket:
     async def run(self, receive: Any) -> None:
         """Serve the connection until the client goes away."""
         metrics.socket_opened(self)
+        session = socket_log.Session(self)  # its access line, and who on its log records
         try:
             while True:
                 message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
+                    session.frames_in += 1
                     await self.receive(message.get("text"), message.get("bytes"))
                 elif kind == "websocket.connect":
                     await self.connect()
                 elif kind == "websocket.disconnect":
+                    session.code = message.get("code", socket_log.NO_CODE)
                     return
         finally:
+            session.end()
             self.disconnect()
             metrics.socket_closed(self)
 

@@ -28,7 +28,14 @@ try:  # uvicorn and websockets come with roomcast[server]; without them, no dire
 except ImportError:  # pragma: no cover
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
-__all__ = ["protocol_of", "try_write"]
+__all__ = ["COALESCE_MAX_BYTES", "protocol_of", "try_write", "try_write_many"]
+
+#: Most bytes of frames joined into one write by :func:`try_write_many`. Frames written
+#: one call each let the transport's flow control (uvicorn's ``writable``, cleared past
+#: its high-water mark) stop the next one; joined, a whole catch-up could land in the
+#: transport's buffer at once. So: one call per this many bytes, flow control checked
+#: before each, which keeps the overshoot past the high-water mark within one call.
+COALESCE_MAX_BYTES = 64 * 1024
 
 
 def protocol_of(send: Any) -> Any:
@@ -77,3 +84,31 @@ def try_write(protocol: Any, text: str) -> bool:
     protocol.transport.write(last[1])
     written += 1
     return True
+
+
+def try_write_many(protocol: Any, texts: list[str]) -> int:
+    """Write the first of ``texts`` as text frames in one write call, as many as fit in
+    :data:`COALESCE_MAX_BYTES` (at least one), if the socket takes them now; return how
+    many were written (0: use the ASGI send, as for :func:`try_write`).
+
+    For frames already waiting on one socket (a join's catch-up, a buffer that built up):
+    one system call instead of one each. A 50-message catch-up took 50 ``send`` calls.
+    """
+    global written
+    if (
+        protocol.disconnected
+        or not protocol.writable.is_set()
+        or protocol.conn.state is not State.OPEN
+    ):
+        return 0
+    parts: list[bytes] = []
+    size = 0
+    for text in texts:
+        data = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        parts.append(data)
+        size += len(data)
+        if size >= COALESCE_MAX_BYTES:
+            break
+    protocol.transport.write(b"".join(parts))
+    written += len(parts)
+    return len(parts)

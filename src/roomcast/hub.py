@@ -74,6 +74,11 @@ FILL_BATCH_SIZE = 500
 #: membership (channels' ``group_expiry``, a day by default), and the in-memory layer
 #: drops a channel from its groups when one of its messages expires.
 GROUP_REFRESH_SECS = 300.0
+#: Most rooms kept subscribed with no member (see ``linger_secs``); past it, the room
+#: that has been empty longest is unsubscribed at once. A lingering room costs one layer
+#: channel and group membership, a receive task and its recent frames (at most
+#: ``recent_count``): about 30 KB with 50 frames of 500 bytes.
+LINGER_MAX_ROOMS = 1000
 #: Rooms per query when the hub checks its rooms' positions against the database.
 POSITION_CHECK_BATCH = 500
 #: Longest wait between retries when the layer or the database fails.
@@ -161,9 +166,17 @@ class Hub:
         *,
         position_check_secs: float = 5.0,
         recent_count: int = 50,
+        linger_secs: float = 0.0,
     ) -> None:
         self.layer = layer
         self.recent_count = recent_count
+        # How long a room stays subscribed, its recent frames kept current, after its
+        # last member left (ROOM_LINGER_SECS): a socket that comes back within it (a
+        # page load in a multi-page site, a reconnect, a user's own stream at every
+        # connect) joins without a layer subscription or a database read. Room name ->
+        # the timer that ends it, oldest first (at most LINGER_MAX_ROOMS).
+        self.linger_secs = linger_secs
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self.loader = loader
         self._group_name = group_name
         self._rooms: dict[str, _Room] = {}
@@ -203,6 +216,8 @@ class Hub:
                 member.room, self._group_name(member.room), self.recent_count
             )
         room.members[member] = None  # from here on it holds live frames
+        if (timer := self._lingering.pop(member.room, None)) is not None:
+            timer.cancel()
         metrics.SUBSCRIPTIONS.inc()
         if member.user_id is not None:
             self._users.setdefault(member.user_id, []).append(member)
@@ -239,7 +254,26 @@ class Hub:
             if not same:
                 del self._users[member.user_id]
         if not room.members:
+            self._linger(room)
+
+    def _linger(self, room: _Room) -> None:
+        """Keep the room, now empty, subscribed for ``linger_secs``; then unsubscribe."""
+        if self.linger_secs <= 0 or not room.ready:
             self._spawn(self._unsubscribe_if_empty(room))
+            return
+        if (timer := self._lingering.pop(room.name, None)) is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._lingering[room.name] = loop.call_later(self.linger_secs, self._linger_over, room)
+        while len(self._lingering) > LINGER_MAX_ROOMS:
+            oldest = next(iter(self._lingering))
+            self._lingering.pop(oldest).cancel()
+            if (other := self._rooms.get(oldest)) is not None:
+                self._spawn(self._unsubscribe_if_empty(other))
+
+    def _linger_over(self, room: _Room) -> None:
+        self._lingering.pop(room.name, None)
+        self._spawn(self._unsubscribe_if_empty(room))
 
     def dispatch(self, room: str, message: dict[str, Any]) -> None:
         """Handle a layer message for ``room`` now, as if it had come through the layer.
@@ -631,6 +665,9 @@ class Hub:
                     logger.exception("Could not leave group %s", room.group)
         self._rooms.clear()
         self._users.clear()
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

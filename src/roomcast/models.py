@@ -9,6 +9,8 @@ they change by ``target_seq``): each takes the room's next seq, so a client repl
 the stream sees them. The changed message's own row holds its final state (its new text
 and ``edited_at``; or no text and ``deleted_at``), which history pages show.
 
+Bans (``Ban``) keep a user out of a room or the site for a while (``roomcast.moderation``).
+
 A user's own channel is a room named ``user/<id>`` (``fanout.user_room``), stored alike.
 """
 
@@ -146,3 +148,52 @@ class ReadCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} read {self.room_id} to {self.seq}"
+
+
+class Ban(models.Model):
+    """A user banned from one room, or from the whole site (``room`` None), until a time
+    (``until``; None: until lifted).
+
+    Checked whenever access is decided (``roomcast.access.check``), so it ends by itself:
+    a ban whose ``until`` has passed refuses nothing, with no job to remove it. Lifting a
+    ban early sets ``until`` to now (``roomcast.moderation.unban``), which keeps the row
+    as a record. Saving an active ban closes the user's sockets on every process
+    (``roomcast.revocation``).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="roomcast_bans"
+    )
+    room = models.ForeignKey(
+        Room,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="bans",
+        help_text="Empty: banned from the whole site.",
+    )
+    until = models.DateTimeField(
+        null=True, blank=True, help_text="When the ban ends by itself. Empty: permanent."
+    )
+    reason = models.CharField(
+        max_length=200, blank=True, help_text="For moderators; not sent to the user."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            # Deciding access reads a user's bans (the active ones: until is null or later).
+            models.Index(fields=("user", "until"), name="roomcast_ban_user_until"),
+        ]
+
+    def __str__(self) -> str:
+        where = f"room {self.room}" if self.room_id is not None else "the site"
+        return f"{self.user} from {where}"

@@ -22,7 +22,12 @@ hub acts on its own sockets:
   deactivated (``is_active`` False: "account deactivated") or deleted ("account
   deleted"), and, only those that came with one session, for a logout ("logged out";
   ``session`` is a hash of the session key, which is a login and so never crosses
-  Redis).
+  Redis). With ``room``, only the user's subscriptions of that room end (a one-room
+  socket closes; a ``/ws/`` subscription ends with ``unsubscribed`` 4403 and the socket
+  goes on). With ``ban`` set, every process also forgets which users it knew to be
+  ban-free (``access.forget_bans``): a ban saved (``roomcast.models.Ban``, active) sends
+  one, for the room ("banned from this room") or for every socket of the user ("banned
+  from this site"), with " until <time>" when it ends by itself (:func:`ban_reason`).
 
 Bounded work. A hub queues re-checks by room (a room-wide re-check swallows the user
 ones for that room) and one task per hub works through them: per room, one thread hop
@@ -42,6 +47,7 @@ retries for :data:`PUBLISH_RETRY_SECS` when Redis itself is down).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
 import time
@@ -54,9 +60,11 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model, user_logged_out
 from django.db import router, transaction
 from django.db.models.signals import post_delete, post_init, post_save
+from django.utils import timezone
 
 from . import access, fanout
 from .hub import Hub, Member, register_control
+from .models import Ban
 from .protocol import CloseCode
 from .protocol.room_names import is_user_room
 from .signals import access_changed
@@ -64,12 +72,15 @@ from .signals import access_changed
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BANNED_FROM_ROOM",
+    "BANNED_FROM_SITE",
     "DEACTIVATED",
     "DELETED",
     "LOGGED_OUT",
     "NO_LONGER_ALLOWED",
     "RECHECK",
     "REVOKE",
+    "ban_reason",
     "check_rights",
     "connect_receivers",
     "publish_recheck",
@@ -86,6 +97,8 @@ NO_LONGER_ALLOWED = "not allowed in this room any more"
 LOGGED_OUT = "logged out"
 DEACTIVATED = "account deactivated"
 DELETED = "account deleted"
+BANNED_FROM_ROOM = "banned from this room"
+BANNED_FROM_SITE = "banned from this site"
 
 #: What a re-check asks: join (else the socket closes), read and post (kept on the member).
 RECHECK_ACTIONS: tuple[access.Action, ...] = ("join", "read", "post")
@@ -252,12 +265,18 @@ def _on_revoke(hub: Hub, message: dict[str, Any]) -> None:
     user_id = int(message["user_id"])
     reason = str(message.get("reason") or NO_LONGER_ALLOWED)
     session = message.get("session")
+    room = message.get("room")
+    if message.get("ban"):
+        access.forget_bans()
     for member in hub.user_members(user_id):
         if session is not None:
             key = getattr(member.identity, "session_key", None)
             if not key or session_digest(key) != session:
                 continue
-        member.connection.close(CloseCode.FORBIDDEN, reason)  # the whole socket
+        if room is None:
+            member.connection.close(CloseCode.FORBIDDEN, reason)  # the whole socket
+        elif member.room == room:
+            member.close(CloseCode.FORBIDDEN, reason)  # a /ws/ socket keeps its others
 
 
 register_control(RECHECK, _on_recheck)
@@ -277,13 +296,37 @@ def publish_recheck(*, room: str | None = None, user_id: int | None = None) -> N
     _publish({"type": RECHECK, "room": room, "user_id": user_id})
 
 
-def publish_revoke(user_id: int, *, reason: str, session_key: str | None = None) -> None:
+def publish_revoke(
+    user_id: int,
+    *,
+    reason: str,
+    session_key: str | None = None,
+    room: str | None = None,
+    ban: bool = False,
+) -> None:
     """Have every process close ``user_id``'s sockets (only those of ``session_key``, if
-    given) with 4403 and ``reason`` (sync; never raises)."""
+    given) with 4403 and ``reason``; with ``room``, end only the user's subscriptions of
+    that room; ``ban``: a ban was saved (sync; never raises)."""
     message: dict[str, Any] = {"type": REVOKE, "user_id": user_id, "reason": reason}
     if session_key is not None:
         message["session"] = session_digest(session_key)
+    if room is not None:
+        message["room"] = room
+    if ban:
+        message["ban"] = True
     _publish(message)
+
+
+def ban_reason(ban: Ban) -> str:
+    """The close reason of a ban: "banned from this room" or "banned from this site",
+    with " until 2026-11-30T03:15Z" (UTC, to the minute) when it ends by itself."""
+    reason = BANNED_FROM_SITE if ban.room_id is None else BANNED_FROM_ROOM
+    if ban.until is None:
+        return reason
+    until = ban.until.astimezone(datetime.UTC)
+    if until.second or until.microsecond:  # rounded up: never earlier than the real end
+        until = until.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+    return f"{reason} until {until:%Y-%m-%dT%H:%MZ}"
 
 
 def _publish(message: dict[str, Any]) -> None:
@@ -397,6 +440,21 @@ def _on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
         _after_commit(publish_revoke, instance.pk, reason=DELETED)
 
 
+def _on_ban_saved(sender: Any, instance: Ban, **kwargs: Any) -> None:
+    # Here at once (a join on this process must not go by the old set), and on every
+    # process when the revoke reaches it, after the commit (a re-check reads the ban).
+    access.forget_bans()
+    if instance.until is not None and instance.until <= timezone.now():
+        return  # ended (lifted, or saved with an end in the past): nothing to close
+    room = instance.room.name if instance.room is not None else None
+    _after_commit(_publish_ban, instance.user_id, reason=ban_reason(instance), room=room)
+
+
+def _publish_ban(user_id: int, *, reason: str, room: str | None) -> None:
+    access.forget_bans()  # again: a read of the bans may have run before the commit
+    publish_revoke(user_id, reason=reason, room=room, ban=True)
+
+
 def _on_logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if user is not None and getattr(user, "pk", None) is not None and session_key:
@@ -411,3 +469,4 @@ def connect_receivers() -> None:
     post_save.connect(_on_user_saved, sender=user_model, dispatch_uid="roomcast.revocation")
     post_delete.connect(_on_user_deleted, sender=user_model, dispatch_uid="roomcast.revocation")
     user_logged_out.connect(_on_logged_out, dispatch_uid="roomcast.revocation")
+    post_save.connect(_on_ban_saved, sender=Ban, dispatch_uid="roomcast.revocation.ban")

@@ -23,7 +23,9 @@ Who a socket is, in order of precedence (docs/protocol.md, "Authentication"):
    session (:data:`GUEST_NAME_SESSION_KEY`), so a guest keeps it across reloads.
 
 A token that does not let its bearer in closes the socket with 4401 and a reason from
-:data:`TOKEN_REFUSALS`; a token in the URL (``?token=``) with 4400.
+:data:`TOKEN_REFUSALS`; a token in the URL (``?token=``) with 4400. A user banned from
+the site (``roomcast.moderation``), by token or session, is refused alike with 4401 and
+"banned from this site" (with " until <time>" when the ban ends by itself).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
-from . import access, auth
+from . import access, auth, revocation
 from .conf import roomcast_settings
 from .origins import OriginPolicy, check_proxy_ssl_header
 from .protocol import CloseCode
@@ -103,21 +105,38 @@ async def identity_from_token(token: str) -> access.Identity:
     """The identity a token proves (checked in a worker thread: it reads the user).
 
     Raises:
-        AuthenticationFailed: expired, forged or damaged, or its user is inactive.
+        AuthenticationFailed: expired, forged or damaged, or its user is inactive or
+            banned from the site.
     """
+
+    def verify() -> tuple[Any, float, Any]:
+        user, expires_at = auth.verify_token(token)
+        return user, expires_at, access.banned(user.pk)
+
     try:
-        user, expires_at = await database_sync_to_async(auth.verify_token)(token)
+        user, expires_at, ban = await database_sync_to_async(verify)()
     except auth.TokenError as exc:
         raise AuthenticationFailed(TOKEN_REFUSALS.get(exc.code, "invalid token")) from None
+    if ban is not None:
+        raise AuthenticationFailed(revocation.ban_reason(ban))
     return access.identity_for(user, via="token", expires_at=expires_at)
 
 
 async def identity_from_session(scope: Any) -> access.Identity:
     """The identity of a socket that brought no token: the session's user, or a guest
-    (named from the session when the site's room page gave it a name)."""
+    (named from the session when the site's room page gave it a name).
+
+    Raises:
+        AuthenticationFailed: the session's user is banned from the site.
+    """
     user = scope.get("user")
     session = scope.get("session")
     if user is not None and user.is_authenticated:
+        # A user known to have no ban costs nothing; else one thread hop.
+        if not access.ban_free(user.pk):
+            ban = await database_sync_to_async(access.banned)(user.pk)
+            if ban is not None:
+                raise AuthenticationFailed(revocation.ban_reason(ban))
         key = getattr(session, "session_key", None) if session is not None else None
         return access.identity_for(user, via="session", session_key=key)
     name = None

@@ -160,6 +160,7 @@ def _make_hub() -> Hub:
         fanout.room_group,
         position_check_secs=roomcast_settings.POSITION_CHECK_SECS,
         recent_count=roomcast_settings.HISTORY_COUNT,
+        linger_secs=roomcast_settings.ROOM_LINGER_SECS,
     )
     made.presence = presence.Tracker(made, made.layer)
     return made

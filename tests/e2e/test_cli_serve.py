@@ -153,16 +153,24 @@ async def test_debug_shows_each_connection_and_request(serve) -> None:
         server.wait_for(line)
 
 
-async def test_access_log_adds_requests_and_handshakes_only(serve) -> None:
+async def test_access_log_adds_requests_sessions_and_refusals_only(serve) -> None:
+    """--access-log: a line per request, per WebSocket session when it ends (with its
+    room and user), per refused handshake; the accepted handshake's line stays DEBUG."""
     server = serve("--access-log")
     await _visit(server)
     server.wait_for('"GET /favicon.ico HTTP/1.1" 200')
     server.wait_for('"WebSocket /ws/chat/lobby/" 403')
     log = server.stop()
     assert "connection open" not in log and "django.request" not in log, log
+    assert "[accepted]" not in log, log
     requests = r'INFO: +127\.0\.0\.1:\d+ - "GET \S+ HTTP/1\.1" \d+ [A-Za-z ]+'
-    handshakes = r'INFO: +127\.0\.0\.1:\d+ - "WebSocket /ws/chat/lobby/" (\[accepted\]|403)'
-    assert _unexpected(log, requests, handshakes) == [], log
+    refusals = r'INFO: +127\.0\.0\.1:\d+ - "WebSocket /ws/chat/lobby/" 403'
+    sessions = (
+        r'\S+ \S+ INFO roomcast\.access: 127\.0\.0\.1:\d+ - "WebSocket /ws/chat/lobby/" '
+        r"closed 1000 after \d+\.\d{3} s, 0 frames in room=lobby user=guest-\w+"
+    )
+    assert _unexpected(log, requests, refusals, sessions) == [], log
+    assert len(re.findall(sessions, log)) == 3, log
 
 
 async def test_every_address_says_what_to_set_and_names_it_on_a_refused_host(serve) -> None:

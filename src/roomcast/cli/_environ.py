@@ -98,9 +98,20 @@ OPTIONS: tuple[Option, ...] = (
         "and per refused request",
     ),
     Option(
+        variable="ROOMCAST_LOG_FORMAT",
+        flag="--log-format",
+        default="`text`",
+        meaning="`text` or `json`: one JSON object per line (`time`, `level`, `logger`, "
+        "`message`, and `room`, `user`, `client`, `code`... when known; a traceback in "
+        "`exc`)",
+    ),
+    Option(
+        variable="ROOMCAST_ACCESS_LOG",
         flag="--access-log",
         default="off, on with `--log-level debug`",
-        meaning="a line per HTTP request and WebSocket handshake; `--no-access-log` for none",
+        meaning="a line per HTTP request, per WebSocket session when it ends (room, user, "
+        "close code, duration, frames in) and per refused handshake; `--no-access-log` or "
+        "`0` for none",
     ),
     Option(flag="--host", default="`127.0.0.1`", meaning="the address to listen on"),
     Option(flag="--port", default="`8000`", meaning="the port to listen on"),

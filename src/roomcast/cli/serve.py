@@ -11,6 +11,7 @@ import argparse
 import errno
 import io
 import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -38,6 +39,8 @@ from ._database import announce_database, check_database, database_error
 UVICORN_WS_MAX_BYTES = 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # as roomcast.server.logs.LOG_FORMATS (that needs no import)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: ALLOWED_HOSTS of the bundled site when ROOMCAST_ALLOWED_HOSTS is unset (its settings'
 #: default; serve adds the --host address to it).
 DEFAULT_ALLOWED_HOSTS = "localhost,127.0.0.1,[::1]"
@@ -65,6 +68,7 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     serve.add_argument("--port", type=_port, default=8000, help=flag("--port"))
     serve.add_argument("--workers", type=_workers, default=1, metavar="N", help=flag("--workers"))
     serve.add_argument("--log-level", choices=LOG_LEVELS, help=flag("--log-level"))
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help=flag("--log-format"))
     serve.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, help=flag("--access-log")
     )
@@ -97,6 +101,44 @@ def _log_level(args: argparse.Namespace) -> str:
         )
     os.environ["ROOMCAST_LOG_LEVEL"] = level
     return level
+
+
+def _log_format(args: argparse.Namespace) -> str:
+    """--log-format, else ROOMCAST_LOG_FORMAT, else text; set in the environment."""
+    log_format = (args.log_format or os.environ.get("ROOMCAST_LOG_FORMAT") or "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise CommandError(
+            f"ROOMCAST_LOG_FORMAT={os.environ['ROOMCAST_LOG_FORMAT']!r} is not a log format: "
+            f"use {' or '.join(LOG_FORMATS)}"
+        )
+    os.environ["ROOMCAST_LOG_FORMAT"] = log_format
+    return log_format
+
+
+def _access_log(args: argparse.Namespace, level: str) -> bool:
+    """--access-log / --no-access-log, else ROOMCAST_ACCESS_LOG, else on at debug; set in
+    the environment."""
+    if args.access_log is not None:
+        on = bool(args.access_log)
+    else:
+        value = os.environ.get("ROOMCAST_ACCESS_LOG", "").strip().lower()
+        if value and value not in _TRUE + _FALSE:
+            raise CommandError(
+                f"ROOMCAST_ACCESS_LOG={value!r} is not on or off: use 1 (on) or 0 (off)"
+            )
+        on = value in _TRUE if value else level == "debug"
+    os.environ["ROOMCAST_ACCESS_LOG"] = "1" if on else "0"
+    return on
+
+
+def _say(line: str, log_format: str, level: int = logging.INFO) -> None:
+    """A start-up line on stderr; in the json format, as a log record would be."""
+    if log_format == "json":
+        from roomcast.server.logs import JsonFormatter
+
+        record = logging.LogRecord("roomcast.serve", level, "", 0, line, None, None)
+        line = JsonFormatter().format(record)
+    print(line, file=sys.stderr, flush=True)
 
 
 def _host_name(host: str) -> str:
@@ -154,7 +196,7 @@ def _check_listen(host: str, port: int) -> None:
         raise CommandError(f"cannot listen on {host}:{port} ({reason}): {fix}", code) from None
 
 
-def _metrics_dir(port: int) -> Path:
+def _metrics_dir(port: int, log_format: str) -> Path:
     """Make ``$ROOMCAST_DATA_DIR/metrics-PORT`` empty and point prometheus-client's
     multiprocess mode at it (``PROMETHEUS_MULTIPROC_DIR``), for every worker's values to
     be summed at each scrape (roomcast.metrics). One directory per port: two servers
@@ -167,7 +209,7 @@ def _metrics_dir(port: int) -> Path:
     data_dir = Path(os.environ.get("ROOMCAST_DATA_DIR") or Path.cwd() / ".roomcast").resolve()
     try:
         if tightened := private_data_dir(data_dir):
-            print(f"roomcast: {tightened}", file=sys.stderr, flush=True)
+            _say(f"roomcast: {tightened}", log_format)
         directory = data_dir / f"metrics-{port}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700)
@@ -185,7 +227,8 @@ def _metrics_dir(port: int) -> Path:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Check the settings, migrate, and serve until stopped."""
     level = _log_level(args)
-    access_log = args.access_log if args.access_log is not None else level == "debug"
+    log_format = _log_format(args)
+    access_log = _access_log(args, level)
     apply_service_flags(args)
     if args.workers > 1 and not os.environ.get("ROOMCAST_REDIS_URL"):
         raise CommandError(
@@ -198,12 +241,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     _check_listen(args.host, args.port)  # before any work on the database
     hint = _allow_host(args.host)
-    _metrics_dir(args.port)  # before anything imports roomcast.metrics
+    _metrics_dir(args.port, log_format)  # before anything imports roomcast.metrics
     setup_django()
     from roomcast.conf import unknown_environ
 
     for line in unknown_environ(os.environ):
-        print(f"roomcast serve: warning: {line}", file=sys.stderr)
+        _say(f"roomcast serve: warning: {line}", log_format, logging.WARNING)
     from django.conf import settings
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
@@ -224,19 +267,20 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import uvicorn
 
+    from roomcast.conf import roomcast_settings
+    from roomcast.server.drain import graceful_shutdown_secs
     from roomcast.server.lean_ws import protocol_class
     from roomcast.server.logs import uvicorn_log_config
 
-    print(
+    _say(
         f"roomcast serving on http://{_host_name(args.host)}:{args.port}/chat/ "
         f"({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
         f"{str(settings.CHANNEL_LAYERS['default']['BACKEND']).rsplit('.', 1)[-1]}, "
         f"{args.workers} worker{'s' if args.workers > 1 else ''})",
-        file=sys.stderr,
-        flush=True,
+        log_format,
     )
     if hint:
-        print(hint, file=sys.stderr, flush=True)
+        _say(hint, log_format, logging.WARNING)
     uvicorn.run(
         settings.ASGI_APPLICATION.replace(".application", ":application"),
         host=args.host,
@@ -255,8 +299,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         lifespan="on",
         log_level=level,
         # Per-connection lines at DEBUG; HTTP requests and handshakes with access_log.
-        log_config=uvicorn_log_config(level, access_log=access_log),
+        log_config=uvicorn_log_config(level, access_log=access_log, log_format=log_format),
         access_log=access_log,
-        timeout_graceful_shutdown=5,
+        # On SIGTERM the WebSockets close in batches over DRAIN_SECS (server.drain);
+        # uvicorn cancels what is left after this.
+        timeout_graceful_shutdown=graceful_shutdown_secs(
+            roomcast_settings.DRAIN_SECS, roomcast_settings.CLOSE_TIMEOUT_SECS
+        ),
     )
     return 0

@@ -37,6 +37,7 @@ class Room:
         "buffer",
         "cache",
         "changed",
+        "count_due",
         "expected",
         "full",
         "hold",
@@ -66,6 +67,7 @@ class Room:
         self.timer: asyncio.TimerHandle | None = None
         self.cache: tuple[dict[str, Any], str] | None = None  # flushed snapshot, its frame
         self.large = False  # over PRESENCE_LIVE_MAX at the last flush
+        self.count_due = 0.0  # loop time before which a large room sends no presence_count
         # The Redis mirror: local users Redis has not got yet, and the version of the
         # next write (microseconds at creation, so a later incarnation counts higher).
         self.changed: set[int] = set()

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from . import guard
+from . import drain, guard
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class _Queue:
 
     def empty(self) -> bool:
         return not self._items
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the application waits in ``receive()`` (for the drain: it is idle)."""
+        return bool(self._getters)
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -108,6 +113,11 @@ class _Event:
     def is_set(self) -> bool:
         return self._value
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a send waits for the socket to drain (a writer has frames to write)."""
+        return bool(self._waiters)
+
     def set(self) -> None:
         if not self._value:
             self._value = True
@@ -156,6 +166,8 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     # deadline while the transport is paused, or the abort after a close.
     _timer: asyncio.TimerHandle | None = None
     _timer_kind = ""
+    # Where this socket is in a graceful drain (see the drain section below).
+    _drain_state = ""
 
     def adopt_guard(self, address: str) -> None:
         """Take over the connection count of the HTTP protocol this socket was upgraded
@@ -165,6 +177,9 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
             self._set_timer(guard.limits().handshake_timeout, self._handshake_timed_out)
 
     def handle_connect(self, event: Any) -> None:
+        if drain.started(self.loop):
+            self._refuse_during_drain()
+            return
         super().handle_connect(event)
         self.request = None  # type: ignore[assignment]  # the scope holds its own copy
 
@@ -173,6 +188,16 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
         # last reader.
         self.response = None  # type: ignore[assignment]
         super().start_keepalive()
+
+    async def receive(self) -> Any:
+        if self._drain_state != "waiting":
+            return await super().receive()
+        # Draining: reading stays paused (the parent would resume it once the queue is
+        # empty), and an application asking for more with nothing queued is done with
+        # what it was given: the socket may close.
+        if self.queue.empty():
+            self.loop.call_soon(self._close_if_idle)
+        return await self.queue.get()
 
     async def send(self, message: Any) -> None:
         if (
@@ -196,6 +221,8 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
             self.close_timer.cancel()
             self.close_timer = None
             self._set_timer(self.close_timeout, self._abort, "close")
+        if self._drain_state == "waiting":  # its ack may have been the last thing to write
+            self.loop.call_soon(self._close_if_idle)
 
     # Roomcast's direct writes (roomcast.direct) may bypass this send: it writes frames
     # as the parent's does and adds only what happens at a close.
@@ -225,6 +252,8 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
         super().resume_writing()
         if self._timer is not None and self._timer_kind == "stall":
             self._cancel_timer()
+        if self._drain_state == "waiting":  # after the writer task's turn
+            self.loop.call_soon(self._close_if_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -232,8 +261,88 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
         if self._guard_address is not None:
             guard.guard().release(self._guard_address)
             self._guard_address = None
+        if self._drain_state and self._drain_state != "gone":
+            drain.current(self.loop).closed(forced=self._drain_state == "forced")
+            self._drain_state = "gone"
+
+    # -- graceful drain (server.drain) -----------------------------------------------------
+    #
+    # _drain_state: "" (not draining), "registered" (waiting for its batch), "waiting"
+    # (its batch came: reading paused, the application finishing what it has), "closed"
+    # (1012 sent when idle), "forced" (1012 sent at the deadline), "gone".
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: an open socket is closed in its drain batch instead of now."""
+        if self._drain_state:
+            return
+        if self.handshake_complete and not self.close_sent and not self.disconnected:
+            self._drain_state = "registered"
+            drain.current(self.loop).add(self)
+            return
+        super().shutdown()  # a handshake under way (500), or a close already sent
+
+    def drain_close(self, deadline: float) -> None:
+        """Stop reading frames; once the application has handled those it has (a post
+        stored and acked) and its frames are written, close with 1012; at ``deadline``
+        (loop time) close anyway."""
+        if self._drain_state != "registered" or self.disconnected:
+            return
+        if self.close_sent or self.transport.is_closing():  # closing on its own already
+            return
+        self._drain_state = "waiting"
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._set_timer(max(0.0, deadline - self.loop.time()), self._drain_deadline, "drain")
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        queue, writable = cast(_Queue, self.queue), cast(_Event, self.writable)
+        if (
+            self._drain_state == "waiting"
+            and queue.waiting  # the application waits for a frame
+            and queue.empty()  # and has none left to handle
+            and writable.is_set()  # and what it sent is written, none waits
+            and not writable.waiting
+        ):
+            self._drain_now("closed")
+
+    def _drain_deadline(self) -> None:
+        self._timer = None
+        if self._drain_state == "waiting":
+            self._drain_now("forced")
+
+    def _drain_now(self, state: str) -> None:
+        self._drain_state = state
+        if self.disconnected or self.transport.is_closing():
+            return
+        self._cancel_timer()
+        self.stop_keepalive()
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": drain.CLOSE_CODE, "reason": drain.REASON}
+        )
+        self.conn.send_close(drain.CLOSE_CODE, drain.REASON)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        # Read on until the client answers the close (handle_close then ends the
+        # connection); frames it sent meanwhile are dropped (send_receive_event_to_app).
+        # close_sent stays False, as after uvicorn's own shutdown: a frame the application
+        # still sends fails as a gone socket (ClientDisconnected), not as an ASGI error.
+        self.read_paused = False
+        self.transport.resume_reading()
+        self._set_timer(self.close_timeout, self._abort, "close")
+
+    def _refuse_during_drain(self) -> None:
+        """A handshake that arrived as the drain began: 503, so the client tries again
+        (through the load balancer, another process)."""
+        self.handshake_complete = self.close_sent = True
+        self.conn.send_response(self.conn.reject(503, "Server restarting; connect again.\n"))
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
+        if self._drain_state in ("closed", "forced"):
+            self.frames = []  # after the drain's close: not read, as after any close
+            return
         if self.curr_msg_data_type == "text" and not self.close_sent:
             data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
             try:
@@ -295,6 +404,8 @@ _HOOKS = (
     "keepalive_timeout",
     "send_receive_event_to_app",
     "handle_parser_exception",
+    "shutdown",
+    "stop_keepalive",
 )
 
 

@@ -24,14 +24,28 @@ Lines that come with every connection or request are kept at DEBUG, shown by
 A demoted record gets level DEBUG before the handlers see it, so each handler's level
 (the chosen log level) decides whether it is written.
 
+The access log (``--access-log``) is one INFO line per HTTP request (``uvicorn.access``),
+one per WebSocket session when it ends (``roomcast.access``, see
+``roomcast.socket_log``) and one per refused handshake; the ``[accepted]`` handshake
+line is DEBUG, as the session's line says more.
+
+Two formats (``--log-format``): ``text``, the lines above, with ``room=...
+user=...`` added to a record logged while a socket was served; and ``json``
+(:class:`JsonFormatter`), one object per line for a log shipper. Written by hand:
+``python-json-logger`` would format the object, but the fields that matter here (an
+access record's client, path and status, the socket's room and user) still need the
+mapping below, which is most of the code.
+
 Layer: server (standalone site); imports the standard library only, so the settings can
 name these filters without importing uvicorn or Django.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 #: websockets' per-connection lines (``websockets.server``, ``websockets.protocol``),
@@ -46,6 +60,19 @@ CONNECTION_LINES = frozenset(
 )
 #: The start of uvicorn's handshake lines: ``'%s - "WebSocket %s" [accepted]'``, ``403``...
 HANDSHAKE_PREFIX = '%s - "WebSocket %s"'
+#: uvicorn's line for an accepted handshake: DEBUG always (the session's end has a line).
+HANDSHAKE_ACCEPTED = '%s - "WebSocket %s" [accepted]'
+LOG_FORMATS = ("text", "json")
+#: Fields a record may carry (``extra=``, or from its socket, ``roomcast.socket_log``),
+#: in the order they are written.
+FIELDS = (
+    "room", "rooms", "user", "client", "method", "path", "status", "code",
+    "duration_ms", "frames_in",
+)  # fmt: skip
+#: Of these, the ones a text line adds as ``key=value`` (the rest are in its message).
+TEXT_FIELDS = ("room", "rooms", "user")
+#: The arguments of uvicorn's access records: ``'%s - "%s %s HTTP/%s" %d'``.
+ACCESS_ARGS = ("client", "method", "path", "http_version", "status")
 #: Longest logged message of a client-caused error: the Host header is the client's.
 CLIENT_ERROR_MAX_CHARS = 300
 #: Handshake headers whose values are credentials (a token, an API key, a session id).
@@ -71,7 +98,11 @@ class QuietConnections(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.msg if isinstance(record.msg, str) else ""
-        if msg in CONNECTION_LINES or (msg.startswith(HANDSHAKE_PREFIX) and not self.access_log):
+        if (
+            msg in CONNECTION_LINES
+            or msg == HANDSHAKE_ACCEPTED
+            or (msg.startswith(HANDSHAKE_PREFIX) and not self.access_log)
+        ):
             _demote(record)
         return True
 
@@ -126,11 +157,84 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
+def _text_fields(record: logging.LogRecord) -> str:
+    parts = []
+    for key in TEXT_FIELDS:
+        value = getattr(record, key, None)
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            value = ",".join(map(str, value))
+        text = str(value)
+        if _needs_quotes(text):
+            text = json.dumps(text, ensure_ascii=False)
+        parts.append(f"{key}={text}")
+    return " " + " ".join(parts) if parts else ""
+
+
+def _needs_quotes(text: str) -> bool:
+    return not text or any(c.isspace() or c in '"=\\' or not c.isprintable() for c in text)
+
+
+class FieldsMixin(logging.Formatter):
+    """Adds ``room=... user=...`` to the formatted message (before a traceback); a value
+    with spaces or quotes is quoted as JSON, so a room name cannot forge a field."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record) + _text_fields(record)
+
+
+class TextFormatter(FieldsMixin, logging.Formatter):
+    """The ``text`` format of roomcast's and Django's records."""
+
+
+def uvicorn_text_formatter(**kwargs: Any) -> logging.Formatter:
+    """uvicorn's ``DefaultFormatter`` (``INFO:     ...``) with the fields (a dictConfig
+    factory: uvicorn is imported only when the server configures its logging)."""
+    from uvicorn.logging import DefaultFormatter
+
+    class UvicornTextFormatter(FieldsMixin, DefaultFormatter):
+        pass
+
+    return UvicornTextFormatter(**kwargs)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time`` (UTC, ISO 8601, ms),
+    ``level``, ``logger``, ``message``, the :data:`FIELDS` the record has, and ``exc``
+    (the traceback, as one string) or ``stack``. JSON escapes every newline, so a
+    record is one line whatever it holds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message.rstrip("\n"),
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            out.update(zip(ACCESS_ARGS, args, strict=True))
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def uvicorn_log_config(level: str, *, access_log: bool, log_format: str = "text") -> dict[str, Any]:
     """uvicorn's default log configuration (``uvicorn.config.LOGGING_CONFIG``: its
     formatters, stderr for the server, stdout for the access log), handlers at ``level``,
     per-connection lines demoted by :class:`QuietConnections`, secrets blanked by
-    :class:`RedactSecrets`."""
+    :class:`RedactSecrets`; ``log_format`` ``json``: :class:`JsonFormatter` for both."""
+    json_formatter = {"()": "roomcast.server.logs.JsonFormatter"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -140,14 +244,19 @@ def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
                 "access_log": access_log,
             },
             "redact_secrets": {"()": "roomcast.server.logs.RedactSecrets"},
+            "socket_fields": {"()": "roomcast.socket_log.SocketFields"},
         },
         "formatters": {
-            "default": {
-                "()": "uvicorn.logging.DefaultFormatter",
+            "default": json_formatter
+            if log_format == "json"
+            else {
+                "()": "roomcast.server.logs.uvicorn_text_formatter",
                 "fmt": "%(levelprefix)s %(message)s",
                 "use_colors": None,
             },
-            "access": {
+            "access": json_formatter
+            if log_format == "json"
+            else {
                 "()": "uvicorn.logging.AccessFormatter",
                 "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
             },
@@ -158,6 +267,7 @@ def uvicorn_log_config(level: str, *, access_log: bool) -> dict[str, Any]:
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "level": level.upper(),
+                "filters": ["socket_fields"],
             },
             "access": {
                 "formatter": "access",

@@ -17,6 +17,9 @@ ROOMCAST_ALLOWED_HOSTS            comma-separated (default ``localhost,127.0.0.1
                                   roomcast serve adds its ``--host`` address)
 ROOMCAST_DEBUG                    ``1`` for Django's debug mode
 ROOMCAST_LOG_LEVEL                ``debug``, ``info`` (default), ``warning``, ``error``
+ROOMCAST_LOG_FORMAT               ``text`` (default) or ``json`` (one object per line)
+ROOMCAST_ACCESS_LOG               ``1``: a line per request and WebSocket session
+                                  (default: on with ``debug``)
 ================================  ===========================================================
 """
 
@@ -194,7 +197,7 @@ else:
     # One process: the hub drains each room's channel as messages arrive; a burst larger
     # than this shows up as a gap and is read back from the database.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+        "default": {"BACKEND": "roomcast.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
 # Every other ROOMCAST key from ROOMCAST_<KEY> (docs/settings.md), e.g. ROOMCAST_HISTORY_COUNT.
@@ -215,25 +218,53 @@ if _LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
     raise ImproperlyConfigured(
         f"ROOMCAST_LOG_LEVEL={_LOG_LEVEL.lower()!r}: use debug, info, warning or error."
     )
+_LOG_FORMAT = os.environ.get("ROOMCAST_LOG_FORMAT", "text").lower()
+if _LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"ROOMCAST_LOG_FORMAT={_LOG_FORMAT!r}: use text or json.")
+_ACCESS_LOG = os.environ.get("ROOMCAST_ACCESS_LOG", "").lower()
+if _ACCESS_LOG not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
+    raise ImproperlyConfigured(f"ROOMCAST_ACCESS_LOG={_ACCESS_LOG!r}: use 1 (on) or 0 (off).")
+# Unset: on with debug, as roomcast serve decides (it sets the variable for its workers).
+_ACCESS = _ACCESS_LOG in ("1", "true", "yes", "on") or (not _ACCESS_LOG and _LOG_LEVEL == "DEBUG")
 # One line per event that matters; per-request noise at DEBUG (roomcast.server.logs).
+# roomcast.access: a line per WebSocket session at INFO, shown with the access log only.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {
+        "plain": {"()": "roomcast.server.logs.JsonFormatter"}
+        if _LOG_FORMAT == "json"
+        else {
+            "()": "roomcast.server.logs.TextFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        }
+    },
     "filters": {
         "client_errors_at_debug": {"()": "roomcast.server.logs.ClientErrorsAtDebug"},
         "one_line_client_errors": {"()": "roomcast.server.logs.OneLineClientErrors"},
+        "socket_fields": {"()": "roomcast.socket_log.SocketFields"},
     },
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
             "level": _LOG_LEVEL,
-            "filters": ["one_line_client_errors"],
-        }
+            "filters": ["one_line_client_errors", "socket_fields"],
+        },
+        # Beside uvicorn's access lines (stdout).
+        "access": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "stream": "ext://sys.stdout",
+        },
     },
     "loggers": {
         "roomcast": {"handlers": ["stderr"], "level": _LOG_LEVEL},
+        "roomcast.access": {
+            "handlers": ["access"],
+            "level": "INFO" if _ACCESS else "WARNING",
+            "propagate": False,
+        },
         "django": {"handlers": ["stderr"], "level": "WARNING"},
         "django.request": {"filters": ["client_errors_at_debug"]},
     },
