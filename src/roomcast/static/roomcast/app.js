@@ -242,6 +242,9 @@ class RoomView {
     this.typing = new Map();     // user -> time their "typing" expires
     this._typingTimer = null;
     this._pendingCount = 0;
+    this.outbox = [];            // {text, li, attempt}: typed, not yet stored, in order
+    this._sending = false;       // the outbox's first message is with the server
+    this.retried = 0;            // posts sent again after rate_limited or busy
     this._retryAfterMs = null;   // retry_after of the last rate_limited error
     this._renderQueued = false;
 
@@ -741,8 +744,8 @@ class RoomView {
     this.setNote("");
     this.input.value = "";
     this.autosize();
-    const pending = this.addPending(text);
-    this.post(text, pending, 0);
+    this.outbox.push({ text, li: this.addPending(text), attempt: 0 });
+    this.pump();
   }
 
   addPending(text) {
@@ -779,26 +782,51 @@ class RoomView {
     for (const li of this.list.querySelectorAll("li.pending:not([data-retrying])")) this.setPendingLabel(li);
   }
 
-  post(text, pending, attempt) {
-    delete pending.dataset.retrying;
-    this.setPendingLabel(pending);
-    this.sub.send(text).then(
-      (seq) => this.settle(pending, seq),
+  /**
+   * Send the outbox's messages one at a time, in order: the server reads one post per
+   * socket at a time anyway, and a message refused for the rate (rate_limited) or load
+   * (busy) is sent again after retry_after (or BUSY_RETRY_MS, doubling) before the ones
+   * typed after it, so they are stored in the order typed.
+   */
+  pump() {
+    if (this._sending || this.outbox.length === 0) return;
+    const entry = this.outbox[0];
+    this._sending = true;
+    delete entry.li.dataset.retrying;
+    this.setPendingLabel(entry.li);
+    this.sub.send(entry.text).then(
+      (seq) => {
+        this.outbox.shift();
+        this._sending = false;
+        this.settle(entry.li, seq);
+        this.pump();
+      },
       (err) => {
         const code = err instanceof RefusedError ? err.code : null;
-        if ((code === "rate_limited" || code === "busy") && attempt < MAX_AUTO_RETRIES) {
+        if ((code === "rate_limited" || code === "busy") && entry.attempt < MAX_AUTO_RETRIES) {
           const waitMs =
-            code === "rate_limited" ? (this._retryAfterMs ?? BUSY_RETRY_MS) : BUSY_RETRY_MS * 2 ** attempt;
+            code === "rate_limited"
+              ? (this._retryAfterMs ?? BUSY_RETRY_MS)
+              : BUSY_RETRY_MS * 2 ** entry.attempt;
+          entry.attempt += 1;
+          this.retried += 1;
           this._retryAfterMs = null;
-          pending.dataset.retrying = "1";
+          entry.li.dataset.retrying = "1";
           const why = code === "busy" ? "the server is busy" : "sending too fast";
-          this.setPendingLabel(pending, `${why}: sending again in ${Math.ceil(waitMs / 1000)} s…`);
-          setTimeout(() => this.post(text, pending, attempt + 1), waitMs);
+          this.setPendingLabel(entry.li, `${why}: sending again in ${Math.ceil(waitMs / 1000)} s…`);
+          setTimeout(() => {
+            this._sending = false;
+            this.pump();
+          }, waitMs);
           return;
         }
-        pending.remove();
+        // Not stored, and not going to be: this message and the ones queued after it go
+        // back into the box, in the order typed, with the reason.
+        const failed = this.outbox.splice(0);
+        this._sending = false;
+        for (const { li } of failed) li.remove();
         this.queueRender();
-        this.giveBack(text);
+        this.giveBack(failed.map((f) => f.text).join("\n"));
         this.setNote(`Not sent: ${reasonOf(err)}. The text is back in the box.`);
       },
     );
