@@ -73,7 +73,10 @@ class RoomcastLoginView(LoginView):
 
     template_name = "roomcast/login.html"
     redirect_authenticated_user = True
-    next_page = reverse_lazy("roomcast:rooms")
+
+    def get_default_redirect_url(self) -> str:
+        """The rooms, whatever LOGIN_REDIRECT_URL says (the project's own pages' default)."""
+        return reverse("roomcast:rooms")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
@@ -194,7 +197,9 @@ def _app_page(
         "room": room,
         "user": identity.name,
         "isUser": is_user,
-        "isModerator": bool(room is not None and is_user and access.check(identity, room, "moderate")),
+        "isModerator": bool(
+            room is not None and is_user and access.check(identity, room, "moderate")
+        ),
         "mayPost": bool(room is not None and access.check(identity, room, "post")),
         "rooms": rooms,
         "roomUrl": [before, after],

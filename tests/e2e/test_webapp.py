@@ -86,9 +86,9 @@ async def new_page(browser: Browser, errors: list[str], viewport: dict[str, int]
     page = await context.new_page()
     page.on(
         "console",
-        lambda msg: errors.append(msg.text)
-        if msg.type == "error" and "WebSocket" not in msg.text
-        else None,
+        lambda msg: (
+            errors.append(msg.text) if msg.type == "error" and "WebSocket" not in msg.text else None
+        ),
     )
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return page
@@ -108,7 +108,9 @@ def room_path(room: str) -> str:
 
 
 async def live(page: Page) -> None:
-    await expect(page.locator("#conn-status")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    await expect(page.locator("#conn-status")).to_have_attribute(
+        "data-state", "open", timeout=WAIT_MS
+    )
 
 
 async def seqs(page: Page) -> list[int]:
@@ -186,7 +188,9 @@ async def test_webapp_two_users_chat_in_a_unicode_room(
     await expect(bob.locator("#composer-input")).to_be_focused()
 
     # Presence both ways.
-    await expect(alice.locator("#online-list li")).to_have_text(["alice (you)", "bob"], timeout=WAIT_MS)
+    await expect(alice.locator("#online-list li")).to_have_text(
+        ["alice (you)", "bob"], timeout=WAIT_MS
+    )
     await expect(bob.locator("#online-summary")).to_have_text("2 online: alice, bob")
 
     # Alice posts: her message is marked as hers and sent; Bob gets it once.
@@ -283,7 +287,9 @@ async def test_webapp_guest_scrolls_back_through_300_messages(browser: Browser, 
         "#message-list li.msg .text", "els => els.map((e) => e.textContent)"
     )
     assert texts == [f"message {n}" for n in range(1, 301)]
-    first = await page.evaluate("document.querySelector('#message-list').firstElementChild.className")
+    first = await page.evaluate(
+        "document.querySelector('#message-list').firstElementChild.className"
+    )
     assert first == "day"
     # A guest may post in a public room, and has no edit buttons.
     await page.locator("#composer-input").fill("a guest was here")
@@ -368,9 +374,7 @@ async def test_webapp_limits_in_the_page(browser: Browser, serve: Any) -> None:
         await box.fill(f"burst {n}")
         await box.press("Enter")
     for n in range(1, 5):
-        await expect(message(page, n).locator(".text")).to_have_text(
-            f"burst {n}", timeout=WAIT_MS
-        )
+        await expect(message(page, n).locator(".text")).to_have_text(f"burst {n}", timeout=WAIT_MS)
     assert await seqs(page) == [1, 2, 3, 4]
     # Typed faster than 2 a second after a burst of 1: some were refused and sent again.
     assert await page.evaluate("roomcastApp.room.retried") > 0
