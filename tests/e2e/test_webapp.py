@@ -208,12 +208,24 @@ async def test_webapp_two_users_chat_in_a_unicode_room(
     await expect(bob.locator("#message-list li.day")).to_have_text(["Today"])
     await expect(alice.locator("#composer-input")).to_have_value("")
 
-    # Bob types: Alice sees it; then his message arrives and the line clears.
-    await bob.locator("#composer-input").press_sequentially("hi alice")
+    # A few more lines, then Bob types: Alice sees it; his message arrives, the line clears.
+    await bob.keyboard.type("hi alice, café at 3?")
+    await bob.keyboard.press("Enter")
+    await expect(message(alice, 2).locator(".text")).to_have_text(
+        "hi alice, café at 3?", timeout=WAIT_MS
+    )
+    await alice.locator("#composer-input").fill(
+        "Standup in 5 min\nagenda: https://example.com/agenda"
+    )
+    await alice.locator("#composer-input").press("Enter")
+    await expect(message(bob, 3)).to_be_visible(timeout=WAIT_MS)
+    # At a person's pace: the first typing frame after a post goes out once
+    # TYPING_INTERVAL_SECS (2 s) have passed since the last one.
+    await bob.locator("#composer-input").press_sequentially("on my way", delay=350)
     await expect(alice.locator("#typing")).to_have_text("bob is typing…", timeout=WAIT_MS)
     await alice.screenshot(path=shots / "room.png")
     await bob.keyboard.press("Enter")
-    await expect(message(alice, 2).locator(".text")).to_have_text("hi alice", timeout=WAIT_MS)
+    await expect(message(alice, 4).locator(".text")).to_have_text("on my way", timeout=WAIT_MS)
     await expect(alice.locator("#typing")).to_have_text("")
     await bob.screenshot(path=shots / "phone-room.png")
 
@@ -234,7 +246,7 @@ async def test_webapp_two_users_chat_in_a_unicode_room(
     await message(alice, 1).locator("button.delete").click()
     await expect(message(bob, 1)).to_have_class("msg deleted", timeout=WAIT_MS)
     await expect(message(bob, 1).locator(".text")).to_have_text("This message was deleted.")
-    assert await seqs(bob) == [1, 2]
+    assert await seqs(bob) == [1, 2, 3, 4]
 
     # Alice's sidebar: the lobby's unread count; after Bob leaves, one online here.
     await expect(alice.locator('#room-list li[data-room="lobby"] .room-unread')).to_have_text("1")

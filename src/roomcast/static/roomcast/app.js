@@ -122,7 +122,6 @@ class StatusLine {
     if (text !== null) this.text.textContent = text;
     this.el.dataset.state = state;
     this.button.hidden = d.status !== "closed";
-    this.el.dispatchEvent(new CustomEvent("change"));
   }
 
   /** The open room's own state, shown while the socket is live (null: none). */
@@ -307,6 +306,7 @@ class RoomView {
     sub.addEventListener("presence", (e) => this.renderPeople(e.detail));
     sub.addEventListener("state", (e) => {
       const d = e.detail;
+      this.refreshPending();
       if (d.state === "subscribing" && d.delayMs !== undefined) {
         const secs = Math.ceil(d.delayMs / 1000);
         this.status.setRoomNote(`Joining the room again in ${secs} s (${d.reason || d.code})`);
