@@ -393,3 +393,64 @@ async def test_webapp_limits_in_the_page(browser: Browser, serve: Any) -> None:
     await expect(page.locator("#message-list li.pending")).to_have_count(0)
     await expect(note).to_be_hidden()
     assert errors == []
+
+
+async def test_webapp_moderation_and_rooms_taken_away(browser: Browser, serve: Any) -> None:
+    """Alice makes a private room (she is its admin); Bob, added as a member, sees it in
+    his sidebar and posts. Alice, a moderator there, may change Bob's message and deletes
+    it. Bob removed from the room: his room ends with the reason and a Rejoin button, and
+    his composer is off. Alice logs out in another tab: her page says so and offers a
+    reload, which leads to the login page."""
+    server = serve()
+    for name in ("alice", "bob"):
+        await asyncio.to_thread(make_user, server, name)
+    errors: list[str] = []
+    alice = await new_page(browser, errors)
+    await log_in(alice, server, "alice")
+    await alice.get_by_label("New room").fill("board")
+    await alice.get_by_label("Who may join").select_option("private")
+    await alice.get_by_role("button", name="Create").click()
+    await alice.wait_for_url(server.http_url + room_path("board"), timeout=WAIT_MS)
+    await live(alice)
+    added = await asyncio.to_thread(server.cli, "room", "members", "board", "add", "bob")
+    assert added.returncode == 0, added.stderr
+
+    bob = await new_page(browser, errors)
+    await log_in(bob, server, "bob")
+    await expect(bob.locator('#room-list li[data-room="board"] .lock')).to_have_attribute(
+        "title", "private"
+    )
+    await bob.goto(server.http_url + room_path("board"))
+    await live(bob)
+    await bob.locator("#composer-input").fill("bob's line")
+    await bob.locator("#composer-input").press("Enter")
+    await expect(message(alice, 1)).to_be_visible(timeout=WAIT_MS)
+    await expect(message(alice, 1).locator("button.edit")).to_have_count(1)
+    alice.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await message(alice, 1).locator("button.delete").focus()
+    await alice.keyboard.press("Enter")
+    await expect(message(bob, 1)).to_have_class("msg mine deleted", timeout=WAIT_MS)
+
+    removed = await asyncio.to_thread(
+        server.cli, "room", "members", "board", "remove", "bob", "--server", server.http_url
+    )
+    assert removed.returncode == 0, removed.stderr
+    await expect(bob.locator("#room-ended")).to_contain_text(
+        "not allowed in this room any more", timeout=WAIT_MS
+    )
+    await expect(bob.locator("#composer-input")).to_be_disabled()
+    await expect(bob.locator("#conn-status")).to_have_attribute("data-state", "trouble")
+    await bob.locator("#rejoin").click()  # the page again: the socket refuses the room
+    await expect(bob.locator("#room-ended")).to_contain_text(
+        "not allowed in this room", timeout=WAIT_MS
+    )
+
+    other_tab = await alice.context.new_page()
+    await other_tab.goto(server.http_url + "/rooms/")
+    await other_tab.get_by_role("button", name="Log out").click()
+    await other_tab.wait_for_url("**/login/")
+    await expect(alice.locator("#conn-text")).to_contain_text("logged out", timeout=WAIT_MS)
+    await expect(alice.locator("#reconnect")).to_have_text("Reload")
+    await alice.locator("#reconnect").click()
+    await alice.wait_for_url(lambda url: "/login/?next=" in url, timeout=WAIT_MS)
+    assert errors == []

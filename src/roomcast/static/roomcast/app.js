@@ -72,6 +72,7 @@ class StatusLine {
     this.text = $("#conn-text");
     this.button = $("#reconnect");
     this.detail = { status: "connecting" };
+    this.reloads = false; // the button reloads the page instead of reconnecting
     this.roomNote = null; // the open room's own trouble (refused, rejoining), if any
     this._timer = null;
     conn.addEventListener("status", (e) => {
@@ -82,7 +83,8 @@ class StatusLine {
     window.addEventListener("online", () => this.render());
     this.button.addEventListener("click", () => {
       this.button.hidden = true;
-      conn.reconnect();
+      if (this.reloads) window.location.reload();
+      else conn.reconnect();
     });
     this.render();
   }
@@ -122,6 +124,11 @@ class StatusLine {
     if (text !== null) this.text.textContent = text;
     this.el.dataset.state = state;
     this.button.hidden = d.status !== "closed";
+    // Refused as who the page is (4401, or 4403 for the socket: logged out, deactivated):
+    // connecting again would only be refused again, or come back as someone else. A
+    // reload asks the site, which sends a logged-out visitor to the login page.
+    this.reloads = d.status === "closed" && (d.code === 4401 || d.code === 4403);
+    this.button.textContent = this.reloads ? "Reload" : "Reconnect";
   }
 
   /** The open room's own state, shown while the socket is live (null: none). */
@@ -313,12 +320,16 @@ class RoomView {
       }
     });
     sub.addEventListener("unsubscribed", (e) => {
+      // The server ended this room alone (4403 rights taken away, 4000 disconnected):
+      // the socket and the other rooms go on. Rejoin loads the page again, which asks.
       const why = describeClose(e.detail.code, e.detail.reason);
       this.status.setRoomNote(`Not in this room: ${why}`);
-      this.historyLine.textContent = `You are not in this room any more: ${why}.`;
+      $("#room-ended-text").textContent = `You are not in this room: ${why}.`;
+      $("#room-ended").hidden = false;
       this.input.disabled = true;
       $("#send").disabled = true;
     });
+    $("#rejoin").addEventListener("click", () => window.location.reload());
     sub.addEventListener("error", (e) => {
       const d = e.detail;
       if (d.code === "rate_limited" && typeof d.retry_after === "number") {
