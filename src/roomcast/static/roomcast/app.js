@@ -41,6 +41,9 @@ const TYPING_SHOWN_MS = 2000 + 1500;
 // retry_after, or BUSY_RETRY_MS doubling) before its text goes back into the box.
 const MAX_AUTO_RETRIES = 5;
 const BUSY_RETRY_MS = 1000;
+// A post still unanswered this long on a live socket says so: a socket whose network
+// went away without a close looks open until TCP gives up, minutes later.
+const SLOW_ACK_MS = 10000;
 // The server counts unread up to 1000 (cursors.UNREAD_COUNT_MAX): shown as "999+".
 const UNREAD_SHOWN_MAX = 999;
 
@@ -116,7 +119,7 @@ class StatusLine {
       const why = d.code ? describeClose(d.code, d.reason) : "closed";
       text = `Offline: ${why}`;
     }
-    if (!navigator.onLine && d.status !== "open") {
+    if (!navigator.onLine) {
       state = "closed";
       text = "Offline: this device has no network; waiting for it";
       clearInterval(this._timer);
@@ -805,7 +808,12 @@ class RoomView {
     this._sending = true;
     delete entry.li.dataset.retrying;
     this.setPendingLabel(entry.li);
-    this.sub.send(entry.text).then(
+    const slow = setTimeout(() => {
+      if (entry.li.isConnected && this.conn.status === "open") {
+        this.setPendingLabel(entry.li, "no answer from the server yet…");
+      }
+    }, SLOW_ACK_MS);
+    this.sub.send(entry.text).finally(() => clearTimeout(slow)).then(
       (seq) => {
         this.outbox.shift();
         this._sending = false;
