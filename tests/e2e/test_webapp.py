@@ -303,10 +303,17 @@ async def test_webapp_guest_scrolls_back_through_300_messages(browser: Browser, 
         "document.querySelector('#message-list').firstElementChild.className"
     )
     assert first == "day"
+    # Scrolled up at the start, a new message is announced below, one click away.
+    await asyncio.to_thread(push, server, room, "message 301")
+    jump = page.locator("#jump-new")
+    await expect(jump).to_have_text("1 new message below ↓", timeout=WAIT_MS)
+    await jump.click()
+    await expect(jump).to_be_hidden()
+    await expect(message(page, 301)).to_be_in_viewport()
     # A guest may post in a public room, and has no edit buttons.
     await page.locator("#composer-input").fill("a guest was here")
     await page.locator("#send").click()
-    await expect(message(page, 301)).to_have_attribute("data-state", "sent", timeout=WAIT_MS)
+    await expect(message(page, 302)).to_have_attribute("data-state", "sent", timeout=WAIT_MS)
     assert await page.locator("button.edit").count() == 0
     assert errors == []
 

@@ -243,6 +243,7 @@ class RoomView {
     this.items = new Map();      // seq -> <li> of a message
     this.frames = new Map();     // seq -> its latest frame (text after edits)
     this.oldest = null;          // the smallest seq seen (messages and events)
+    this.newest = -1;            // the largest seq of a message shown
     this.hasMore = true;         // older messages may exist
     this.loading = false;        // a history page is on its way
     this.caughtUp = false;       // the catch-up after the last joined is all here
@@ -262,6 +263,11 @@ class RoomView {
     this.listen();
     this.wireComposer();
     this.pane.addEventListener("scroll", () => this.onScroll(), { passive: true });
+    this.unseenBelow = 0; // live messages that came while the reader was scrolled up
+    $("#jump-new").addEventListener("click", () => {
+      this.pane.scrollTop = this.pane.scrollHeight;
+      this.input.focus();
+    });
     document.addEventListener("visibilitychange", () => this.markRead());
     conn.addEventListener("status", () => this.refreshPending());
     if (!page.mayPost) {
@@ -289,9 +295,11 @@ class RoomView {
       this.items.clear();
       this.frames.clear();
       this.oldest = null;
+      this.newest = -1;
       this.hasMore = true;
     });
     sub.addEventListener("message", (e) => {
+      if (this.caughtUp && !this.atBottom) this.unseenBelow += 1;
       this.show(e.detail);
       this.seen(e.detail.seq);
       this.typing.delete(e.detail.user);
@@ -395,9 +403,7 @@ class RoomView {
   /** Put `li` among the messages in seq order (pending ones stay last). */
   place(li, seq) {
     let before = this.firstPending();
-    let newest = -1;
-    for (const s of this.items.keys()) if (s > newest) newest = s;
-    if (seq < newest) {
+    if (seq < this.newest) {
       for (const el of this.list.children) {
         if (el.dataset.seq && Number(el.dataset.seq) > seq) {
           before = el;
@@ -410,6 +416,7 @@ class RoomView {
       }
     }
     this.list.insertBefore(li, before);
+    if (seq > this.newest) this.newest = seq;
   }
 
   item(frame) {
@@ -568,7 +575,11 @@ class RoomView {
   onScroll() {
     const p = this.pane;
     this.atBottom = p.scrollHeight - p.scrollTop - p.clientHeight < NEAR_BOTTOM_PX;
-    if (this.atBottom) this.markRead();
+    if (this.atBottom) {
+      this.unseenBelow = 0;
+      this.renderJump();
+      this.markRead();
+    }
     if (p.scrollTop < NEAR_TOP_PX) this.loadOlder();
   }
 
@@ -635,8 +646,16 @@ class RoomView {
       this.relabelDays();
       if (follow) this.pane.scrollTop = this.pane.scrollHeight;
       this.renderHistoryLine();
+      this.renderJump();
       this.markRead();
     });
+  }
+
+  renderJump() {
+    const jump = $("#jump-new");
+    if (this.atBottom) this.unseenBelow = 0;
+    jump.hidden = this.unseenBelow === 0;
+    jump.textContent = `${this.unseenBelow} new message${this.unseenBelow === 1 ? "" : "s"} below ↓`;
   }
 
   /** Date separators wherever the day changes between two messages. */
