@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
 from tests.e2e.conftest import ROOMCAST
 from tests.e2e.test_browser import WAIT_MS
@@ -29,8 +29,8 @@ from tests.e2e.test_browser import WAIT_MS
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 ROOM = "技术 交流 ☕"
-PHONE = {"width": 390, "height": 780}
-DESKTOP = {"width": 1200, "height": 760}
+PHONE: ViewportSize = {"width": 390, "height": 780}
+DESKTOP: ViewportSize = {"width": 1200, "height": 760}
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
@@ -79,7 +79,7 @@ def make_user(server: Any, name: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-async def new_page(browser: Browser, errors: list[str], viewport: dict[str, int] = DESKTOP) -> Page:
+async def new_page(browser: Browser, errors: list[str], viewport: ViewportSize = DESKTOP) -> Page:
     """A page in a browser context of its own (a person's browser); console errors and
     uncaught exceptions go to ``errors``."""
     context = await browser.new_context(viewport=viewport)
