@@ -167,3 +167,28 @@ async def test_webapp_limits_in_the_page(browser: Browser, serve: Any) -> None:
     await expect(page.locator("#message-list li.pending")).to_have_count(0)
     await expect(note).to_be_hidden()
     assert errors == []
+
+
+async def test_webapp_says_when_the_device_is_offline(browser: Browser, serve: Any) -> None:
+    """The browser's network goes away and comes back: the status line says offline, then
+    live again, and a message typed meanwhile is sent once, after."""
+    server = serve()
+    await asyncio.to_thread(make_user, server, "alice")
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await log_in(page, server, "alice")
+    await page.goto(server.http_url + room_path(ROOM))
+    await live(page)
+    await page.context.set_offline(True)
+    await expect(page.locator("#conn-text")).to_have_text(
+        "Offline: this device has no network; waiting for it", timeout=WAIT_MS
+    )
+    await expect(page.locator("#conn-status")).to_have_attribute("data-state", "closed")
+    await page.locator("#composer-input").fill("typed offline")
+    await page.locator("#composer-input").press("Enter")
+    await expect(page.locator("#message-list li.pending")).to_have_count(1)
+    await page.context.set_offline(False)
+    await live(page)
+    await expect(message(page, 1)).to_have_attribute("data-state", "sent", timeout=WAIT_MS)
+    assert await seqs(page) == [1]
+    assert errors == []
