@@ -119,6 +119,8 @@ _ABSOLUTE_PATH = re.compile(r"""["'`]/(?!/)[^"'`\s]*""")
         "static/roomcast/roomcast.js",
         "static/roomcast/connection.js",
         "static/roomcast/app.js",
+        "static/roomcast/app_room.js",
+        "static/roomcast/app_messages.js",
     ],
 )
 def test_no_hard_coded_paths(name: str) -> None:
