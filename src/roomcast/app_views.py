@@ -62,6 +62,9 @@ SIDEBAR_ROOMS = 50
 #: Longest name a guest may choose: "guest-" + name + "-" + 4 hex digits stays within
 #: the 32 characters the room socket accepts from the session (security._is_guest_name).
 GUEST_NAME_MAX_CHARS = 20
+#: Longest guest name the room socket takes from the session (security._is_guest_name):
+#: a longer one would be a new random guest there, another name than the page shows.
+GUEST_NAME_MAX_TOTAL = 32
 #: Hex digits after a guest's chosen name, so that two guests who both choose "sam"
 #: are not one person on the page (the name is for reading; guests have no account).
 GUEST_NAME_SUFFIX_HEX = 4
@@ -152,7 +155,7 @@ def _visitor(request: HttpRequest) -> tuple[access.Identity, bool] | None:
         return access.identity_for(user, session_key=key), True
     session = getattr(request, "session", None)
     name = session.get(GUEST_NAME_SESSION_KEY) if session is not None else None
-    if isinstance(name, str) and name.startswith("guest-"):
+    if isinstance(name, str) and name.startswith("guest-") and len(name) <= GUEST_NAME_MAX_TOTAL:
         return access.anonymous(name), False
     return None
 
@@ -163,8 +166,8 @@ def _to_login(request: HttpRequest) -> HttpResponse:
 
 def sidebar_rooms(identity: access.Identity) -> list[dict[str, Any]]:
     """The rooms ``identity`` may see, for the sidebar: public and read-only rooms,
-    private rooms they belong to (all rooms for staff), busiest first, at most
-    :data:`SIDEBAR_ROOMS`; each ``{"name", "visibility", "lastSeq"}``."""
+    private rooms they belong to (all rooms for staff); the busiest
+    :data:`SIDEBAR_ROOMS` of them, by name; each ``{"name", "visibility", "lastSeq"}``."""
     rooms = Room.objects.exclude(name__startswith=fanout.USER_STREAM_PREFIX)
     if not (identity.is_staff or identity.is_superuser):
         visible = Q(visibility__in=(Room.Visibility.PUBLIC, Room.Visibility.READ_ONLY))
@@ -182,9 +185,7 @@ def sidebar_rooms(identity: access.Identity) -> list[dict[str, Any]]:
     return [{"name": n, "visibility": v, "lastSeq": s} for n, v, s in rows]
 
 
-def _app_page(
-    request: HttpRequest, identity: access.Identity, is_user: bool, room: str | None
-) -> dict[str, Any]:
+def _app_page(identity: access.Identity, is_user: bool, room: str | None) -> dict[str, Any]:
     """The context of the app page; ``page`` is what app.js reads (json_script)."""
     rooms = sidebar_rooms(identity)
     if room is not None and room not in {r["name"] for r in rooms}:
@@ -229,11 +230,11 @@ def rooms(request: HttpRequest) -> HttpResponse:
         return _to_login(request)
     identity, is_user = visitor
     if request.method == "GET":
-        return render(request, "roomcast/app.html", _app_page(request, identity, is_user, None))
+        return render(request, "roomcast/app.html", _app_page(identity, is_user, None))
     try:
         name = _create_room(request, identity, is_user)
     except _CreateRefusedError as exc:
-        context = _app_page(request, identity, is_user, None)
+        context = _app_page(identity, is_user, None)
         context["create_error"] = exc.detail
         return render(request, "roomcast/app.html", context, status=exc.status)
     return redirect("roomcast:app-room", room_name=name)
@@ -294,9 +295,9 @@ def app_room(request: HttpRequest, room_name: str) -> HttpResponse:
         _check_path_encoding(request)
         name = codec.validate_room_name(room_name, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
     except ProtocolError as exc:
-        context = _app_page(request, identity, is_user, None)
+        context = _app_page(identity, is_user, None)
         context["create_error"] = exc.detail
         return render(request, "roomcast/app.html", context, status=400)
     if name != room_name:
         return redirect("roomcast:app-room", room_name=name)
-    return render(request, "roomcast/app.html", _app_page(request, identity, is_user, name))
+    return render(request, "roomcast/app.html", _app_page(identity, is_user, name))
