@@ -255,6 +255,18 @@ async def test_room_requests_are_rate_limited_per_socket(mux, settings):
     await alice.subscribe("f")
 
 
+async def test_a_rate_limited_post_on_ws_names_its_room(mux, settings):
+    """A post over the socket's rate gets rate_limited with the post's room and client_id
+    (the client settles that request with it)."""
+    settings.ROOMCAST = {"POST_RATE_PER_SOCKET": 1.0, "POST_BURST_PER_SOCKET": 1}
+    alice = await mux()
+    await alice.subscribe("quick")
+    await alice.say("quick", "one", client_id="c-1")
+    await alice.say("quick", "two", client_id="c-2")
+    error = await next_of(alice, "error")
+    assert (error["code"], error["room"], error["client_id"]) == ("rate_limited", "quick", "c-2")
+
+
 async def test_edit_and_delete_on_ws_reach_v1_members_not_seed_ones(mux, app):
     """An edit and a delete from /ws/: acked with their own seq and room, delivered to
     /ws/ and v1 room sockets as events, never to seed-dialect sockets; a later join shows

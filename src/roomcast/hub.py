@@ -40,6 +40,7 @@ the access ones): the hub knows sockets, not rights.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import weakref
@@ -264,7 +265,9 @@ class Hub:
         if (timer := self._lingering.pop(room.name, None)) is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        self._lingering[room.name] = loop.call_later(self.linger_secs, self._linger_over, room)
+        self._lingering[room.name] = loop.call_later(
+            self.linger_secs, self._linger_over, room, context=contextvars.Context()
+        )
         while len(self._lingering) > LINGER_MAX_ROOMS:
             oldest = next(iter(self._lingering))
             self._lingering.pop(oldest).cancel()
@@ -643,7 +646,14 @@ class Hub:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
+        # In a context of its own: a task copies the context it is started from, which
+        # is a socket's (the first member's join starts the room's receiver), and would
+        # keep that socket's context variables (socket_log's session, and with it the
+        # consumer) for the life of the room, and tag the hub's log records with it.
+        if asyncio.iscoroutine(coro):
+            task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+        else:
+            task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

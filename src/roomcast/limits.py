@@ -272,7 +272,10 @@ class Quota:
             if self._strikes > config.close_after - 1:
                 member.connection.close(CloseCode.TOO_MANY, FLOODING)
                 return False
-        member.send_frame(codec.encode(rate_limited_event(wait, client_id, seed=not member.v1)))
+        event = rate_limited_event(wait, client_id, seed=not member.v1)
+        if member.connection.mux:  # on /ws/, errors about a room's frame name the room
+            event["room"] = member.room
+        member.send_frame(codec.encode(event))
         return False
 
     def release(self) -> None:

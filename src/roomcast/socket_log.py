@@ -60,8 +60,11 @@ class Session:
         self.token: Token[Session | None] | None = _session.set(self)
 
     def fields(self) -> dict[str, Any]:
-        """``room`` or ``rooms``, ``user``, ``client``, ``path`` as known now."""
+        """``room`` or ``rooms``, ``user``, ``client``, ``path`` as known now (nothing
+        once the session ended)."""
         consumer = self.consumer
+        if consumer is None:
+            return {}
         scope = consumer.scope
         out: dict[str, Any] = {"path": scope.get("path"), "client": _client(scope)}
         connection = getattr(consumer, "connection", None)
@@ -83,10 +86,13 @@ class Session:
             except ValueError:  # ended in another context than it started in
                 _session.set(None)
             self.token = None
+        # Timers and tasks started while the socket was served copied the context that
+        # holds this session, and may outlive the socket (a room's receiver lives as long
+        # as the room): they must not keep the consumer alive, nor tag records with it.
+        fields, self.consumer = self.fields(), None
         if not access_logger.isEnabledFor(logging.INFO):
             return
         duration = time.monotonic() - self.started
-        fields = self.fields()
         access_logger.info(
             '%s - "WebSocket %s" closed %d after %.3f s, %d frames in',
             fields.get("client") or "-",

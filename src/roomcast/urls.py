@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, ops_views, presence_views, views
+from . import api, app_views, ops_views, presence_views, views
 
 app_name = "roomcast"
 
 urlpatterns = [
     path("chat/", views.index, name="index"),
+    # The web app (roomcast.app_views): login, guests, the rooms with their sidebar. The
+    # seed tutorial's pages (chat/) stay as they were beside it.
+    path("login/", app_views.login, name="login"),
+    path("logout/", app_views.logout, name="logout"),
+    path("guest/", app_views.guest, name="guest"),
+    path("rooms/", app_views.rooms, name="rooms"),
+    path("rooms/<str:room_name>/", app_views.app_room, name="app-room"),
     # For the operator: liveness, readiness, Prometheus (roomcast.ops_views).
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 #: What uvicorn and roomcast serve print when they start and stop.
 START_STOP_LINES = (
-    r"roomcast serving on http://\S+/chat/ \(sqlite3, InMemoryChannelLayer, 1 worker\)",
+    r"roomcast serving on http://\S+/ \(sqlite3, InMemoryChannelLayer, 1 worker\)",
     r"INFO: +Started server process \[\d+\]",
     r"INFO: +Waiting for application startup\.",
     r"INFO: +Application startup complete\.",

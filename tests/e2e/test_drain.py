@@ -184,7 +184,7 @@ async def test_sigterm_drains_in_batches_to_the_other_process_losing_nothing(clu
         returncode = await asyncio.to_thread(a.proc.wait, EXIT_BOUND_SECS)
         exited = time.monotonic() - signalled
         assert exited < EXIT_BOUND_SECS
-        assert returncode == -signal.SIGTERM  # uvicorn ends by its signal, as systemd expects
+        assert returncode == 0  # a stop asked for (docs/cli.md, exit codes)
 
         # On B now, each publisher posts some more, then stops.
         for publisher in publishers:

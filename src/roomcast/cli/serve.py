@@ -14,9 +14,11 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -54,8 +56,9 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         "serve",
         help="run the server (uvicorn): the chat pages, WebSockets, the HTTP push API",
         description=describe(
-            "Run roomcast's bundled site on uvicorn: the /chat/ pages, the "
-            "WebSocket endpoint /ws/chat/<room>/ and the HTTP push API. It checks the "
+            "Run roomcast's bundled site on uvicorn: the web app (/rooms/, /login/), "
+            "the tutorial's /chat/ pages, the WebSocket endpoints /ws/ and "
+            "/ws/chat/<room>/, the HTTP push API and the admin. It checks the "
             "settings, creates or migrates the database's tables, then serves until stopped "
             "(Ctrl-C or SIGTERM). Without flags: SQLite in ./.roomcast/ and the in-memory "
             "channel layer, on 127.0.0.1:8000."
@@ -76,6 +79,10 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     serve.add_argument("--redis", metavar="URL", help=flag("--redis"))
     serve.add_argument("--layer", choices=("pubsub", "core"), help=flag("--layer"))
     serve.set_defaults(run=run, prog=serve.prog)
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    """SIGTERM after uvicorn's own shutdown (see run): nothing left to do."""
 
 
 def _port(value: str) -> int:
@@ -273,7 +280,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from roomcast.server.logs import uvicorn_log_config
 
     _say(
-        f"roomcast serving on http://{_host_name(args.host)}:{args.port}/chat/ "
+        f"roomcast serving on http://{_host_name(args.host)}:{args.port}/ "
         f"({settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
         f"{str(settings.CHANNEL_LAYERS['default']['BACKEND']).rsplit('.', 1)[-1]}, "
         f"{args.workers} worker{'s' if args.workers > 1 else ''})",
@@ -281,6 +288,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     if hint:
         _say(hint, log_format, logging.WARNING)
+    # uvicorn catches SIGINT and SIGTERM, shuts down, then raises the signal again for
+    # the handler that was there before: by default that kills the process (exit 143
+    # after SIGTERM). A stop asked for is a success (docs/cli.md, exit codes): this
+    # handler lets the re-raised signal end in a return, and exit code 0.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         settings.ASGI_APPLICATION.replace(".application", ":application"),
         host=args.host,

@@ -211,7 +211,9 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-LOGIN_REDIRECT_URL = "/chat/"
+# The web app (roomcast.app_views): its login page, and the rooms after logging in.
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/rooms/"
 
 _LOG_LEVEL = os.environ.get("ROOMCAST_LOG_LEVEL", "info").upper()
 if _LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -48,7 +48,8 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
 handler400 = "roomcast.server.urls.bad_request"
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/chat/", permanent=False)),
+    # The web app's rooms (roomcast.app_views); the tutorial's pages stay at /chat/.
+    path("", RedirectView.as_view(pattern_name="roomcast:rooms", permanent=False)),
     path("favicon.ico", favicon),
     path("admin/", admin.site.urls),
     path("", include("roomcast.urls")),

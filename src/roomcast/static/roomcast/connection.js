@@ -148,9 +148,17 @@ export class Connection extends SocketLink {
         }
         this._emit("user_message", frame);
         break;
-      case "error":
-        this._emit("error", frame);
+      case "error": {
+        // An error about a post names it by client_id; one that comes without "room"
+        // (the server's rate_limited answer to a /ws/ post did, docs/protocol.md says
+        // it should not) still settles that post, or its send() would never settle.
+        const owner = frame.client_id
+          ? this.subscriptions.find((s) => s._pending.has(frame.client_id))
+          : undefined;
+        if (owner) owner._onFrame({ ...frame, room: owner.room });
+        else this._emit("error", frame);
         break;
+      }
       default:
         break; // newer server: unknown frame types are ignored
     }
