@@ -305,6 +305,62 @@ async def test_position_check_delivers_a_message_whose_publish_was_lost(unchecke
     assert socket.seqs == [1, 2, 3]
 
 
+async def test_position_check_joins_the_group_again_when_messages_stop_arriving(unchecked_hub):
+    """A layer that lost the hub's group membership (a Redis restarted empty, under the
+    core layer): the check that fills the missing messages also joins the group again,
+    so later messages arrive live."""
+    socket = await joined(unchecked_hub, "forgotten")
+    layer = fanout.get_layer()
+    group = fanout.room_group("forgotten")
+    channel = unchecked_hub._rooms["forgotten"].channel
+    await layer.group_discard(group, channel)  # what an emptied Redis does to it
+    stored = await store("forgotten", "sent to nobody")
+    await layer.group_send(group, services.layer_message(stored))  # reaches no one
+    await unchecked_hub.check_positions()
+    await unchecked_hub.check_positions()  # filled from the database, group rejoined
+    await socket.wait_for(1)
+    for _ in range(100):
+        if channel in layer.groups.get(group, {}):
+            break
+        await asyncio.sleep(0.01)
+    assert channel in layer.groups.get(group, {})
+    later = await store("forgotten", "live again")
+    await layer.group_send(group, services.layer_message(later))
+    await socket.wait_for(2)
+    assert socket.seqs == [1, 2]
+
+
+async def test_a_lingering_room_is_position_checked(caplog):
+    """An empty room kept subscribed (ROOM_LINGER_SECS) is checked too: a message whose
+    publish was lost makes its recent frames stale, so a join reads the database (which
+    has it) instead of being answered from them."""
+    hub = Hub(
+        fanout.get_layer(),
+        services.DatabaseLoader(),
+        fanout.room_group,
+        position_check_secs=3600,
+        linger_secs=60,
+    )
+    try:
+        socket = await joined(hub, "idle")
+        await services.apost_message("idle", "seen live")
+        await socket.wait_for(1)
+        hub.leave(hub.members("idle")[0])
+        assert hub.recent("idle", None, replay_limit=100) is not None  # lingering
+        await store("idle", "stored while nobody was here, never published")
+        await hub.check_positions()
+        await hub.check_positions()
+        for _ in range(100):
+            if hub._rooms["idle"].last_seq == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert hub._rooms["idle"].last_seq == 2
+        assert hub.recent("idle", None, replay_limit=100) is None  # the database answers
+        assert hub.recent("idle", 1, replay_limit=100) is None
+    finally:
+        await hub.close()
+
+
 async def test_position_check_leaves_messages_in_transit_alone(unchecked_hub, caplog):
     """A message stored but not yet published at one check is not read back: it arrives
     live before the next check, which then finds nothing missing."""

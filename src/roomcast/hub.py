@@ -580,6 +580,12 @@ class Hub:
                     for member in room.members:
                         if not (seed_skips and not member.connection.v1):
                             member.deliver(seq, frame)
+            if room.last_seq < room.target and not room.members:
+                # A lingering room, nobody to deliver to: skip the gap instead of reading
+                # it. Its recent frames are no longer contiguous, so joins read the
+                # database until they are again.
+                room.last_seq = room.target
+                room.recent.clear()
         finally:
             room.filling = False
 
@@ -611,8 +617,8 @@ class Hub:
                 break
             for name, last_seq in stored.items():
                 room = self._rooms.get(name)
-                if room is None or not room.ready or not room.members:
-                    continue
+                if room is None or not room.ready:
+                    continue  # (lingering rooms too: their recent frames answer joins)
                 overdue, room.behind = room.behind, last_seq
                 if last_seq <= room.last_seq:
                     room.behind = 0
@@ -627,6 +633,20 @@ class Hub:
                         overdue,
                     )
                     self._start_fill(room, last_seq)
+                    # And join the room's group again: a Redis that restarted empty lost
+                    # the core layer's group members, and this process would hear of the
+                    # room only from these checks until the next refresh (found by the
+                    # shard tests, tests/e2e/test_shards_core.py). group_add is idempotent.
+                    self._spawn(self._rejoin_group(room))
+
+    async def _rejoin_group(self, room: _Room) -> None:
+        channel = room.channel
+        if channel is None:
+            return
+        try:
+            await self.layer.group_add(room.group, channel)
+        except Exception:
+            logger.warning("Could not join group %s again", room.group, exc_info=True)
 
     async def _refresh_groups(self) -> None:
         while True:
