@@ -227,3 +227,31 @@ async def test_records_logged_while_a_socket_is_served_carry_its_room_and_user()
     fields.filter(explicit)
     session.end()
     assert explicit.room == "named"  # a record's own field wins
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_http_access_line_names_the_room_and_a_user_already_read(caplog):
+    """The middleware's line: client, request, status and time, the room of the URL, the
+    user if the request read it (never read for the log), a query token blanked."""
+    from django.contrib.auth import get_user_model
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+    from django.urls import ResolverMatch
+
+    from roomcast.server.access import AccessLogMiddleware
+
+    alice = get_user_model().objects.create_user("alice")
+    middleware = AccessLogMiddleware(lambda request: HttpResponse(status=201))
+    caplog.set_level(logging.INFO, logger="roomcast.access")
+    for read_user in (True, False):
+        request = RequestFactory().post("/api/rooms/lobby/messages?token=abc")
+        request.resolver_match = ResolverMatch(lambda r: None, (), {"room_name": "lobby"})
+        if read_user:
+            request._cached_user = alice  # type: ignore[attr-defined]  # what auth.get_user sets
+        middleware(request)
+    first, second = caplog.records[-2:]
+    assert first.getMessage().startswith(
+        '127.0.0.1 - "POST /api/rooms/lobby/messages?token=[redacted]" 201 in '
+    )
+    assert (first.room, first.user, first.status, first.method) == ("lobby", "alice", 201, "POST")
+    assert second.room == "lobby" and not hasattr(second, "user")

@@ -154,16 +154,20 @@ async def test_debug_shows_each_connection_and_request(serve) -> None:
 
 
 async def test_access_log_adds_requests_sessions_and_refusals_only(serve) -> None:
-    """--access-log: a line per request, per WebSocket session when it ends (with its
-    room and user), per refused handshake; the accepted handshake's line stays DEBUG."""
+    """--access-log: a line per request (with its room), per WebSocket session when it
+    ends (with its room and user), per refused handshake; the accepted handshake's line
+    and uvicorn's own request lines stay DEBUG."""
     server = serve("--access-log")
     await _visit(server)
-    server.wait_for('"GET /favicon.ico HTTP/1.1" 200')
+    server.wait_for('"GET /favicon.ico" 200')
     server.wait_for('"WebSocket /ws/chat/lobby/" 403')
     log = server.stop()
     assert "connection open" not in log and "django.request" not in log, log
-    assert "[accepted]" not in log, log
-    requests = r'INFO: +127\.0\.0\.1:\d+ - "GET \S+ HTTP/1\.1" \d+ [A-Za-z ]+'
+    assert "[accepted]" not in log and "HTTP/1.1" not in log, log
+    requests = (
+        r'\S+ \S+ INFO roomcast\.access: 127\.0\.0\.1 - "GET \S+" \d{3} in \d+\.\d{3} s'
+        r"( room=\S+)?"
+    )
     refusals = r'INFO: +127\.0\.0\.1:\d+ - "WebSocket /ws/chat/lobby/" 403'
     sessions = (
         r'\S+ \S+ INFO roomcast\.access: 127\.0\.0\.1:\d+ - "WebSocket /ws/chat/lobby/" '
@@ -171,6 +175,8 @@ async def test_access_log_adds_requests_sessions_and_refusals_only(serve) -> Non
     )
     assert _unexpected(log, requests, refusals, sessions) == [], log
     assert len(re.findall(sessions, log)) == 3, log
+    assert re.search(r'"GET /chat/lobby/" 200 in \d+\.\d{3} s room=lobby$', log, re.M), log
+    assert re.search(r'"GET /nope" 404 in ', log), log
 
 
 async def test_every_address_says_what_to_set_and_names_it_on_a_refused_host(serve) -> None:

@@ -94,14 +94,18 @@ async def test_json_at_debug_is_one_object_per_line_and_keeps_secrets_out(
             additional_headers={"Origin": "https://evil.example"},
             open_timeout=10,
         )
-    session = wait_for_object(server, logger="roomcast.access")
+    session = wait_for_object(server, logger="roomcast.access", path="/ws/chat/lobby/")
     assert session["level"] == "INFO" and session["room"] == "lobby"
     assert session["user"].startswith("guest-") and session["path"] == "/ws/chat/lobby/"
     assert (session["code"], session["frames_in"]) == (1000, 1)
     assert session["client"].startswith("127.0.0.1:") and session["duration_ms"] >= 0
-    request = wait_for_object(server, logger="uvicorn.access", path="/chat/")
-    assert (request["method"], request["status"]) == ("GET", 200)
-    wait_for_object(server, logger="uvicorn.access", status=404)
+    request = wait_for_object(server, logger="roomcast.access", path="/chat/")
+    assert (request["method"], request["status"], request["level"]) == ("GET", 200, "INFO")
+    assert request["client"] == "127.0.0.1" and request["duration_ms"] >= 0
+    missing = wait_for_object(server, logger="roomcast.access", status=404)
+    assert missing["path"] == "/nope?token=[redacted]"
+    # uvicorn's own request lines: DEBUG, beside roomcast's.
+    assert wait_for_object(server, logger="uvicorn.access", path="/chat/")["level"] == "DEBUG"
     refused = next(
         o
         for o in objects(server.log())
@@ -131,10 +135,10 @@ async def test_the_access_log_from_the_environment_has_sessions_not_connections(
     await _session(server, "café 2")
     await _session(server, "café 2")
     assert (await asyncio.to_thread(server.get, "/chat/"))[0] == 200
-    wait_for_object(server, logger="uvicorn.access", path="/chat/")
+    wait_for_object(server, logger="roomcast.access", path="/chat/")
     log = server.stop()
     lines = objects(log)
-    sessions = [o for o in lines if o["logger"] == "roomcast.access"]
+    sessions = [o for o in lines if o["logger"] == "roomcast.access" and "code" in o]
     assert [(o["room"], o["code"], o["frames_in"]) for o in sessions] == [("café 2", 1000, 1)] * 2
     assert all(o["level"] != "DEBUG" for o in lines)
     (typo,) = [o for o in lines if "ROOMCAST_HISTORY_CUONT" in o["message"]]

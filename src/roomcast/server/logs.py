@@ -84,6 +84,21 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:token|access_token|api_key|key)=)[^&#\s
 REDACTED = "[redacted]"
 
 
+def redact_query(text: str) -> str:
+    """``text`` (a URL or a log line) with a token or key in a query blanked."""
+    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+
+
+class RequestsAtDebug(logging.Filter):
+    """On ``uvicorn.access``: its request lines to DEBUG. ``roomcast serve`` logs each
+    request that reaches Django itself, with the user and the room
+    (``server.access.AccessLogMiddleware``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _demote(record)
+        return True
+
+
 def _demote(record: logging.LogRecord) -> None:
     record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
 
@@ -245,6 +260,7 @@ def uvicorn_log_config(level: str, *, access_log: bool, log_format: str = "text"
             },
             "redact_secrets": {"()": "roomcast.server.logs.RedactSecrets"},
             "socket_fields": {"()": "roomcast.socket_log.SocketFields"},
+            "requests_at_debug": {"()": "roomcast.server.logs.RequestsAtDebug"},
         },
         "formatters": {
             "default": json_formatter
@@ -273,6 +289,7 @@ def uvicorn_log_config(level: str, *, access_log: bool, log_format: str = "text"
                 "formatter": "access",
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stdout",
+                "level": level.upper(),
             },
         },
         "loggers": {
@@ -285,7 +302,7 @@ def uvicorn_log_config(level: str, *, access_log: bool, log_format: str = "text"
                 "handlers": ["access"],
                 "level": "INFO",
                 "propagate": False,
-                "filters": ["redact_secrets"],
+                "filters": ["redact_secrets", "requests_at_debug"],
             },
         },
     }

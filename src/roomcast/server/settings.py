@@ -93,6 +93,8 @@ INSTALLED_APPS = [
     "roomcast",
 ]
 MIDDLEWARE = [
+    # First: the access line of each request (with --access-log), its user and room.
+    "roomcast.server.access.AccessLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
