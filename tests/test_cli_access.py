@@ -245,14 +245,17 @@ def test_visibility_texts_are_the_models_labels() -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A site with the users alice (active) and carol (inactive), for tests that only read."""
+    """A site with the users alice (active), carol (inactive) and mallory (banned from
+    the site), for tests that only read."""
     path = tmp_path_factory.mktemp("site")
     ok(run(path, "user", "create", "alice"))
     ok(run(path, "user", "create", "carol"))
+    ok(run(path, "user", "create", "mallory"))
     shell(
         path,
-        "from django.contrib.auth.models import User; "
-        "User.objects.filter(username='carol').update(is_active=False)",
+        "from django.contrib.auth.models import User; from roomcast import moderation; "
+        "User.objects.filter(username='carol').update(is_active=False); "
+        "moderation.ban(User.objects.get(username='mallory'))",
     )
     return path
 
@@ -296,6 +299,7 @@ def test_a_token_from_another_secret_key_is_refused(tmp_path: Path) -> None:
     [
         (("token", "nobody"), "no user 'nobody': create it with `roomcast user create NAME`"),
         (("token", "carol"), "user 'carol' is inactive: no token is issued"),
+        (("token", "mallory"), "user 'mallory' is banned from this site: no token is issued"),
         (("token", "alice", "--ttl", "0"), "--ttl must be a number of seconds from 1 to 2592000"),
         (("token", "alice", "--ttl", "2592001"), "--ttl must be a number of seconds from 1"),
         (("token", "alice", "--ttl", "1.5"), "'1.5' is not a number of seconds"),

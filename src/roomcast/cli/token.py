@@ -104,5 +104,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise CommandError(f"no user {args.name!r}: create it with `roomcast user create NAME`")
     if not user.is_active:
         raise CommandError(f"user {args.name!r} is inactive: no token is issued")
+    from roomcast import access, revocation
+
+    if (ban := access.banned(user.pk)) is not None:  # as POST /api/tokens answers 403
+        raise CommandError(
+            f"user {args.name!r} is {revocation.ban_reason(ban)}: no token is issued "
+            "(end the ban in the admin's Bans page first)"
+        )
     print(auth.issue_token(user, ttl=ttl))
     return 0
