@@ -346,3 +346,19 @@ async def test_send_to_user_reaches_each_ws_socket_of_the_user(mux):
             "ts": frame["ts"],
         }
     assert await other.receive_nothing(0.2)
+
+
+async def test_a_subscribe_refused_by_a_room_ban_says_so(mux):
+    """A user banned from a room is refused with the ban's reason; another room is not
+    affected."""
+    from asgiref.sync import sync_to_async
+
+    from roomcast import moderation
+
+    token = await token_for("alice")
+    await sync_to_async(moderation.ban)("alice", room="plaza", duration=3600)
+    alice = await mux(token=token)
+    await alice.send_frame(type="subscribe", room="plaza")
+    refused = await next_of(alice, "unsubscribed", "plaza")
+    assert refused["code"] == 4403 and refused["reason"].startswith("banned from this room until")
+    await alice.subscribe("lobby")

@@ -400,9 +400,10 @@ class RoomConsumer(_Socket):
             self.member = await services.join_room(
                 self.room, send=self.send, since=self.since, v1=self.v1, identity=identity
             )
-        except PermissionDeniedError:
-            # The same answer whether the room exists or not: its existence does not leak.
-            await self._close(CloseCode.FORBIDDEN, services.NOT_ALLOWED_REASON)
+        except PermissionDeniedError as exc:
+            # The same answer whether the room exists or not: its existence does not
+            # leak (a banned user is told of the ban: services._refusal).
+            await self._close(CloseCode.FORBIDDEN, exc.detail)
             return False
         except Exception:
             # The layer or the database is down: tell the client to come back (1011 is a
@@ -529,8 +530,8 @@ class MuxConsumer(_Socket):
         self._joining.add(room)
         try:
             await services.join_room(room, since=frame["since"], connection=connection)
-        except PermissionDeniedError:
-            self._refused(room, CloseCode.FORBIDDEN, services.NOT_ALLOWED_REASON)
+        except PermissionDeniedError as exc:
+            self._refused(room, CloseCode.FORBIDDEN, exc.detail)
         except Exception:
             logger.exception("Subscribing to room %r failed", room)
             self._refused(room, CloseCode.INTERNAL_ERROR, "could not join; subscribe again")

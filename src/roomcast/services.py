@@ -323,7 +323,7 @@ async def join_room(
             cached = await _read_catch_up(the_hub, room, since)
         rights = member.rights  # the latest answer, after every await
         if "join" not in rights or cached is None:
-            raise PermissionDeniedError(NOT_ALLOWED_REASON)
+            raise PermissionDeniedError(await _refusal(identity, room))
         last_seq, frames, recovered = cached
         if "read" not in rights:
             frames, recovered = [], (None if since is None else False)
@@ -345,6 +345,18 @@ async def join_room(
             del connection.subs[room]
         raise
     return member
+
+
+async def _refusal(identity: access.Identity, room: str) -> str:
+    """Why ``identity`` may not join ``room``: its ban, if one keeps it out (the user
+    learns it is banned and until when), else :data:`NOT_ALLOWED_REASON` (whether the
+    room exists or not: that does not leak)."""
+    if access.ban_free(identity.user_id):
+        return NOT_ALLOWED_REASON
+    from .revocation import ban_reason  # (revocation imports the hub, as this does)
+
+    ban = await database_sync_to_async(access.banned)(identity.user_id, room)
+    return NOT_ALLOWED_REASON if ban is None else ban_reason(ban)
 
 
 async def _read_catch_up(
