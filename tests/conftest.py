@@ -13,13 +13,16 @@ line saying what to start; nothing is skipped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +194,60 @@ def postgres_database() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- roomcast serve's socket layer, in this process ------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def lean_server(**config: Any) -> AsyncIterator[Any]:
+    """A uvicorn server in this process serving the room sockets with ``roomcast serve``'s
+    protocol class (``server.lean_ws``); ``config``: more ``uvicorn.Config`` arguments.
+    The server's ``url`` is ``ws://.../ws/chat/``, for a room name and ``/`` after it."""
+    import uvicorn
+
+    from roomcast.routing import websocket_application
+    from roomcast.server import lean_ws
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            websocket_application(),
+            host="127.0.0.1",
+            port=port,
+            ws=lean_ws.protocol_class(),
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_level="warning",
+            **config,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+        await asyncio.sleep(0.01)
+    server.url = f"ws://127.0.0.1:{port}/ws/chat/"  # type: ignore[attr-defined]
+    server.task = task  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+async def joined_socket(url: str) -> Any:
+    """A ``websockets`` client of a room socket at ``url`` (v1, no compression, no
+    pings), its ``joined`` frame read."""
+    import websockets
+
+    ws = await websockets.connect(
+        url,
+        subprotocols=["roomcast.v1"],  # type: ignore[list-item]
+        compression=None,
+        ping_interval=None,
+    )
+    assert json.loads(await ws.recv())["type"] == "joined"
+    return ws
 
 
 # -- Channels -------------------------------------------------------------------------------

@@ -9,52 +9,28 @@ path it falls back to under flow control are the real ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 
 import pytest
-import uvicorn
 import websockets
 
 from roomcast import direct, services
-from roomcast.routing import websocket_application
 from roomcast.server import lean_ws
 
-from .conftest import free_port
+from .conftest import joined_socket, lean_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 async def server():
-    port = free_port()
-    config = uvicorn.Config(
-        websocket_application(),
-        host="127.0.0.1",
-        port=port,
-        ws=lean_ws.protocol_class(),
-        ws_per_message_deflate=False,
-        lifespan="off",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        await asyncio.sleep(0.01)
-    server.url = f"ws://127.0.0.1:{port}/ws/chat/"  # type: ignore[attr-defined]
-    yield server
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 10)
+    async with lean_server() as server:
+        yield server
 
 
 async def connect(url: str):
-    ws = await websockets.connect(
-        url, subprotocols=["roomcast.v1"], compression=None, ping_interval=None
-    )  # type: ignore[list-item]
-    assert json.loads(await ws.recv())["type"] == "joined"
-    return ws
+    return await joined_socket(url)
 
 
 async def messages(ws, count: int) -> list[dict]:

@@ -10,20 +10,17 @@ that never gets idle is closed at its deadline, and the stop is still bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
 
 import pytest
-import uvicorn
 import websockets
 
 from roomcast import services
-from roomcast.routing import websocket_application
-from roomcast.server import drain, lean_ws
+from roomcast.server import drain
 
-from .conftest import free_port
+from .conftest import joined_socket, lean_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,34 +39,14 @@ async def server(settings, monkeypatch):
         "OUTBOUND_BUFFER_BYTES": 16 * 2**20,
     }
     monkeypatch.setattr(drain, "SETTLE_SECS", SETTLE_SECS)
-    port = free_port()
-    config = uvicorn.Config(
-        websocket_application(),
-        host="127.0.0.1",
-        port=port,
-        ws=lean_ws.protocol_class(),
-        ws_per_message_deflate=False,
-        lifespan="off",
-        log_level="warning",
-        timeout_graceful_shutdown=drain.graceful_shutdown_secs(0, CLOSE_TIMEOUT_SECS),
-    )
-    server = uvicorn.Server(config)
-    server.task = asyncio.create_task(server.serve())  # type: ignore[attr-defined]
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        await asyncio.sleep(0.01)
-    server.url = f"ws://127.0.0.1:{port}/ws/chat/"  # type: ignore[attr-defined]
-    yield server
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(server.task, 10)  # type: ignore[attr-defined]
+    async with lean_server(
+        timeout_graceful_shutdown=drain.graceful_shutdown_secs(0, CLOSE_TIMEOUT_SECS)
+    ) as server:
+        yield server
 
 
 async def connect(url: str):
-    ws = await websockets.connect(
-        url, subprotocols=["roomcast.v1"], compression=None, ping_interval=None
-    )  # type: ignore[list-item]
-    assert json.loads(await ws.recv())["type"] == "joined"
-    return ws
+    return await joined_socket(url)
 
 
 async def test_a_socket_that_reads_nothing_is_closed_at_its_deadline(server, caplog):

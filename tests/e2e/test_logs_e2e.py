@@ -18,26 +18,16 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.e2e import test_cli_serve
 from tests.e2e.test_cli_serve import Serve
 
 pytestmark = pytest.mark.e2e
 
+#: test_cli_serve's fixture: ``serve(*args, env=...)`` starts a ``Serve``.
+serve = test_cli_serve.serve
+
 #: What a test puts where only a secret belongs: it must never reach the log.
 SECRET = "s3cr3t-never-logged"
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Any:
-    started: list[Serve] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Serve:
-        started.append(Serve(tmp_path, *args, env=env))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-        print(f"--- roomcast serve on port {server.port} ---\n{server.log()[-6000:]}")
 
 
 def objects(log: str) -> list[dict[str, Any]]:

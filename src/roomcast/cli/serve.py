@@ -97,29 +97,29 @@ def _workers(value: str) -> int:
     return int(value)
 
 
-def _log_level(args: argparse.Namespace) -> str:
-    """--log-level, else ROOMCAST_LOG_LEVEL, else info; set in the environment, where the
-    settings (read again by each worker process) find it."""
-    level = (args.log_level or os.environ.get("ROOMCAST_LOG_LEVEL") or "info").lower()
-    if level not in LOG_LEVELS:
+def _chosen(given: str | None, variable: str, choices: tuple[str, ...], default: str) -> str:
+    """A flag's value, else the environment variable's, else ``default``; checked against
+    ``choices`` and set in the environment, where the settings (read again by each
+    worker process) find it."""
+    value = (given or os.environ.get(variable) or default).lower()
+    if value not in choices:
+        what = variable.removeprefix("ROOMCAST_").lower().replace("_", " ")
         raise CommandError(
-            f"ROOMCAST_LOG_LEVEL={os.environ['ROOMCAST_LOG_LEVEL']!r} is not a log level: "
-            f"use {', '.join(LOG_LEVELS)}"
+            f"{variable}={os.environ[variable]!r} is not a {what}: use "
+            + (", ".join(choices) if len(choices) > 2 else " or ".join(choices))
         )
-    os.environ["ROOMCAST_LOG_LEVEL"] = level
-    return level
+    os.environ[variable] = value
+    return value
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level, else ROOMCAST_LOG_LEVEL, else info."""
+    return _chosen(args.log_level, "ROOMCAST_LOG_LEVEL", LOG_LEVELS, "info")
 
 
 def _log_format(args: argparse.Namespace) -> str:
-    """--log-format, else ROOMCAST_LOG_FORMAT, else text; set in the environment."""
-    log_format = (args.log_format or os.environ.get("ROOMCAST_LOG_FORMAT") or "text").lower()
-    if log_format not in LOG_FORMATS:
-        raise CommandError(
-            f"ROOMCAST_LOG_FORMAT={os.environ['ROOMCAST_LOG_FORMAT']!r} is not a log format: "
-            f"use {' or '.join(LOG_FORMATS)}"
-        )
-    os.environ["ROOMCAST_LOG_FORMAT"] = log_format
-    return log_format
+    """--log-format, else ROOMCAST_LOG_FORMAT, else text."""
+    return _chosen(args.log_format, "ROOMCAST_LOG_FORMAT", LOG_FORMATS, "text")
 
 
 def _access_log(args: argparse.Namespace, level: str) -> bool:
