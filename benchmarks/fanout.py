@@ -51,7 +51,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 THIS_FILE = Path(__file__).resolve()
-TARGETS = ("roomcast", "before", "baseline", "seed")
+TARGETS = ("roomcast", "before", "baseline", "node", "seed")
+#: The Node.js `ws` baseline (target node): its server and its npm package.
+NODE_WS = THIS_FILE.parent / "node_ws"
 
 
 # -- the publisher ----------------------------------------------------------------------------
@@ -307,6 +309,10 @@ async def _embedded(
             port = h.free_port()
             argv = [sys.executable, str(THIS_FILE), "--baseline-server", str(port)]
             server = procs.start("baseline", argv, port=port)
+        elif target == "node":
+            port = h.free_port()
+            argv = ["node", str(NODE_WS / "server.js"), str(port)]
+            server = procs.start("node", argv, port=port)
         elif target == "seed":
             assert redis is not None  # started by _main when seed is a target
             server = procs.seed("seed", redis)
@@ -432,6 +438,23 @@ async def _baseline_server(port: int) -> None:
         await stop
 
 
+def _install_node_ws() -> None:
+    """``npm ci`` in benchmarks/node_ws once (the lock file pins ws), or exit in one line
+    saying what to install."""
+    import shutil
+    import subprocess
+
+    if (NODE_WS / "node_modules" / "ws").is_dir():
+        return
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        sys.exit("the node target needs Node.js and npm: apt-get install -y nodejs npm")
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_WS, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"npm ci in {NODE_WS} failed: {done.stderr.strip()[-500:]}")
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -451,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         default="roomcast,baseline,seed",
         help="embedded scenario's targets, comma-separated: roomcast, before (the build "
-        "given by --before), baseline (bare websockets), seed (the tutorial on daphne + "
+        "given by --before), baseline (bare websockets), node (bare Node.js ws: "
+        "benchmarks/node_ws, needs node and npm), seed (the tutorial on daphne + "
         "channels_redis; needs redis-server)",
     )
     parser.add_argument(
@@ -518,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"bad arguments (unknown: {sorted(unknown)})")
     if "before" in args.targets and not args.before:
         build_parser().error("the 'before' target needs --before PATH/TO/roomcast")
+    if "node" in args.targets and "embedded" in args.scenarios:
+        _install_node_ws()
     if "embedded" not in args.scenarios:
         args.targets = []
     h.raise_fd_limit(args.members + 1024)
