@@ -181,6 +181,23 @@ async def test_deactivating_a_user_closes_all_their_sockets(hub):
     assert d1.close is None
 
 
+async def test_changing_a_password_closes_the_users_sockets(hub):
+    """A new password ends the tokens issued before (auth) and closes the user's live
+    sockets; other users' stay."""
+    erin, dave = await user("erin"), await user("dave")
+    e1, _ = await join("lobby", access.identity_for(erin))
+    d1, _ = await join("lobby", access.identity_for(dave))
+
+    def change_password():
+        found = User.objects.get(pk=erin.pk)
+        found.set_password("a new one, long enough")
+        found.save()
+
+    await sync(change_password)()
+    assert await e1.closed() == (FORBIDDEN, "password changed")
+    assert d1.close is None
+
+
 async def test_saving_a_user_without_taking_rights_away_closes_nothing(hub):
     """A save that changes nothing that matters (last_login, a name) publishes nothing."""
     erin = await user("erin")

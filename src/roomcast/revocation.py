@@ -19,8 +19,8 @@ hub acts on its own sockets:
   a user who lost ``is_staff`` or ``is_superuser``.
 * ``access.revoke`` (``user_id``, ``reason``, ``session``): the hub closes the user's
   local sockets with 4403 and the reason, without asking anything: for a user
-  deactivated (``is_active`` False: "account deactivated") or deleted ("account
-  deleted"), and, only those that came with one session, for a logout ("logged out";
+  deactivated (``is_active`` False: "account deactivated"), deleted ("account
+  deleted") or whose password changed ("password changed"), and, only those that came with one session, for a logout ("logged out";
   ``session`` is a hash of the session key, which is a login and so never crosses
   Redis). With ``room``, only the user's subscriptions of that room end (a one-room
   socket closes; a ``/ws/`` subscription ends with ``unsubscribed`` 4403 and the socket
@@ -97,6 +97,10 @@ NO_LONGER_ALLOWED = "not allowed in this room any more"
 LOGGED_OUT = "logged out"
 DEACTIVATED = "account deactivated"
 DELETED = "account deleted"
+#: A password changed: the tokens issued before no longer verify (``auth``), and the
+#: sockets they opened are closed; a session kept by ``update_session_auth_hash``
+#: reconnects at once.
+PASSWORD_CHANGED = "password changed"
 BANNED_FROM_ROOM = "banned from this room"
 BANNED_FROM_SITE = "banned from this site"
 
@@ -387,7 +391,7 @@ _background: set[asyncio.Task[None]] = set()
 # -- receivers ------------------------------------------------------------------------------------
 
 #: User flags whose loss takes rights away; remembered when a user is loaded.
-_FLAGS = ("is_active", "is_staff", "is_superuser")
+_FLAGS = ("is_active", "is_staff", "is_superuser", "password")
 _LOADED = "_roomcast_flags"
 
 
@@ -420,14 +424,16 @@ def _after_commit(func: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    before = instance.__dict__.get(_LOADED) or (None, None, None)
+    before = instance.__dict__.get(_LOADED) or (None,) * len(_FLAGS)
     now = instance.__dict__[_LOADED] = _flags(instance)
     if created:
         return
-    was_active, was_staff, was_superuser = before
-    is_active, is_staff, is_superuser = now
+    was_active, was_staff, was_superuser, had_password = before
+    is_active, is_staff, is_superuser, password = now
     if is_active is False and was_active is not False:
         _after_commit(publish_revoke, instance.pk, reason=DEACTIVATED)
+    elif had_password is not None and password is not None and password != had_password:
+        _after_commit(publish_revoke, instance.pk, reason=PASSWORD_CHANGED)
     elif (was_staff is not False and is_staff is False) or (
         was_superuser is not False and is_superuser is False
     ):
