@@ -20,8 +20,9 @@ hub acts on its own sockets:
 * ``access.revoke`` (``user_id``, ``reason``, ``session``): the hub closes the user's
   local sockets with 4403 and the reason, without asking anything: for a user
   deactivated (``is_active`` False: "account deactivated"), deleted ("account
-  deleted") or whose password changed ("password changed"), and, only those that came with one session, for a logout ("logged out";
-  ``session`` is a hash of the session key, which is a login and so never crosses
+  deleted") or whose password changed ("password changed"), and, only those that came
+  with one session, for a logout ("logged out"; ``session`` is a hash of the session
+  key, which is a login and so never crosses
   Redis). With ``room``, only the user's subscriptions of that room end (a one-room
   socket closes; a ``/ws/`` subscription ends with ``unsubscribed`` 4403 and the socket
   goes on). With ``ban`` set, every process also forgets which users it knew to be
