@@ -39,9 +39,10 @@ class Socket:
         self.frames: list[dict[str, Any]] = []
         self.rooms: set[str] = set()
         self.open = True
+        self.silent = False  # a server that stopped answering: frames read, nothing sent
 
     def send(self, frame: dict[str, Any]) -> None:
-        if self.open:
+        if self.open and not self.silent:
             self.ws.send(json.dumps(frame))
 
 
@@ -147,6 +148,8 @@ class ScriptedMux:
                     "truncated": False,
                 }
             )
+        elif kind == "ping":
+            socket.send({"type": "pong"})
         elif kind == "unsubscribe":
             socket.rooms.discard(room)
             socket.send(
@@ -246,6 +249,41 @@ async def test_scripted_reconnect_resubscribes_every_room_with_its_since(
         "c": [[1, "c", "c1", ""], [2, "c", "c2", ""]],
     }
     assert [d["seq"] for d in await events_of(page, "", "user_message")] == [1]
+    assert errors == []
+
+
+async def test_scripted_heartbeat_pings_a_quiet_server_and_drops_a_dead_socket(
+    chromium: Browser,
+) -> None:
+    """Nothing from the server for heartbeatMs: a ping, and a pong keeps the socket. A
+    server that stops answering: heartbeatTimeoutMs after the ping the socket is taken
+    for dead, reconnected (status says why) and every room resubscribed with its since."""
+    errors: list[str] = []
+    page, server = await scripted(chromium, errors)
+    server.store("a", message="a1")
+    await start(page, ["a"], url=SOCKET_URL, heartbeatMs=300, heartbeatTimeoutMs=300, **FAST)
+    await wait_js(page, "subs.a.state === 'subscribed'")
+    first = server.last
+    for _ in range(100):  # a quiet server is pinged, answers, and keeps the socket
+        if len(server.sent("ping", first)) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(server.sent("ping", first)) >= 3 and len(server.sockets) == 1
+    assert await page.evaluate("conn.status") == "open"
+
+    first.silent = True  # no more pongs, nor anything else
+    reason = await wait_js(
+        page,
+        "events.find(([r, t, d]) => t === 'status' && d.status === 'reconnecting'"
+        " && d.code === 1006)?.[2].reason",
+    )
+    assert reason == "no answer from the server for 1 s"
+    await wait_js(page, "conn.status === 'open' && subs.a.state === 'subscribed'")
+    assert len(server.sockets) == 2 and server.last is not first
+    assert [f.get("since") for f in server.sent("subscribe", server.last)] == [1]
+    server.store("a", message="a2")
+    await wait_rows(page, "a", 2)
+    assert (await logs(page))["a"] == [[1, "a", "a1", ""], [2, "a", "a2", ""]]
     assert errors == []
 
 

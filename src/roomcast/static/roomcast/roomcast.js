@@ -43,6 +43,16 @@ export const MAX_TOKEN_FAILURES = 5;
 // Longest wait for getToken(), in milliseconds; past it the attempt counts as failed.
 export const GET_TOKEN_TIMEOUT_MS = 15000;
 
+// Heartbeat: with no frame from the server for HEARTBEAT_MS, the client sends a ping; with
+// no frame at all HEARTBEAT_TIMEOUT_MS after it, the socket is taken for dead (a network
+// gone without a close, a server that stopped answering) and the client reconnects, as
+// after a close 1006. A browser cannot see the server's own WebSocket pings, and a
+// socket whose network vanished fires no close event for minutes.
+export const HEARTBEAT_MS = 25000;
+export const HEARTBEAT_TIMEOUT_MS = 10000;
+// The close code a dead socket is reported with (the client never saw the server's).
+const ABNORMAL = 1006;
+
 // The server's default MAX_FRAME_BYTES; pages get the configured one from the view.
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024;
 
@@ -148,6 +158,8 @@ export class SocketLink extends EventTarget {
       token = null,
       getToken = null,
       getTokenTimeoutMs = GET_TOKEN_TIMEOUT_MS,
+      heartbeatMs = HEARTBEAT_MS,
+      heartbeatTimeoutMs = HEARTBEAT_TIMEOUT_MS,
     } = {},
   ) {
     super();
@@ -171,6 +183,9 @@ export class SocketLink extends EventTarget {
     this._token = token;            // the token the next connection sends; null: ask getToken
     this._tokenFailures = 0;        // in a row; reset by a join
     this._tokenRequest = 0;         // the getToken() call whose answer is awaited
+    this._heartbeatMs = heartbeatMs;          // 0: no heartbeat
+    this._heartbeatTimeoutMs = heartbeatTimeoutMs;
+    this._beat = null;              // the heartbeat's timer
   }
 
   _since() { return null; }
@@ -195,6 +210,7 @@ export class SocketLink extends EventTarget {
     this._tokenRequest++; // an answer of getToken() still on its way is dropped
     clearTimeout(this._timer);
     this.lastClose = { code: 1000, reason: "closed by the page" };
+    clearTimeout(this._beat);
     if (this._ws) this._ws.close(1000);
     this._rejectWaiting(() => true, 1000, "closed by the page");
     this._setStatus("closed");
@@ -246,8 +262,10 @@ export class SocketLink extends EventTarget {
       this._everOpen = true;
       // First, before anything else: the server joins the room only after it.
       if (token !== null) ws.send(JSON.stringify({ type: "auth", token }));
+      this._heartbeat(ws);
     };
     ws.onmessage = (e) => {
+      this._heartbeat(ws);
       let frame;
       try {
         frame = JSON.parse(e.data);
@@ -257,6 +275,32 @@ export class SocketLink extends EventTarget {
       if (frame && typeof frame === "object") this._onFrame(frame);
     };
     ws.onclose = (e) => { if (this._ws === ws) this._onClose(e); };
+  }
+
+  /** The server was heard from on `ws`: wait HEARTBEAT_MS again before asking. */
+  _heartbeat(ws) {
+    clearTimeout(this._beat);
+    if (!this._heartbeatMs) return;
+    this._beat = setTimeout(() => {
+      if (this._ws !== ws || ws.readyState !== WebSocket.OPEN) return;
+      ws.send(JSON.stringify({ type: "ping" })); // any frame back re-arms the heartbeat
+      this._beat = setTimeout(() => this._dead(ws), this._heartbeatTimeoutMs);
+    }, this._heartbeatMs);
+  }
+
+  /** No answer to a ping on `ws`: drop it (its close event, whenever it comes, is not
+   * waited for) and reconnect as after a lost connection. */
+  _dead(ws) {
+    if (this._ws !== ws) return;
+    ws.onclose = null;
+    ws.onmessage = null;
+    try {
+      ws.close(4000, "no answer to ping");
+    } catch {
+      // already closing
+    }
+    const seconds = Math.round((this._heartbeatMs + this._heartbeatTimeoutMs) / 1000);
+    this._onClose({ code: ABNORMAL, reason: `no answer from the server for ${seconds} s` });
   }
 
   async _fetchToken() {
@@ -314,6 +358,7 @@ export class SocketLink extends EventTarget {
   }
 
   _onClose(event) {
+    clearTimeout(this._beat);
     const { code, reason } = event;
     const wasOpen = this.status === "open";
     this.lastClose = { code, reason };
