@@ -113,7 +113,7 @@ def post_frame(dialect: str, text: str, client_id: str) -> str:
 async def _run_phase(
     result: PhaseResult,
     pool: MemberPool,
-    publisher: Publisher,
+    publishers: list[Publisher],
     *,
     dialect: str,
     rate: float,
@@ -121,44 +121,62 @@ async def _run_phase(
     timeout: float,
     procs: list[h.Proc],
 ) -> PhaseResult:
+    """One phase: each publisher (one per room, all at once) sends ``result.messages``."""
     tag = f"{result.phase}{result.round}"
     texts = [f"{tag}#{i:06d} ".ljust(size, "x") for i in range(result.messages)]
-    sent: list[float] = []
+    sent: list[list[float]] = [[] for _ in publishers]
     await pool.arm(f"{tag}#", result.messages)
-    publisher.waiting = result.messages if dialect == "v1" else 0
-    publisher.all_acked.clear()
-    if dialect != "v1":
-        publisher.all_acked.set()  # the seed acknowledges nothing
-    errors_before = len(publisher.errors)
+    errors_before = []
+    for publisher in publishers:
+        publisher.waiting = result.messages if dialect == "v1" else 0
+        publisher.all_acked.clear()
+        if dialect != "v1":
+            publisher.all_acked.set()  # the seed acknowledges nothing
+        errors_before.append(len(publisher.errors))
+
+    async def publish(publisher: Publisher, times: list[float]) -> None:
+        for i, text in enumerate(texts):
+            if rate > 0:
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            frame = post_frame(dialect, text, f"{tag}-{i}")
+            times.append(time.monotonic())
+            await publisher.ws.send(frame)
 
     before = h.sample(procs, pool.pids)
     start = time.monotonic()
-    for i, text in enumerate(texts):
-        if rate > 0:
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        frame = post_frame(dialect, text, f"{tag}-{i}")
-        sent.append(time.monotonic())
-        await publisher.ws.send(frame)
+    await asyncio.gather(*(publish(p, times) for p, times in zip(publishers, sent, strict=True)))
     done = await pool.wait_done(timeout - (time.monotonic() - start))
     try:
         async with asyncio.timeout(max(1.0, timeout - (time.monotonic() - start))):
-            await publisher.all_acked.wait()
+            for publisher in publishers:
+                await publisher.all_acked.wait()
     except TimeoutError:
         done = False
     result.timed_out = not done
     after = h.sample(procs, pool.pids)
     result.cpu, result.cpu_wall = h.cpu_between(before, after), after.wall - before.wall
-    result.publisher_errors = publisher.errors[errors_before:]
+    result.publisher_errors = [
+        e for p, n in zip(publishers, errors_before, strict=True) for e in p.errors[n:]
+    ]
     records = await pool.collect(tag)
-    acks = None
-    if dialect == "v1":
-        acks = {
-            int(cid.rsplit("-", 1)[1]): ack
-            for cid, ack in publisher.acks.items()
-            if cid.startswith(f"{tag}-")
-        }
-    analyse(result, records, acks, texts, sent)
+    rooms = []
+    for k, publisher in enumerate(publishers):
+        acks = None
+        if dialect == "v1":
+            acks = {
+                int(cid.rsplit("-", 1)[1]): ack
+                for cid, ack in publisher.acks.items()
+                if cid.startswith(f"{tag}-")
+            }
+        mine = [r for r in records if len(publishers) == 1 or room_of_side(r.side) == k]
+        rooms.append((mine, acks, sent[k]))
+    analyse_rooms(result, rooms)
     return result
+
+
+def room_of_side(side: str) -> int:
+    """The room index of a member's side label (``A:3``: side A, room 3)."""
+    return int(side.rpartition(":")[2] or 0)
 
 
 def analyse(
@@ -168,24 +186,65 @@ def analyse(
     texts: list[str],
     sent: list[float],
 ) -> None:
-    """Check every member's receipts of the phase; fill ``result``.
+    """Check every member's receipts of the phase (one room); fill ``result``.
 
     ``acks`` (message number -> seq, ack time) is None for the seed, which acks nothing and
     sends no seq: its members are checked by message number (the text) alone.
     """
-    first_send = min(sent)
-    if acks is not None:
-        result.acked = len(acks)
-        if acks:
-            last_ack = max(t for _, t in acks.values())
-            result.stored_per_sec = len(acks) / max(last_ack - first_send, 1e-9)
-            result.ack_ms = percentiles([t - sent[i] for i, (_, t) in acks.items()])
-        seq_index = {seq: i for i, (seq, _) in acks.items()}
-        expected = set(seq_index)
+    analyse_rooms(result, [(records, acks, sent)])
+
+
+def analyse_rooms(
+    result: PhaseResult,
+    rooms: list[tuple[list[MemberRecord], dict[int, tuple[int, float]] | None, list[float]]],
+) -> None:
+    """:func:`analyse` for rooms published to at once: each room's members, its
+    publisher's acks and send times; the figures are the rooms' together (deliveries/s
+    from the first send of any room to the last receipt in any)."""
+    first_send = min(min(sent) for _, _, sent in rooms)
     latencies: list[float] = []
     by_side: dict[str, list[float]] = {}
-    first_receipt: dict[int, float] = {}
+    first_ms: list[float] = []
+    ack_ms: list[float] = []
     last_receipt = first_send
+    last_ack = None
+    for records, acks, sent in rooms:
+        if acks is not None:
+            result.acked += len(acks)
+            if acks:
+                last = max(t for _, t in acks.values())
+                last_ack = last if last_ack is None else max(last_ack, last)
+                ack_ms += [t - sent[i] for i, (_, t) in acks.items()]
+        receipts = _check_room(result, records, acks, sent, latencies, by_side)
+        first_ms += [t - sent[i] for i, t in receipts[0].items()]
+        last_receipt = max(last_receipt, receipts[1])
+    if last_ack is not None:
+        result.stored_per_sec = result.acked / max(last_ack - first_send, 1e-9)
+        result.ack_ms = percentiles(ack_ms)
+    result.lost += (result.members - sum(len(r) for r, _, _ in rooms)) * result.messages
+    result.deliveries = len(latencies)
+    result.deliveries_per_sec = len(latencies) / max(last_receipt - first_send, 1e-9)
+    result.latency_ms = percentiles(latencies)
+    result.first_ms = percentiles(first_ms)
+    if len(by_side) > 1 and len(rooms) == 1:
+        result.latency_by_side_ms = {s: percentiles(v) for s, v in sorted(by_side.items())}
+
+
+def _check_room(
+    result: PhaseResult,
+    records: list[MemberRecord],
+    acks: dict[int, tuple[int, float]] | None,
+    sent: list[float],
+    latencies: list[float],
+    by_side: dict[str, list[float]],
+) -> tuple[dict[int, float], float]:
+    """One room's members: counts into ``result``, latencies appended; returns each
+    message's first receipt and the room's last receipt."""
+    if acks is not None:
+        seq_index = {seq: i for i, (seq, _) in acks.items()}
+        expected = set(seq_index)
+    first_receipt: dict[int, float] = {}
+    last_receipt = min(sent)
     for rec in records:
         side = by_side.setdefault(rec.side, [])
         result.other_frames += rec.other_frames
@@ -214,13 +273,7 @@ def analyse(
             result.lost += result.messages - len(seen)
         if rec.closed:
             result.closed_members += 1
-    result.lost += (result.members - len(records)) * result.messages  # never opened
-    result.deliveries = len(latencies)
-    result.deliveries_per_sec = len(latencies) / max(last_receipt - first_send, 1e-9)
-    result.latency_ms = percentiles(latencies)
-    result.first_ms = percentiles([t - sent[i] for i, t in first_receipt.items()])
-    if len(by_side) > 1:
-        result.latency_by_side_ms = {s: percentiles(v) for s, v in sorted(by_side.items())}
+    return first_receipt, last_receipt
 
 
 async def run_target(
@@ -235,11 +288,14 @@ async def run_target(
     phases: list[tuple[str, float]] | None = None,
     messages: int | None = None,
 ) -> list[PhaseResult]:
-    """Open the members (``sides``: name, server, count) in the client processes, publish
-    from this process through the first server, phase by phase."""
-    room = f"bench-{uuid.uuid4().hex[:10]}"
+    """Open the members (``sides``: name, server, count per room) in the client
+    processes, in ``--rooms`` rooms, and publish from this process through the first
+    server, one publisher per room, phase by phase."""
+    rooms = [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(args.rooms)]
     urls = [
-        (name, f"ws://127.0.0.1:{proc.port}/ws/chat/{room}/")
+        # Side "A:3": side A, room 3 (room_of_side), when there are several rooms.
+        (name if len(rooms) == 1 else f"{name}:{k}", f"ws://127.0.0.1:{proc.port}/ws/chat/{room}/")
+        for k, room in enumerate(rooms)
         for name, proc, count in sides
         for _ in range(count)
     ]
@@ -247,11 +303,10 @@ async def run_target(
     pool = MemberPool(urls, dialect, args.client_procs, args.client)
     pool.start()
     results = []
-    publisher: Publisher | None = None
+    publishers: list[Publisher] = []
     try:
         opened = await pool.open(timeout=args.phase_timeout)
         started = min(s.started for s in opened)
-        ws, _ = await open_ws(urls[0][1], dialect)
         connect_secs = max(s.finished for s in opened) - started
         failed = [s for s in opened if s.failed]
         if failed:
@@ -259,8 +314,11 @@ async def run_target(
                 f"  {sum(s.failed for s in failed)} members did not open: {failed[0].first_error}",
                 file=sys.stderr,
             )
-        publisher = Publisher(ws)
-        publisher.reader = asyncio.create_task(publisher.read())
+        first = sides[0][1]
+        for room in rooms:
+            ws, _ = await open_ws(f"ws://127.0.0.1:{first.port}/ws/chat/{room}/", dialect)
+            publishers.append(Publisher(ws))
+            publishers[-1].reader = asyncio.create_task(publishers[-1].read())
         for phase, rate in phases or [("paced", args.rate), ("burst", 0.0)]:
             result = PhaseResult(
                 scenario, target, round_, phase, members, messages or args.messages, connect_secs
@@ -269,7 +327,7 @@ async def run_target(
             await _run_phase(
                 result,
                 pool,
-                publisher,
+                publishers,
                 dialect=dialect,
                 rate=rate,
                 size=args.size,
@@ -279,7 +337,7 @@ async def run_target(
             results.append(result)
             print(_progress_line(result), file=sys.stderr, flush=True)
     finally:
-        if publisher is not None:
+        for publisher in publishers:
             await publisher.close()
         await pool.stop()
     return results
@@ -303,7 +361,10 @@ async def _embedded(
     results: list[PhaseResult] = []
     order = list(args.targets) if round_ % 2 else list(reversed(args.targets))
     for target in order:
-        print(f"embedded/{target}, round {round_}: {args.members} members", file=sys.stderr)
+        print(
+            f"embedded/{target}, round {round_}: {args.rooms} x {args.members} members",
+            file=sys.stderr,
+        )
         dialect, phases, messages = "v1", None, None
         if target == "baseline":
             port = h.free_port()
@@ -499,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--members", type=int, default=1000, help="members per room (default 1000)")
     parser.add_argument(
+        "--rooms",
+        type=int,
+        default=1,
+        help="embedded scenario: rooms of --members each, published to at once, one "
+        "publisher each (default 1; e.g. --rooms 10 --members 100)",
+    )
+    parser.add_argument(
         "--messages", type=int, default=200, help="messages per phase (default 200)"
     )
     parser.add_argument(
@@ -538,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = (set(args.scenarios) - {"embedded", "redis"}) | (set(args.targets) - set(TARGETS))
     unknown |= set(args.layers) - {"pubsub", "core"}
     unknown |= set(args.seed_phases) - {"paced", "burst"}
-    if unknown or args.members < 2 or args.messages < 1 or args.rounds < 1:
+    if args.rooms > 1 and "redis" in args.scenarios:
+        build_parser().error("--rooms applies to the embedded scenario: add --scenarios embedded")
+    if unknown or args.members < 2 or args.messages < 1 or args.rounds < 1 or args.rooms < 1:
         build_parser().error(f"bad arguments (unknown: {sorted(unknown)})")
     if "before" in args.targets and not args.before:
         build_parser().error("the 'before' target needs --before PATH/TO/roomcast")
@@ -546,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         _install_node_ws()
     if "embedded" not in args.scenarios:
         args.targets = []
-    h.raise_fd_limit(args.members + 1024)
+    h.raise_fd_limit(args.members * args.rooms + 1024)
     facts = h.machine_facts(args.postgres if "redis" in args.scenarios else None)
     facts["client event loop"] = loop_factory().__module__.split(".")[0]
     facts["member client"] = args.client
