@@ -68,15 +68,21 @@ written = 0
 _last: tuple[str, bytes] = ("", b"\x81\x00")
 
 
+def _takes_writes(protocol: Any) -> bool:
+    """Whether a frame written to ``protocol``'s transport now goes out as the ASGI send
+    would write it: the socket is open, no close sent or received, and writable."""
+    return (
+        not protocol.disconnected
+        and protocol.writable.is_set()
+        and protocol.conn.state is State.OPEN
+    )
+
+
 def try_write(protocol: Any, text: str) -> bool:
     """Write ``text`` as one text frame if the socket takes it now; False if the caller
     must use the ASGI send instead (and learn from it why, e.g. the socket is gone)."""
     global _last, written
-    if (
-        protocol.disconnected
-        or not protocol.writable.is_set()
-        or protocol.conn.state is not State.OPEN
-    ):
+    if not _takes_writes(protocol):
         return False
     last = _last
     if last[0] is not text:
@@ -95,11 +101,7 @@ def try_write_many(protocol: Any, texts: list[str]) -> int:
     one system call instead of one each. A 50-message catch-up took 50 ``send`` calls.
     """
     global written
-    if (
-        protocol.disconnected
-        or not protocol.writable.is_set()
-        or protocol.conn.state is not State.OPEN
-    ):
+    if not _takes_writes(protocol):
         return 0
     parts: list[bytes] = []
     size = 0

@@ -262,8 +262,7 @@ class Hub:
         if self.linger_secs <= 0 or not room.ready:
             self._spawn(self._unsubscribe_if_empty(room))
             return
-        if (timer := self._lingering.pop(room.name, None)) is not None:
-            timer.cancel()
+        # (Not lingering already: the member that just left took it out on joining.)
         loop = asyncio.get_running_loop()
         self._lingering[room.name] = loop.call_later(
             self.linger_secs, self._linger_over, room, context=contextvars.Context()
@@ -640,13 +639,14 @@ class Hub:
                     self._spawn(self._rejoin_group(room))
 
     async def _rejoin_group(self, room: _Room) -> None:
+        """Add the room's channel to its group again (idempotent); a failure is logged."""
         channel = room.channel
-        if channel is None:
+        if not room.ready or channel is None:
             return
         try:
             await self.layer.group_add(room.group, channel)
         except Exception:
-            logger.warning("Could not join group %s again", room.group, exc_info=True)
+            logger.exception("Could not refresh group %s", room.group)
 
     async def _refresh_groups(self) -> None:
         while True:
@@ -657,11 +657,7 @@ class Hub:
                 except Exception:
                     logger.exception("Could not refresh group %s", CONTROL_GROUP)
             for room in list(self._rooms.values()):
-                if room.ready and room.channel:
-                    try:
-                        await self.layer.group_add(room.group, room.channel)
-                    except Exception:
-                        logger.exception("Could not refresh group %s", room.group)
+                await self._rejoin_group(room)
 
     # -- lifecycle -------------------------------------------------------------------------
 
