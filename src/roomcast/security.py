@@ -133,10 +133,8 @@ async def identity_from_session(scope: Any) -> access.Identity:
     session = scope.get("session")
     if user is not None and user.is_authenticated:
         # A user known to have no ban costs nothing; else one thread hop.
-        if not access.ban_free(user.pk):
-            ban = await database_sync_to_async(access.banned)(user.pk)
-            if ban is not None:
-                raise AuthenticationFailed(revocation.ban_reason(ban))
+        if (ban := await access.abanned(user.pk)) is not None:
+            raise AuthenticationFailed(revocation.ban_reason(ban))
         key = getattr(session, "session_key", None) if session is not None else None
         return access.identity_for(user, via="session", session_key=key)
     name = None

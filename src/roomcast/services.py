@@ -351,12 +351,12 @@ async def _refusal(identity: access.Identity, room: str) -> str:
     """Why ``identity`` may not join ``room``: its ban, if one keeps it out (the user
     learns it is banned and until when), else :data:`NOT_ALLOWED_REASON` (whether the
     room exists or not: that does not leak)."""
-    if access.ban_free(identity.user_id):
+    ban = await access.abanned(identity.user_id, room)
+    if ban is None:
         return NOT_ALLOWED_REASON
     from .revocation import ban_reason  # (revocation imports the hub, as this does)
 
-    ban = await database_sync_to_async(access.banned)(identity.user_id, room)
-    return NOT_ALLOWED_REASON if ban is None else ban_reason(ban)
+    return ban_reason(ban)
 
 
 async def _read_catch_up(
