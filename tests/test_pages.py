@@ -296,14 +296,14 @@ def test_guests_enter_with_a_name_of_their_own() -> None:
     """The guest form keeps "guest-<name>-<4 hex>" in the session, where the room socket
     reads it (so it must pass the socket's check); no name gives guest-xxxxxx; a name
     the rule refuses is a 400 with the reason, and nothing is kept."""
-    from roomcast.security import GUEST_NAME_SESSION_KEY, _is_guest_name
+    from roomcast.security import GUEST_NAME_SESSION_KEY, is_guest_name
 
     client = guest_client("Zoë")
     name = client.session[GUEST_NAME_SESSION_KEY]
     assert re.fullmatch(r"guest-Zoë-[0-9a-f]{4}", name), name
     assert app_data(client.get("/rooms/").content.decode())["user"] == name
     longest = guest_client("x" * 20).session[GUEST_NAME_SESSION_KEY]
-    assert _is_guest_name(longest)
+    assert is_guest_name(longest)
     assert re.fullmatch(r"guest-[0-9a-f]{6}", guest_client("").session[GUEST_NAME_SESSION_KEY])
     for bad in ("a b", "x" * 21, "<b>", "a\u202eb"):
         refused = Client()

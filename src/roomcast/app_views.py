@@ -45,8 +45,8 @@ from . import rooms as rooms_api
 from .conf import roomcast_settings
 from .models import Room, RoomMember
 from .protocol import ProtocolError, codec
-from .security import GUEST_NAME_SESSION_KEY
-from .views import _check_path_encoding
+from .security import GUEST_NAME_SESSION_KEY, is_guest_name
+from .views import _room_name
 
 #: The multi-room socket's path under the site's script prefix: the route of
 #: ``roomcast.routing.websocket_urlpatterns`` (not in Django's URLconf, so not reversible;
@@ -60,11 +60,8 @@ MUX_SOCKET_PATH = "ws/"
 SIDEBAR_ROOMS = 50
 
 #: Longest name a guest may choose: "guest-" + name + "-" + 4 hex digits stays within
-#: the 32 characters the room socket accepts from the session (security._is_guest_name).
+#: the 32 characters the room socket accepts from the session (security.is_guest_name).
 GUEST_NAME_MAX_CHARS = 20
-#: Longest guest name the room socket takes from the session (security._is_guest_name):
-#: a longer one would be a new random guest there, another name than the page shows.
-GUEST_NAME_MAX_TOTAL = 32
 #: Hex digits after a guest's chosen name, so that two guests who both choose "sam"
 #: are not one person on the page (the name is for reading; guests have no account).
 GUEST_NAME_SUFFIX_HEX = 4
@@ -155,7 +152,8 @@ def _visitor(request: HttpRequest) -> tuple[access.Identity, bool] | None:
         return access.identity_for(user, session_key=key), True
     session = getattr(request, "session", None)
     name = session.get(GUEST_NAME_SESSION_KEY) if session is not None else None
-    if isinstance(name, str) and name.startswith("guest-") and len(name) <= GUEST_NAME_MAX_TOTAL:
+    # The socket's own rule: a name it would not take would be another guest there.
+    if is_guest_name(name):
         return access.anonymous(name), False
     return None
 
@@ -292,8 +290,7 @@ def app_room(request: HttpRequest, room_name: str) -> HttpResponse:
         return _to_login(request)
     identity, is_user = visitor
     try:
-        _check_path_encoding(request)
-        name = codec.validate_room_name(room_name, max_chars=roomcast_settings.ROOM_NAME_MAX_CHARS)
+        name = _room_name(request, room_name)
     except ProtocolError as exc:
         context = _app_page(identity, is_user, None)
         context["create_error"] = exc.detail

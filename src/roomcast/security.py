@@ -142,10 +142,11 @@ async def identity_from_session(scope: Any) -> access.Identity:
         # Loaded by get_user already under RoomcastMiddleware; a project's own session
         # middleware may load it lazily, which is a database read: in a worker thread.
         name = await database_sync_to_async(session.get)(GUEST_NAME_SESSION_KEY)
-    return access.anonymous(name if _is_guest_name(name) else None)
+    return access.anonymous(name if is_guest_name(name) else None)
 
 
-def _is_guest_name(name: Any) -> bool:
+def is_guest_name(name: Any) -> bool:
+    """Whether ``name`` (from a session) is a guest's name a socket takes as it is."""
     return isinstance(name, str) and name.startswith("guest-") and 6 < len(name) <= 32
 
 
