@@ -89,8 +89,10 @@ class Session:
         # Timers and tasks started while the socket was served copied the context that
         # holds this session, and may outlive the socket (a room's receiver lives as long
         # as the room): they must not keep the consumer alive, nor tag records with it.
-        fields, self.consumer = self.fields(), None
-        if not access_logger.isEnabledFor(logging.INFO):
+        enabled = access_logger.isEnabledFor(logging.INFO)
+        fields = self.fields() if enabled else {}
+        self.consumer = None
+        if not enabled:
             return
         duration = time.monotonic() - self.started
         access_logger.info(

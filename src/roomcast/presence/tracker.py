@@ -20,7 +20,7 @@ from roomcast.hub import CONTROL_GROUP, register_control
 from roomcast.protocol.codec import encode
 
 from ._state import NodeTally, Room, Write, view
-from ._store import ROOMS_PER_ROUND_TRIP, Store, redis_config
+from ._store import ROOMS_PER_ROUND_TRIP, ShardsDownError, Store, redis_config
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class Tracker:
         else:
             count = local.users.get(user_id, (0, name))[0] + 1
             local.users[user_id] = (count, name)
-            metrics.PRESENCE_USERS.inc(1 if count == 1 else 0)
+            if count == 1:  # a user's first socket here (as leaving decrements)
+                metrics.PRESENCE_USERS.inc()
             room.changed.add(user_id)
             self._add_user(room, user_id, 1, name)
         if member.live_state:
@@ -542,6 +543,8 @@ class Tracker:
                 await self._check_alive(store, started)
                 if beats % 2 == 0:
                     await self._check_versions(store)
+            except ShardsDownError:
+                pass  # each shard logged its own failure, and will its recovery (Store)
             except Exception:
                 self._failed("the heartbeat")
             else:

@@ -21,7 +21,7 @@ by a locked room, a client that does not read its ack) :data:`SETTLE_SECS` after
 time is closed anyway (the post is still stored, and the client's resend is answered with
 its seq); a close the client does not answer is reset after ``CLOSE_TIMEOUT_SECS``
 (``lean_ws``); uvicorn cancels what is left after :func:`graceful_shutdown_secs`; the
-application's own shutdown (``roomcast.lifespan``) has ``LIFESPAN_SHUTDOWN_SECS``.
+application's own shutdown (``roomcast.lifespan``) has ``lifespan.SHUTDOWN_SECS``.
 
 Per process: each uvicorn worker drains its own sockets (one event loop, one
 :class:`Drain`).

@@ -166,9 +166,7 @@ class RedactSecrets(logging.Filter):
                 record.args = (args[0], REDACTED)
             return True
         if any(isinstance(a, str) and "=" in a for a in args):
-            record.args = tuple(
-                _QUERY_SECRET.sub(rf"\1{REDACTED}", a) if isinstance(a, str) else a for a in args
-            )
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in args)
         return True
 
 
