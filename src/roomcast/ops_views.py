@@ -18,7 +18,6 @@ Layer: HTTP views, beside ``views.py``; imports conf, fanout, metrics and Django
 from __future__ import annotations
 
 import asyncio
-import hmac
 import secrets
 import threading
 import weakref
@@ -31,6 +30,7 @@ from django.views.decorators.http import require_safe
 
 from . import fanout, metrics
 from .conf import roomcast_settings
+from .views import _authorized
 
 #: Seconds each readiness check may take; past it the check fails with "timed out". A
 #: load balancer's probe usually allows 5 s: both checks run at once and fit in it.
@@ -72,27 +72,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 
 def _refused(request: HttpRequest) -> JsonResponse | None:
-    keys = roomcast_settings.API_KEYS
-    if not keys:
-        return JsonResponse(
-            {
-                "error": "api_disabled",
-                "detail": "/metrics needs an API key: set ROOMCAST['API_KEYS'], or "
-                "ROOMCAST['METRICS_PUBLIC'] = True.",
-            },
-            status=403,
-        )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    found = False
-    for key in keys:  # every key compared, in constant time
-        found |= hmac.compare_digest(given.encode(), key.encode())
-    if scheme.lower() == "bearer" and found:
-        return None
-    response = JsonResponse(
-        {"error": "unauthorized", "detail": "Send Authorization: Bearer <API key>."}, status=401
+    return _authorized(
+        request,
+        off="/metrics needs an API key: set ROOMCAST['API_KEYS'], or "
+        "ROOMCAST['METRICS_PUBLIC'] = True.",
     )
-    response["WWW-Authenticate"] = "Bearer"
-    return response
 
 
 async def _bounded(check: Awaitable[str]) -> str:

@@ -132,10 +132,14 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"error": code, "detail": detail}, status=status)
 
 
-def _authorized(request: HttpRequest) -> JsonResponse | None:
+def _authorized(
+    request: HttpRequest, *, off: str = "The push API is off: set ROOMCAST['API_KEYS']."
+) -> JsonResponse | None:
+    """None if the request brings an API key; else the 401 to answer (``off``: the 403's
+    detail when no API key is set)."""
     keys = roomcast_settings.API_KEYS
     if not keys:
-        return _error(403, "api_disabled", "The push API is off: set ROOMCAST['API_KEYS'].")
+        return _error(403, "api_disabled", off)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not _is_api_key(given):
         response = _error(401, "unauthorized", "Send Authorization: Bearer <API key>.")
