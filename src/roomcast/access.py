@@ -66,6 +66,7 @@ __all__ = [
     "ban_free",
     "banned",
     "check",
+    "check_many",
     "forget_bans",
     "forget_visibility",
     "identity_for",
@@ -226,10 +227,16 @@ def ban_free(user_id: int | None) -> bool:
     cannot be banned). False means "ask the database" (:func:`banned`)."""
     if user_id is None:
         return True
+    known = _known_banned()
+    return known is not None and user_id not in known
+
+
+def _known_banned() -> frozenset[int] | None:
+    """The users with an active ban, as last read, while that read is fresh enough."""
     known = _banned_users
     if known is None or time.monotonic() - known[0] > BAN_CACHE_SECS:
-        return False
-    return user_id not in known[1]
+        return None
+    return known[1]
 
 
 def _refresh_banned_users() -> None:
@@ -264,8 +271,7 @@ def banned(user_id: int | None, room: str | None = None) -> Ban | None:
     :func:`ban_free` already knows."""
     if user_id is None or ban_free(user_id):
         return None
-    known = _banned_users
-    if known is None or time.monotonic() - known[0] > BAN_CACHE_SECS:
+    if _known_banned() is None:
         _refresh_banned_users()
         if ban_free(user_id):
             return None
@@ -356,11 +362,18 @@ def rights_from(answers: dict[str, bool]) -> frozenset[str]:
 
 def check(identity: Identity, room: str, action: Action) -> bool:
     """Whether ``identity`` may do ``action`` in ``room`` (sync; uses the database)."""
-    if action not in ACTIONS:
-        raise ValueError(f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.")
-    if identity.user_id is not None and banned(identity.user_id, room) is not None:
-        return False
-    return policy()(identity, room, action)
+    return check_many(identity, room, (action,))[action]
+
+
+def check_many(identity: Identity, room: str, actions: tuple[Action, ...]) -> dict[str, bool]:
+    """:func:`check` for several actions: ``{action: allowed}``, the bans read once."""
+    for action in actions:
+        if action not in ACTIONS:
+            raise ValueError(f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.")
+    if banned(identity.user_id, room) is not None:
+        return dict.fromkeys(actions, False)
+    decide = policy()
+    return {action: decide(identity, room, action) for action in actions}
 
 
 async def acheck(identity: Identity, room: str, action: Action) -> bool:
@@ -371,9 +384,5 @@ async def acheck(identity: Identity, room: str, action: Action) -> bool:
 async def acheck_many(
     identity: Identity, room: str, actions: tuple[Action, ...]
 ) -> dict[str, bool]:
-    """:func:`check` for several actions in one thread hop: ``{action: allowed}``."""
-
-    def run() -> dict[str, bool]:
-        return {action: check(identity, room, action) for action in actions}
-
-    return await database_sync_to_async(run)()
+    """:func:`check_many` in one thread hop."""
+    return await database_sync_to_async(check_many)(identity, room, actions)

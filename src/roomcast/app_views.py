@@ -192,14 +192,14 @@ def _app_page(identity: access.Identity, is_user: bool, room: str | None) -> dic
         visibility, last_seq = row if row else (Room.Visibility.PUBLIC, 0)
         rooms.append({"name": room, "visibility": visibility, "lastSeq": last_seq})
     before, _, after = reverse("roomcast:app-room", args=["__room__"]).rpartition("__room__")
+    asked: tuple[access.Action, ...] = ("moderate", "post") if is_user else ("post",)
+    allowed = access.check_many(identity, room, asked) if room is not None else {}
     page = {
         "room": room,
         "user": identity.name,
         "isUser": is_user,
-        "isModerator": bool(
-            room is not None and is_user and access.check(identity, room, "moderate")
-        ),
-        "mayPost": bool(room is not None and access.check(identity, room, "post")),
+        "isModerator": bool(is_user and allowed.get("moderate")),
+        "mayPost": bool(allowed.get("post")),
         "rooms": rooms,
         "roomUrl": [before, after],
         "socketPath": get_script_prefix() + MUX_SOCKET_PATH,

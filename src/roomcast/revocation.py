@@ -164,7 +164,7 @@ def _rights(identity: access.Identity, room: str, users: dict[Any, Any]) -> dict
             user=user,
         )
     try:
-        return {action: access.check(identity, room, action) for action in RECHECK_ACTIONS}
+        return access.check_many(identity, room, RECHECK_ACTIONS)
     except Exception:
         logger.exception("The access policy failed re-checking %r in room %r", identity, room)
         return _DENIED
