@@ -530,7 +530,7 @@ class BanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="in force", boolean=True)
     def in_force(self, ban: Ban) -> bool:
         """Whether the ban keeps the user out now."""
-        return ban.until is None or ban.until > timezone.now()
+        return ban.in_force
 
     def save_model(
         self,
@@ -546,11 +546,7 @@ class BanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="End selected bans now")
     def end_now(self, request: HttpRequest, queryset: QuerySet[Ban]) -> None:
         """Lift the selected bans in force: their end becomes now (the rows stay)."""
-        ended = 0
-        now = timezone.now()
-        for ban in access.in_force(queryset).select_related("user", "room"):
-            ban.until = now
-            ban.save(update_fields=["until"])
-            ended += 1
+        ended = moderation.end_bans(queryset)
+        for ban in ended:
             self.log_change(request, ban, "Ended the ban.")
-        self.message_user(request, f"Ended {ended} ban(s).")
+        self.message_user(request, f"Ended {len(ended)} ban(s).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Room(models.Model):
@@ -197,3 +198,8 @@ class Ban(models.Model):
     def __str__(self) -> str:
         where = f"room {self.room}" if self.room_id is not None else "the site"
         return f"{self.user} from {where}"
+
+    @property
+    def in_force(self) -> bool:
+        """Whether the ban keeps the user out now (``access.in_force`` for one row)."""
+        return self.until is None or self.until > timezone.now()

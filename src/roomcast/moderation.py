@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import router, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from . import access, fanout, presence, rooms
@@ -46,6 +47,7 @@ __all__ = [
     "ban",
     "banned",
     "connected",
+    "end_bans",
     "unban",
 ]
 
@@ -120,13 +122,19 @@ def unban(user: Any, *, room: str | None = None) -> int:
     bans = Ban.objects.filter(user=target)
     if room is not None:
         bans = bans.filter(room__name=room)
-    ended = 0
+    return len(end_bans(bans))
+
+
+def end_bans(bans: QuerySet[Ban]) -> list[Ban]:
+    """End the bans of ``bans`` in force now, in one transaction: ``until`` becomes now
+    (each saved, so its signal runs; the rows stay, as records). Returns them."""
+    ended = []
     now = timezone.now()
     with transaction.atomic(using=router.db_for_write(Ban)):
-        for found in access.in_force(bans):
+        for found in access.in_force(bans).select_related("user", "room"):
             found.until = now
             found.save(update_fields=["until"])
-            ended += 1
+            ended.append(found)
     return ended
 
 

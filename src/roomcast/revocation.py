@@ -61,7 +61,6 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model, user_logged_out
 from django.db import router, transaction
 from django.db.models.signals import post_delete, post_init, post_save
-from django.utils import timezone
 
 from . import access, fanout
 from .hub import Hub, Member, register_control
@@ -451,7 +450,7 @@ def _on_ban_saved(sender: Any, instance: Ban, **kwargs: Any) -> None:
     # Here at once (a join on this process must not go by the old set), and on every
     # process when the revoke reaches it, after the commit (a re-check reads the ban).
     access.forget_bans()
-    if instance.until is not None and instance.until <= timezone.now():
+    if not instance.in_force:
         return  # ended (lifted, or saved with an end in the past): nothing to close
     room = instance.room.name if instance.room is not None else None
     _after_commit(_publish_ban, instance.user_id, reason=ban_reason(instance), room=room)
