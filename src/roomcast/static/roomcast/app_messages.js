@@ -76,19 +76,16 @@ function span(className, text) {
 function actions(seq, author, onEdit, onDelete) {
   const box = document.createElement("div");
   box.className = "actions";
-  const edit = document.createElement("button");
-  edit.type = "button";
-  edit.className = "edit";
-  edit.textContent = "Edit";
-  edit.setAttribute("aria-label", `Edit message ${seq} by ${author}`);
-  edit.addEventListener("click", () => onEdit(seq));
-  const del = document.createElement("button");
-  del.type = "button";
-  del.className = "delete";
-  del.textContent = "Delete";
-  del.setAttribute("aria-label", `Delete message ${seq} by ${author}`);
-  del.addEventListener("click", () => onDelete(seq));
-  box.append(edit, del);
+  const button = (className, label, onClick) => {
+    const el = document.createElement("button");
+    el.type = "button";
+    el.className = className;
+    el.textContent = label;
+    el.setAttribute("aria-label", `${label} message ${seq} by ${author}`);
+    el.addEventListener("click", () => onClick(seq));
+    return el;
+  };
+  box.append(button("edit", "Edit", onEdit), button("delete", "Delete", onDelete));
   return box;
 }
 

@@ -189,13 +189,18 @@ export class RoomView {
       this.queueRender();
       return;
     }
+    this.put(frame);
+    this.queueRender();
+  }
+
+  /** The message's element in the log, in seq order (replacing the seq's old one). */
+  put(frame) {
     this.frames.set(frame.seq, frame);
     const li = this.item(frame);
     const existing = this.items.get(frame.seq);
     if (existing) existing.replaceWith(li);
     else this.place(li, frame.seq);
     this.items.set(frame.seq, li);
-    this.queueRender();
   }
 
   firstPending() {
@@ -349,12 +354,8 @@ export class RoomView {
       const top = p.scrollTop;
       for (const frame of page.messages) {
         this.seen(frame.seq);
-        if (frame.type === "message" && !this.items.has(frame.seq)) {
-          this.frames.set(frame.seq, frame);
-          const li = this.item(frame);
-          this.place(li, frame.seq);
-          this.items.set(frame.seq, li);
-        }
+        // Not show(): its render would scroll to the bottom while the page fills in.
+        if (frame.type === "message" && !this.items.has(frame.seq)) this.put(frame);
       }
       this.hasMore = Boolean(page.has_more) && this.oldest > 1;
       this.relabelDays();
