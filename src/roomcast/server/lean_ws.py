@@ -229,10 +229,16 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     send.direct_write_safe = True  # type: ignore[attr-defined]
 
     def _close_behind_backlog(self, code: int, reason: str) -> None:
+        self._close_now(code, reason)
+        self.close_sent = True
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """Tell the application the socket is gone, write the close frame at once (past
+        any backlog) and read on until the client answers it; reset it after
+        ``close_timeout`` if it does not."""
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
@@ -318,18 +324,11 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
             return
         self._cancel_timer()
         self.stop_keepalive()
-        self.queue.put_nowait(
-            {"type": "websocket.disconnect", "code": drain.CLOSE_CODE, "reason": drain.REASON}
-        )
-        self.conn.send_close(drain.CLOSE_CODE, drain.REASON)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        # Read on until the client answers the close (handle_close then ends the
-        # connection); frames it sent meanwhile are dropped (send_receive_event_to_app).
-        # close_sent stays False, as after uvicorn's own shutdown: a frame the application
-        # still sends fails as a gone socket (ClientDisconnected), not as an ASGI error.
-        self.read_paused = False
-        self.transport.resume_reading()
-        self._set_timer(self.close_timeout, self._abort, "close")
+        # Frames the client sends until it answers the close are dropped
+        # (send_receive_event_to_app). close_sent stays False, as after uvicorn's own
+        # shutdown: a frame the application still sends fails as a gone socket
+        # (ClientDisconnected), not as an ASGI error.
+        self._close_now(drain.CLOSE_CODE, drain.REASON)
 
     def _refuse_during_drain(self) -> None:
         """A handshake that arrived as the drain began: 503, so the client tries again
