@@ -138,3 +138,29 @@ async def test_posts_to_a_room_set_aside_wait_together_and_are_stored_in_order()
     assert (first.seq, second.seq) == (1, 2)
     assert await asyncio.to_thread(stored_texts, "aside") == [(1, "first"), (2, "second")]
     assert writer._locked == {}
+
+
+
+def test_the_client_id_lookups_use_the_rooms_client_id_index():
+    """A post's duplicate check finds a client_id through the (room, client_id) unique
+    index, not by reading the room's messages one by one: SQLite uses a partial index
+    only for a WHERE that contains the index's condition as written (the check once
+    said ``<> ''`` and cost a post time growing with its room)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from roomcast import edits
+
+    index = "roomcast_message_room_client_id"
+    stream.store_batch([post("plans", "one", client_id="c1")])
+    with CaptureQueriesContext(connection) as captured:
+        assert stream._stored_with_client_id(post("plans", "x", client_id="c1"), "default")
+        assert edits._stored_with_client_id("plans", "c1", "default") is not None
+    lookups = [q["sql"] for q in captured.captured_queries if "client_id\" = '" in q["sql"]]
+    assert len(lookups) == 2, captured.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + stream._take_seq_sql(connection), ["plans", "c1"])
+        assert index in str(cursor.fetchall())
+        for sql in lookups:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql)
+            assert index in str(cursor.fetchall()), sql

@@ -319,7 +319,13 @@ def _apply(change: _Change, room_id: int, event_seq: int, using: str) -> StoredC
 def _stored_with_client_id(room: str, client_id: str, using: str) -> StoredChange | None:
     """What ``client_id`` stored in ``room`` already, as a duplicate."""
     messages = Message.objects.using(using).filter(room__name=room)
-    found = messages.filter(client_id=client_id).only("room_id", *FRAME_FIELDS).first()
+    # exclude(""): the unique index's condition, which SQLite needs to see to use it.
+    found = (
+        messages.filter(client_id=client_id)
+        .exclude(client_id="")
+        .only("room_id", *FRAME_FIELDS)
+        .first()
+    )
     if found is None:
         return None
     target_seq = found.target_seq if found.target_seq is not None else found.seq

@@ -202,6 +202,7 @@ def _stored_with_client_id(post: _Post, using: str) -> StoredMessage | None:
     message = (
         Message.objects.using(using)
         .filter(room__name=post.room, client_id=post.client_id)
+        .exclude(client_id="")  # the unique index's condition: SQLite then uses it
         .only(*FRAME_FIELDS)
         .first()
     )
@@ -425,7 +426,11 @@ def _take_seq_sql(connection: Any) -> str:
     return (
         f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE name = %s AND NOT EXISTS "
         f"(SELECT 1 FROM {messages} m WHERE m.{room_id} = {rooms}.id "
-        f"AND m.{client_id} = %s AND m.{client_id} <> '')"
+        # NOT (... = ''), the unique index's own condition word for word: SQLite uses a
+        # partial index only for a query whose WHERE contains the index's condition as
+        # written, and with ``<> ''`` it searched the room's messages one by one, a cost
+        # growing with the room (3.40: ~0.8 ms a post at 1,800 messages a room, measured).
+        f"AND m.{client_id} = %s AND NOT (m.{client_id} = ''))"
     )
 
 
