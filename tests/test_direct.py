@@ -91,8 +91,8 @@ async def test_a_catch_up_is_written_in_one_call(server, monkeypatch):
     calls: list[int] = []
     write_many = direct.try_write_many
 
-    def counted(protocol, texts):
-        written = write_many(protocol, texts)
+    def counted(protocol, texts, cache=None):
+        written = write_many(protocol, texts, cache)
         calls.append(written)
         return written
 
@@ -107,6 +107,68 @@ async def test_a_catch_up_is_written_in_one_call(server, monkeypatch):
     ]
     assert calls == [51]  # joined and the 50 messages, in one call
     await ws.close()
+
+
+async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(server, monkeypatch):
+    """Frames handed to a socket in one pass of the loop (here ten messages of a room
+    published one after another, as a stored batch is) wait for the end of the pass and
+    go in one write call per socket, whole and in order; each message serialised once
+    for all its members."""
+    from roomcast.hub import running_hub
+
+    members = [await connect(server.url + "pass/") for _ in range(3)]
+    calls: list[int] = []
+    write, write_many = direct.try_write, direct.try_write_many
+
+    def counted_one(protocol, text, cache=None):
+        calls.append(1)
+        return write(protocol, text, cache)
+
+    def counted_many(protocol, texts, cache=None):
+        written = write_many(protocol, texts, cache)
+        calls.append(written)
+        return written
+
+    monkeypatch.setattr(direct, "try_write", counted_one)
+    monkeypatch.setattr(direct, "try_write_many", counted_many)
+    serialised: list[str] = []
+    frame_class = direct.Frame
+
+    class CountedFrame(frame_class):  # type: ignore[misc,valid-type]
+        def serialize(self, *args, **kwargs):
+            serialised.append(self.data.decode())
+            return super().serialize(*args, **kwargs)
+
+    monkeypatch.setattr(direct, "Frame", CountedFrame)
+    hub = running_hub()
+    assert hub is not None
+    for i in range(10):  # one pass: no await between them
+        frame = json.dumps({"type": "message", "room": "pass", "seq": i + 1, "message": f"m{i}"})
+        for member in hub.members("pass"):
+            member.deliver(i + 1, frame)
+    for ws in members:
+        assert [f["message"] for f in await messages(ws, 10)] == [f"m{i}" for i in range(10)]
+    assert calls == [10, 10, 10]  # one call per socket, all ten frames in it
+    assert len(serialised) == 10  # once per message, not per member
+    for ws in members:
+        await ws.close()
+
+
+async def test_a_frame_waiting_for_the_pass_is_written_before_a_close(server):
+    """A frame queued in the same pass as the socket's close (an error, then 4403) is
+    written before the close frame, as it was when frames were written at once."""
+    from roomcast.hub import running_hub
+
+    ws = await connect(server.url + "lastword/")
+    hub = running_hub()
+    assert hub is not None
+    (member,) = hub.members("lastword")
+    member.send_frame(json.dumps({"type": "error", "code": "last", "detail": "last word"}))
+    member.connection.close(4403, "bye")
+    assert json.loads(await asyncio.wait_for(ws.recv(), 20))["code"] == "last"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 20)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
 
 
 class _Transport:

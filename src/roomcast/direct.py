@@ -58,8 +58,10 @@ def _writes_like_stock(func: Any) -> bool:
     return func is WebSocketsSansIOProtocol.send or getattr(func, "direct_write_safe", False)
 
 
-#: Frames written directly (a test reads it to see that the direct path is taken).
+#: Frames written directly (a test reads it to see that the direct path is taken), and
+#: the write calls of :func:`try_write_many` (each carrying one frame or more).
 written = 0
+joined_writes = 0
 
 # The last frame serialised, with its text: the hub hands the same str to every member of
 # a room, so one message is encoded once however many members it reaches. One tuple,
@@ -78,39 +80,60 @@ def _takes_writes(protocol: Any) -> bool:
     )
 
 
-def try_write(protocol: Any, text: str) -> bool:
-    """Write ``text`` as one text frame if the socket takes it now; False if the caller
-    must use the ASGI send instead (and learn from it why, e.g. the socket is gone)."""
-    global _last, written
-    if not _takes_writes(protocol):
-        return False
+def _encoded(text: str, cache: dict[str, bytes] | None) -> bytes:
+    """``text`` as an unmasked text frame: from ``cache`` (the frames of one pass of the
+    loop, see ``connection._Flusher``) or the last one serialised, else serialised now."""
+    global _last
+    if cache is not None:
+        data = cache.get(text)
+        if data is None:
+            data = cache[text] = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        return data
     last = _last
     if last[0] is not text:
         last = _last = (text, Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
-    protocol.transport.write(last[1])
+    return last[1]
+
+
+def try_write(protocol: Any, text: str, cache: dict[str, bytes] | None = None) -> bool:
+    """Write ``text`` as one text frame if the socket takes it now; False if the caller
+    must use the ASGI send instead (and learn from it why, e.g. the socket is gone)."""
+    global written
+    if not _takes_writes(protocol):
+        return False
+    protocol.transport.write(_encoded(text, cache))
     written += 1
     return True
 
 
-def try_write_many(protocol: Any, texts: list[str]) -> int:
+def try_write_many(
+    protocol: Any, texts: list[str], cache: dict[str, bytes] | None = None
+) -> int:
     """Write the first of ``texts`` as text frames in one write call, as many as fit in
     :data:`COALESCE_MAX_BYTES` (at least one), if the socket takes them now; return how
     many were written (0: use the ASGI send, as for :func:`try_write`).
 
-    For frames already waiting on one socket (a join's catch-up, a buffer that built up):
-    one system call instead of one each. A 50-message catch-up took 50 ``send`` calls.
+    For frames waiting on one socket (a join's catch-up, the frames one pass of the loop
+    gave it, a buffer that built up): one system call instead of one each. A 50-message
+    catch-up took 50 ``send`` calls. ``cache``: frames serialised once for every socket
+    (see :func:`_encoded`); without it, each text is serialised here.
     """
-    global written
+    global written, joined_writes
     if not _takes_writes(protocol):
         return 0
     parts: list[bytes] = []
     size = 0
     for text in texts:
-        data = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        data = (
+            Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+            if cache is None
+            else _encoded(text, cache)
+        )
         parts.append(data)
         size += len(data)
         if size >= COALESCE_MAX_BYTES:
             break
     protocol.transport.write(b"".join(parts))
     written += len(parts)
+    joined_writes += 1
     return len(parts)

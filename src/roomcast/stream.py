@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -322,13 +323,29 @@ def _execute_batch(connection: Any, posts: list[_Post]) -> list[int | None]:
                 if not cursor.nextset():
                     break
         return seqs
-    with connection.cursor() as cursor:
-        for statements in params:
-            for sql, args in statements:
-                cursor.execute(sql, args)
-            row = cursor.fetchone()
-            seqs.append(int(row[0]) if row else None)
+    # SQLite: the driver's own cursor, the statements' placeholders turned into its ``?``
+    # once. Django's cursor turns them with a regex per statement and wraps each call
+    # (timing, error translation): more than SQLite's own work on these two statements
+    # (cProfile of a 50-post batch: 27 of 55 µs a statement). Errors are Django's, as
+    # its cursor would raise them.
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            for statements in params:
+                for sql, args in statements:
+                    cursor.execute(_qmark(sql), args)
+                row = cursor.fetchone()
+                seqs.append(int(row[0]) if row else None)
+        finally:
+            cursor.close()
     return seqs
+
+
+@functools.cache
+def _qmark(sql: str) -> str:
+    """``sql`` with sqlite3's placeholders (the store statements have no literal ``%``)."""
+    return sql.replace("%s", "?")
 
 
 def _attempt(post: _Post, *, again: bool = True) -> StoredMessage | BaseException:

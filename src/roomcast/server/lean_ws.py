@@ -300,7 +300,9 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
             self.read_paused = True
             self.transport.pause_reading()
         self._set_timer(max(0.0, deadline - self.loop.time()), self._drain_deadline, "drain")
-        self._close_if_idle()
+        # Soon, not now: frames the application sent in this pass of the loop may wait
+        # for its end (roomcast.connection's _Flusher, scheduled before this).
+        self.loop.call_soon(self._close_if_idle)
 
     def _close_if_idle(self) -> None:
         queue, writable = cast(_Queue, self.queue), cast(_Event, self.writable)
