@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import cursors, edits, limits, metrics, security, services, socket_log
+from . import cursors, edits, limits, metrics, security, services, socket_log, stream
 from .access import Identity
 from .conf import roomcast_settings
 from .connection import Connection, Member
@@ -46,8 +46,10 @@ from .protocol.messages import (
     SendMessageFrame,
     SubscribeFrame,
 )
+from .post_line import PostLine
 from .protocol.room_names import is_user_room
 from .security import SERVER_SEND
+from .stream import StoredMessage
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class _Socket:
         "connection",
         "expiry",
         "phase",
+        "posts",
         "quota",
         "scope",
         "send",
@@ -87,6 +90,7 @@ class _Socket:
         self.send = scope.get(SERVER_SEND) or send
         self.connection: Connection | None = None
         self.quota: limits.Quota | None = None  # rate and socket limits (roomcast.limits)
+        self.posts: PostLine | None = None  # its posts in flight, made at its first post
         self.v1 = PROTOCOL_V1 in (scope.get("subprotocols") or ())
         self.phase = "connecting"
         self.since: int | None = None
@@ -254,6 +258,8 @@ class _Socket:
         room = frame.get("room") if connection.mux else None
         room = room if isinstance(room, str) else None
         handler = self._handlers.get(frame["type"])
+        if frame["type"] != "message" and self.posts is not None and len(self.posts):
+            await self.posts.idle()  # answered after the posts before it (post_line)
         try:
             if handler is None:
                 raise InvalidFrameRefusal(ONLY_ON_WS.format(kind=frame["type"]))
@@ -306,23 +312,42 @@ class _Socket:
         if self.quota is not None and not self.quota.allow_post(member, frame["client_id"]):
             return  # over the rate limit: the client was told (rate_limited, or 4429)
         identity = member.identity
-        stored = await services.apost_message(
+        post = stream.new_post(
             member.room,
             frame["message"],
             user=identity.user,
             username=identity.name,
             client_id=frame["client_id"] or "",
         )
+        if self.posts is None:
+            protocol = getattr(self.send, "__self__", None)  # roomcast serve's, for its drain
+            self.posts = PostLine(self._answer_post, getattr(protocol, "hold_drain", None))
+        await self.posts.add(member, frame, post)
+
+    def _answer_post(
+        self, member: Member, frame: SendMessageFrame, result: StoredMessage | BaseException
+    ) -> None:
+        """A post's answer, in the order the posts came (post_line): its ack or error."""
         connection = member.connection
+        room = member.room if connection.mux else None
+        if isinstance(result, BaseException):
+            if isinstance(result, RefusedError):
+                self._error(result.code, result.detail, frame["client_id"], room)
+                return
+            logger.error("Storing a post of %s failed", self.label, exc_info=result)
+            self._error(
+                "internal_error", "The server could not handle this frame; try again.",
+                frame["client_id"], room,
+            )  # fmt: skip
+            return
         if connection.v1:
-            room = member.room if connection.mux else None
-            ack = codec.ack_event(client_id=frame["client_id"], seq=stored.seq, room=room)
+            ack = codec.ack_event(client_id=frame["client_id"], seq=result.seq, room=room)
             member.send_frame(codec.encode(ack))
-        elif stored.duplicate:
+        elif result.duplicate:
             # A resent client_id stores and publishes nothing. A seed-dialect client has
             # no ack: seeing its message is its ack, so it gets the stored message's
             # frame again, on this socket alone (docs/protocol.md, "Client frames").
-            member.send_frame(stored.frame)
+            member.send_frame(result.frame)
 
     async def _history(self, member: Member, frame: HistoryFrame) -> None:
         if "read" not in member.rights:

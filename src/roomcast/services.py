@@ -51,9 +51,15 @@ def post_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
 async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     """Store a message, then publish it (async twin of :func:`post_message`)."""
     stored = await writer.store(room, text, **kwargs)
-    if not stored.duplicate:
-        await fanout.publish_stored(room, layer_message(stored))
+    await apublish(stored)
     return stored
+
+
+async def apublish(stored: StoredMessage) -> None:
+    """Publish a message just stored (nothing for a duplicate: it was published when
+    it was first stored). Never raises (see ``fanout.publish_stored``)."""
+    if not stored.duplicate:
+        await fanout.publish_stored(stored.room, layer_message(stored))
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -117,6 +117,19 @@ class RoomLocked(Exception):
     """A post's room is locked by another transaction: set aside, to be tried again."""
 
 
+def new_post(
+    room: str,
+    text: str,
+    *,
+    user: Any = None,
+    kind: str = Message.Kind.CHAT,
+    client_id: str = "",
+    username: str = "",
+) -> _Post:
+    """A post to hand to :meth:`StreamWriter.submit` (arguments as :func:`store_message`)."""
+    return _post(room, text, user, kind, client_id, username)
+
+
 def _post(room: str, text: str, user: Any, kind: str, client_id: str, username: str = "") -> _Post:
     authenticated = user is not None and user.is_authenticated
     return _Post(
@@ -590,7 +603,9 @@ class StreamWriter:
     def __init__(self, threads: int = WRITER_THREADS, batch_max: int = BATCH_MAX) -> None:
         self.threads = threads
         self.batch_max = batch_max
-        self._queue: queue.SimpleQueue[tuple[_Post, _Waiter]] = queue.SimpleQueue()
+        # Units of posts (see submit), and how many posts they hold in all.
+        self._queue: queue.SimpleQueue[list[tuple[_Post, _Waiter]]] = queue.SimpleQueue()
+        self._waiting = 0
         self._started = 0
         self._lock = threading.Lock()
         self._locked: dict[str, _LockedRoom] = {}
@@ -619,7 +634,21 @@ class StreamWriter:
         username: str = "",
     ) -> StoredMessage:
         """Store one message (see :func:`store_message`) on a writer thread."""
-        waiting = self._queue.qsize()
+        post = _post(room, text, user, kind, client_id, username)
+        (future,) = self.submit([post])
+        return await future
+
+    def submit(self, posts: list[_Post]) -> list[asyncio.Future[StoredMessage]]:
+        """Queue ``posts`` (made by :func:`new_post`) for a writer thread now, as one unit:
+        they go into one batch together, in this order. One future per post, its stored
+        message or its error. Raises StoreBusyError at once, for all of them, when
+        ``STORE_QUEUE_LIMIT`` posts are waiting.
+
+        A unit is how a socket keeps the order of its own posts with several writer
+        threads: it has one unit at a time in the queue (``consumers._PostLine``), so
+        two of its posts are never in two batches stored side by side.
+        """
+        waiting = self._waiting
         if self._locked:
             with self._lock:
                 waiting += sum(len(entry.posts) for entry in self._locked.values())
@@ -627,15 +656,18 @@ class StreamWriter:
         if waiting >= limit:
             raise StoreBusyError(f"{limit} messages are waiting to be stored; send again shortly.")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[StoredMessage] = loop.create_future()
-        metrics.STORE_QUEUE.set(waiting + 1)
-        self._queue.put((_post(room, text, user, kind, client_id, username), (loop, future)))
+        futures: list[asyncio.Future[StoredMessage]] = [loop.create_future() for _ in posts]
+        with self._lock:
+            self._waiting += len(posts)
+        metrics.STORE_QUEUE.set(waiting + len(posts))
+        self._queue.put([(post, (loop, future)) for post, future in zip(posts, futures)])
         if self._started < self.threads:
             self._start_threads()
-        return await future
+        return futures
 
     def _reset(self) -> None:
         self._queue = queue.SimpleQueue()
+        self._waiting = 0
         self._started = 0
         self._lock = threading.Lock()
         self._locked = {}
@@ -688,15 +720,16 @@ class StreamWriter:
                     posts, entry.posts = entry.posts, []
                     return posts, room
                 next_due = entry.due
-        batch: list[tuple[_Post, _Waiter]] = []
         try:
             timeout = None if next_due is None else max(0.0, next_due - now)
-            batch.append(self._queue.get(timeout=timeout))
+            batch = self._queue.get(timeout=timeout)
         except queue.Empty:
             return [], None
         with contextlib.suppress(queue.Empty):
-            while len(batch) < self.batch_max:
-                batch.append(self._queue.get_nowait())
+            while len(batch) < self.batch_max:  # a unit stays whole: may pass it by one unit
+                batch += self._queue.get_nowait()
+        with self._lock:
+            self._waiting -= len(batch)
         return batch, None
 
     def _retry_done(self, room: str) -> None:
@@ -726,7 +759,7 @@ class StreamWriter:
         with self._lock:
             self.batches += 1
             self.posts += len(batch)
-        metrics.STORE_QUEUE.set(self._queue.qsize())
+        metrics.STORE_QUEUE.set(self._waiting)
         self._limit_lock_waits()
         try:
             posts = [post for post, _ in batch]

@@ -166,8 +166,10 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     # deadline while the transport is paused, or the abort after a close.
     _timer: asyncio.TimerHandle | None = None
     _timer_kind = ""
-    # Where this socket is in a graceful drain (see the drain section below).
+    # Where this socket is in a graceful drain (see the drain section below), and
+    # whether the application has answers to send that the drain's close must wait for.
     _drain_state = ""
+    _app_busy = False
 
     def adopt_guard(self, address: str) -> None:
         """Take over the connection count of the HTTP protocol this socket was upgraded
@@ -304,10 +306,19 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
         # for its end (roomcast.connection's _Flusher, scheduled before this).
         self.loop.call_soon(self._close_if_idle)
 
+    def hold_drain(self, busy: bool) -> None:
+        """The application has work under way that will send (a socket's posts being
+        stored, roomcast.post_line): while ``busy``, a drain waits for it as for a frame
+        being handled; when it ends, the drain's close may go."""
+        self._app_busy = busy
+        if not busy and self._drain_state == "waiting":
+            self.loop.call_soon(self._close_if_idle)
+
     def _close_if_idle(self) -> None:
         queue, writable = cast(_Queue, self.queue), cast(_Event, self.writable)
         if (
             self._drain_state == "waiting"
+            and not self._app_busy  # no posts being stored, their acks yet to come
             and queue.waiting  # the application waits for a frame
             and queue.empty()  # and has none left to handle
             and writable.is_set()  # and what it sent is written, none waits
