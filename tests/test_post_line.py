@@ -186,3 +186,38 @@ async def test_a_drain_closes_a_socket_after_its_posts_are_answered(
         assert acks == ids
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
         await asyncio.wait_for(srv.task, 10)
+
+
+async def test_a_refusal_is_answered_after_the_posts_before_it(settings, held_writer):
+    """Three posts in flight, then two over the rate limit: the refusals (rate_limited)
+    come after the three acks, the answers in the order the posts were sent."""
+    settings.ROOMCAST = {
+        **settings.ROOMCAST,
+        "POST_RATE_PER_SOCKET": 0.01,
+        "POST_BURST_PER_SOCKET": 3,
+        "POST_RATE_PER_USER": 0,
+        "RATE_LIMIT_CLOSE_AFTER": 0,
+    }
+    async with lean_server() as srv:
+        ws = await joined_socket(srv.url + "refused/")
+        ids = [f"r{i}" for i in range(5)]
+        for i, client_id in enumerate(ids):
+            await ws.send(post(f"m{i}", client_id))
+        await asyncio.sleep(0.3)
+        held_writer.set()
+        frames = await frames_until(
+            ws, lambda f: f.get("client_id") == ids[-1] and f["type"] == "error"
+        )
+        answers = [
+            (f["type"], f.get("code"), f["client_id"])
+            for f in frames
+            if f["type"] in ("ack", "error")
+        ]
+        assert answers == [
+            ("ack", None, "r0"),
+            ("ack", None, "r1"),
+            ("ack", None, "r2"),
+            ("error", "rate_limited", "r3"),
+            ("error", "rate_limited", "r4"),
+        ]
+        await ws.close()

@@ -140,7 +140,6 @@ async def test_posts_to_a_room_set_aside_wait_together_and_are_stored_in_order()
     assert writer._locked == {}
 
 
-
 def test_the_client_id_lookups_use_the_rooms_client_id_index():
     """A post's duplicate check finds a client_id through the (room, client_id) unique
     index, not by reading the room's messages one by one: SQLite uses a partial index

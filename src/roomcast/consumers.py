@@ -27,6 +27,7 @@ from .access import Identity
 from .conf import roomcast_settings
 from .connection import Connection, Member
 from .exceptions import PermissionDeniedError, RefusedError
+from .post_line import PostLine
 from .protocol import (
     PROTOCOL_V1,
     CloseCode,
@@ -46,7 +47,6 @@ from .protocol.messages import (
     SendMessageFrame,
     SubscribeFrame,
 )
-from .post_line import PostLine
 from .protocol.room_names import is_user_room
 from .security import SERVER_SEND
 from .stream import StoredMessage
@@ -248,6 +248,7 @@ class _Socket:
                 text_data, bytes_data, max_bytes=roomcast_settings.MAX_FRAME_BYTES
             )
         except ProtocolError as exc:
+            await self._after_posts()
             if exc.close_code is not None:
                 connection.close(exc.close_code, codec.close_reason(exc.detail))
             else:
@@ -258,8 +259,8 @@ class _Socket:
         room = frame.get("room") if connection.mux else None
         room = room if isinstance(room, str) else None
         handler = self._handlers.get(frame["type"])
-        if frame["type"] != "message" and self.posts is not None and len(self.posts):
-            await self.posts.idle()  # answered after the posts before it (post_line)
+        if frame["type"] != "message":
+            await self._after_posts()
         try:
             if handler is None:
                 raise InvalidFrameRefusal(ONLY_ON_WS.format(kind=frame["type"]))
@@ -302,15 +303,27 @@ class _Socket:
 
     # -- what a member may do, on either endpoint ----------------------------------------
 
+    async def _after_posts(self) -> None:
+        """Wait until the socket's posts in flight are answered: every answer other than
+        a post's own ack (an error, a refusal, a close, another frame's reply) goes
+        after the answers to the posts before it, as when posts went one at a time."""
+        if self.posts is not None and len(self.posts):
+            await self.posts.idle()
+
     async def _post(self, member: Member, frame: SendMessageFrame) -> None:
         if "post" not in member.rights:
+            await self._after_posts()
             raise PermissionDeniedError(
                 "You may not post in this room."
                 if member.identity.authenticated
                 else "Log in to post in this room."
             )
-        if self.quota is not None and not self.quota.allow_post(member, frame["client_id"]):
-            return  # over the rate limit: the client was told (rate_limited, or 4429)
+        quota = self.quota
+        if quota is not None:
+            if not quota.has_token():
+                await self._after_posts()  # its refusal (or 4429) goes after their acks
+            if not quota.allow_post(member, frame["client_id"]):
+                return  # over the rate limit: the client was told (rate_limited, or 4429)
         identity = member.identity
         post = stream.new_post(
             member.room,

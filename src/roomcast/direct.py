@@ -106,9 +106,7 @@ def try_write(protocol: Any, text: str, cache: dict[str, bytes] | None = None) -
     return True
 
 
-def try_write_many(
-    protocol: Any, texts: list[str], cache: dict[str, bytes] | None = None
-) -> int:
+def try_write_many(protocol: Any, texts: list[str], cache: dict[str, bytes] | None = None) -> int:
     """Write the first of ``texts`` as text frames in one write call, as many as fit in
     :data:`COALESCE_MAX_BYTES` (at least one), if the socket takes them now; return how
     many were written (0: use the ASGI send, as for :func:`try_write`).

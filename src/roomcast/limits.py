@@ -235,6 +235,19 @@ class Quota:
         self._requests = tokens - 1.0
         return 0.0
 
+    def has_token(self) -> bool:
+        """Whether a post now would be allowed (takes nothing; :meth:`allow_post` does)."""
+        config = _config()
+        now = time.monotonic()
+        if config.socket_rate > 0:
+            if _refilled(self, now, config.socket_rate, config.socket_burst) < 1.0:
+                return False
+        user = self._user
+        if user is not None and config.user_rate > 0:
+            if _refilled(user, now, config.user_rate, config.user_burst) < 1.0:
+                return False
+        return True
+
     def allow_post(self, member: Member, client_id: str | None) -> bool:
         """Take a post's token; if there is none, tell the client and return False.
 
@@ -246,13 +259,13 @@ class Quota:
         now = time.monotonic()
         wait = 0.0
         if config.socket_rate > 0:
-            tokens = min(config.socket_burst, self.tokens + (now - self.stamp) * config.socket_rate)
+            tokens = _refilled(self, now, config.socket_rate, config.socket_burst)
             self.tokens, self.stamp = tokens, now
             if tokens < 1.0:
                 wait = (1.0 - tokens) / config.socket_rate
         user = self._user
         if user is not None and config.user_rate > 0:
-            tokens = min(config.user_burst, user.tokens + (now - user.stamp) * config.user_rate)
+            tokens = _refilled(user, now, config.user_rate, config.user_burst)
             user.tokens, user.stamp = tokens, now
             if tokens < 1.0:
                 wait = max(wait, (1.0 - tokens) / config.user_rate)
@@ -292,6 +305,11 @@ class Quota:
                 _addresses[address] = left
             else:
                 _addresses.pop(address, None)
+
+
+def _refilled(bucket: Any, now: float, rate: float, burst: float) -> float:
+    """A token bucket's tokens at ``now`` (``bucket.tokens`` at ``bucket.stamp``)."""
+    return float(min(burst, bucket.tokens + (now - bucket.stamp) * rate))
 
 
 def rate_limited_event(wait: float, client_id: str | None, *, seed: bool) -> dict[str, Any]:

@@ -14,9 +14,11 @@ posts are stored, up to :data:`MAX_POSTS_IN_FLIGHT`:
 * Each post is published and answered (ack, or the error carrying its ``client_id``) in
   the order it came. A unit's messages are published one after another in one pass of
   the loop, so each member gets them in one write call (``connection._Flusher``).
-* Any other frame of the socket (history, edit, unsubscribe...) waits until the posts
-  before it are answered (:meth:`PostLine.idle`), so what a client sees after a post is
-  what it saw when posts went one at a time.
+* Every other answer waits until the posts before it are answered
+  (:meth:`PostLine.idle`): another frame's reply (history, edit, unsubscribe...), a
+  refused post (``rate_limited``, not allowed), an invalid frame's error, and the
+  closes those bring (4429, 1009). What a client sees after a post is what it saw when
+  posts went one at a time.
 
 Bound and overflow policy: at most :data:`MAX_POSTS_IN_FLIGHT` posts per socket between
 being read and being answered; at the bound the socket reads no more frames until one
@@ -103,7 +105,8 @@ class PostLine:
             failed.set_exception(exc)
             failed.exception()  # retrieved here: each post's answer says it
             futures = [failed] * len(unit)
-        self._flight = [(member, frame, f) for (member, frame, _), f in zip(unit, futures)]
+        pairs = zip(unit, futures, strict=True)
+        self._flight = [(member, frame, future) for (member, frame, _), future in pairs]
 
     async def _run(self) -> None:
         try:

@@ -67,8 +67,9 @@ WRITER_THREADS = 2
 #: Most posts stored in one transaction.
 BATCH_MAX = 100
 # Settings (conf.py): STORE_QUEUE_LIMIT, posts waiting for a writer thread, at most. A
-# socket has one post in flight at a time, so only a burst of async pushes from
-# application code comes near it. Overflow policy: the post is refused at once with
+# socket has at most 16 posts in flight (post_line.MAX_POSTS_IN_FLIGHT), so only
+# thousands of sockets posting flat out, or a burst of async pushes from application
+# code, come near it. Overflow policy: the post is refused at once with
 # StoreBusyError (a socket's poster gets a ``busy`` error event and sends again);
 # nothing is dropped after it was accepted. STORE_LOCK_TIMEOUT_MS: on PostgreSQL, the
 # longest wait of a writer thread for a room's row lock held by another transaction (a
@@ -660,7 +661,8 @@ class StreamWriter:
         with self._lock:
             self._waiting += len(posts)
         metrics.STORE_QUEUE.set(waiting + len(posts))
-        self._queue.put([(post, (loop, future)) for post, future in zip(posts, futures)])
+        unit = [(post, (loop, future)) for post, future in zip(posts, futures, strict=True)]
+        self._queue.put(unit)
         if self._started < self.threads:
             self._start_threads()
         return futures

@@ -64,9 +64,9 @@ class Post:
 class Outbox:
     """A connection's posts waiting for their ``ack``.
 
-    One at a time on the wire: the server reads a socket's next frame only after it
-    answered a post (docs/protocol.md, "a socket's posts in flight: 1"), so pipelining
-    would gain little, and waiting keeps ``busy`` / ``rate_limited`` retries in order.
+    One at a time on the wire. The server would read ahead (docs/protocol.md, "a
+    socket's posts in flight"), but a client's posts are paced by the post rate limit
+    anyway, and waiting keeps ``busy`` / ``rate_limited`` retries in order.
     A room's posts wait for its ``joined`` and, when one of them was sent on an earlier
     socket (so it may be stored), for the catch-up, which settles it if it shows it.
     """
