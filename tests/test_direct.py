@@ -154,6 +154,52 @@ async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(server, monk
         await ws.close()
 
 
+async def test_a_pass_gives_a_socket_at_most_coalesce_max_frames_to_wait(server, monkeypatch):
+    """A hundred frames for one socket in one pass: the 64th writes the 64 waiting at
+    once, the other 36 go at the end of the pass; all arrive, in order."""
+    from roomcast import connection
+    from roomcast.hub import running_hub
+
+    ws = await connect(server.url + "many/")
+    calls: list[int] = []
+    write_many = direct.try_write_many
+
+    def counted_many(protocol, texts, cache=None):
+        written = write_many(protocol, texts, cache)
+        calls.append(written)
+        return written
+
+    monkeypatch.setattr(direct, "try_write_many", counted_many)
+    hub = running_hub()
+    assert hub is not None
+    (member,) = hub.members("many")
+    for i in range(100):
+        member.deliver(i + 1, json.dumps({"type": "message", "seq": i + 1, "message": f"m{i}"}))
+    assert calls == [connection.COALESCE_MAX_FRAMES]  # written in the pass, at the bound
+    assert [f["seq"] for f in await messages(ws, 100)] == list(range(1, 101))
+    assert calls == [64, 36]
+    await ws.close()
+
+
+async def test_frames_waiting_for_the_pass_do_not_count_as_a_slow_client(server, settings):
+    """A socket with room for 5 frames gets 20 in one pass: they only wait for the end of
+    the pass, the socket takes them, so it is not closed as too slow (1013)."""
+    from roomcast.hub import running_hub
+
+    settings.ROOMCAST = {**settings.ROOMCAST, "OUTBOUND_BUFFER_FRAMES": 5}
+    ws = await connect(server.url + "small/")
+    hub = running_hub()
+    assert hub is not None
+    (member,) = hub.members("small")
+    assert member.connection.max_frames == 5
+    for i in range(20):
+        member.deliver(i + 1, json.dumps({"type": "message", "seq": i + 1, "message": f"m{i}"}))
+    assert [f["seq"] for f in await messages(ws, 20)] == list(range(1, 21))
+    await ws.send(json.dumps({"type": "ping"}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] == "pong"
+    await ws.close()
+
+
 async def test_a_frame_waiting_for_the_pass_is_written_before_a_close(server):
     """A frame queued in the same pass as the socket's close (an error, then 4403) is
     written before the close frame, as it was when frames were written at once."""

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def post(room: str, text: str, *, client_id: str = "", user_id: int | None = None):
-    p = stream._post(room, text, None, Message.Kind.CHAT, client_id)
+    p = stream.new_post(room, text, client_id=client_id)
     p.user_id = user_id
     return p
 
@@ -88,7 +88,7 @@ async def test_the_writer_stores_concurrent_posts_in_batches():
     rooms = [f"busy {i}" for i in range(5)]
 
     async def poster(n: int) -> list[int]:
-        return [(await writer.store(rooms[n % 5], f"p{n} m{i}")).seq for i in range(4)]
+        return [(await writer.store(post(rooms[n % 5], f"p{n} m{i}"))).seq for i in range(4)]
 
     seqs = await asyncio.gather(*(poster(n) for n in range(50)))
     assert all(s == sorted(s) for s in seqs)
@@ -105,7 +105,7 @@ async def test_a_full_queue_refuses_the_post_with_busy(settings):
     base = settings.ROOMCAST
     settings.ROOMCAST = {**base, "STORE_QUEUE_LIMIT": 0}  # every queue is full
     with pytest.raises(StoreBusyError):
-        await stream.writer.store("full", "refused")
+        await stream.writer.store(post("full", "refused"))
     client = RoomCommunicator(websocket_application(), "full")
     await client.join()
     await client.say("refused", client_id="x1")
@@ -130,8 +130,8 @@ async def test_posts_to_a_room_set_aside_wait_together_and_are_stored_in_order()
     entry.add([(post("aside", "first"), (loop, earlier))], time.monotonic())
     entry.due = time.monotonic() + 0.5
     writer._locked["aside"] = entry
-    later = asyncio.create_task(writer.store("aside", "second"))
-    other = await asyncio.wait_for(writer.store("elsewhere", "now"), 5)
+    later = asyncio.create_task(writer.store(post("aside", "second")))
+    other = await asyncio.wait_for(writer.store(post("elsewhere", "now")), 5)
     assert other.seq == 1 and not earlier.done() and not later.done()
     assert [p.text for p, _ in writer._locked["aside"].posts] == ["first", "second"]
     first, second = await asyncio.wait_for(asyncio.gather(earlier, later), 5)

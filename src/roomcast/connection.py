@@ -191,23 +191,23 @@ class Connection:
     def _enqueue(self, frame: str) -> None:
         buffer = self._buffer
         buffer.append(frame)
+        if self._writer is None:  # the socket takes frames: nothing waits but this pass's
+            flusher = self._flusher
+            if flusher is not None and len(buffer) < COALESCE_MAX_FRAMES:
+                if len(buffer) == 1:  # the buffer was empty: not waiting for a flush yet
+                    flusher.add(self)
+                return
+            self._kick()
+            return
+        # A writer task drains the buffer: the client is not keeping up.
         if len(buffer) > self.max_frames + self._slack_frames:
             metrics.SLOW_CLOSES.inc()
             self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON)
-            return
-        if self._writer is not None:
-            if self.max_bytes:
-                self._bytes += _size(frame)
-                if self._bytes > self.max_bytes + self._slack:
-                    metrics.SLOW_CLOSES.inc()
-                    self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON)
-            return  # the writer task drains it
-        flusher = self._flusher
-        if flusher is not None and len(buffer) < COALESCE_MAX_FRAMES:
-            if len(buffer) == 1:  # the buffer was empty: not waiting for a flush yet
-                flusher.add(self)
-            return
-        self._kick()
+        elif self.max_bytes:
+            self._bytes += _size(frame)
+            if self._bytes > self.max_bytes + self._slack:
+                metrics.SLOW_CLOSES.inc()
+                self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON)
 
     def _kick(self, cache: dict[str, bytes] | None = None) -> None:
         """Write the buffer now, as far as the server's send allows without waiting;

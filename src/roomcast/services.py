@@ -25,7 +25,7 @@ from .hub import CatchUp, Connection, Hub, Member, Send, connection_origin, get_
 from .models import Message, Room
 from .protocol import CloseCode, codec
 from .stream import StoredMessage as StoredMessage
-from .stream import message_frame, writer
+from .stream import message_frame, new_post, writer
 from .stream import store_message as store_message
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def post_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
 
 async def apost_message(room: str, text: str, **kwargs: Any) -> StoredMessage:
     """Store a message, then publish it (async twin of :func:`post_message`)."""
-    stored = await writer.store(room, text, **kwargs)
+    stored = await writer.store(new_post(room, text, **kwargs))
     await apublish(stored)
     return stored
 

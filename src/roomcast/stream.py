@@ -127,11 +127,8 @@ def new_post(
     client_id: str = "",
     username: str = "",
 ) -> _Post:
-    """A post to hand to :meth:`StreamWriter.submit` (arguments as :func:`store_message`)."""
-    return _post(room, text, user, kind, client_id, username)
-
-
-def _post(room: str, text: str, user: Any, kind: str, client_id: str, username: str = "") -> _Post:
+    """A message to store (arguments as :func:`store_message`), for
+    :meth:`StreamWriter.store` or :meth:`StreamWriter.submit`."""
     authenticated = user is not None and user.is_authenticated
     return _Post(
         room=room,
@@ -170,7 +167,9 @@ def store_message(
     instead of a second copy. Checked in the storing statement itself, and backed by a
     unique index on (room, client_id) for two sends racing each other.
     """
-    return _store_one(_post(room, text, user, kind, client_id, username))
+    return _store_one(
+        new_post(room, text, user=user, kind=kind, client_id=client_id, username=username)
+    )
 
 
 def _store_one(post: _Post) -> StoredMessage:
@@ -624,18 +623,8 @@ class StreamWriter:
 
         os.register_at_fork(after_in_child=after_fork_in_child)
 
-    async def store(
-        self,
-        room: str,
-        text: str,
-        *,
-        user: Any = None,
-        kind: str = Message.Kind.CHAT,
-        client_id: str = "",
-        username: str = "",
-    ) -> StoredMessage:
-        """Store one message (see :func:`store_message`) on a writer thread."""
-        post = _post(room, text, user, kind, client_id, username)
+    async def store(self, post: _Post) -> StoredMessage:
+        """Store one message (made by :func:`new_post`) on a writer thread."""
         (future,) = self.submit([post])
         return await future
 
