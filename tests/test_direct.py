@@ -33,6 +33,27 @@ async def connect(url: str):
     return await joined_socket(url)
 
 
+@pytest.fixture
+def write_calls(monkeypatch) -> list[int]:
+    """The frames of each direct write call, in order (a one-frame write counts 1)."""
+    calls: list[int] = []
+    write, write_many = direct.try_write, direct.try_write_many
+
+    def counted_one(protocol, text, cache=None):
+        written = write(protocol, text, cache)
+        calls.append(int(written))
+        return written
+
+    def counted_many(protocol, texts, cache=None):
+        written = write_many(protocol, texts, cache)
+        calls.append(written)
+        return written
+
+    monkeypatch.setattr(direct, "try_write", counted_one)
+    monkeypatch.setattr(direct, "try_write_many", counted_many)
+    return calls
+
+
 async def messages(ws, count: int) -> list[dict]:
     out: list[dict] = []
     while len(out) < count:
@@ -83,20 +104,12 @@ async def test_a_member_that_stops_reading_falls_back_and_loses_nothing(server, 
     await fast.close()
 
 
-async def test_a_catch_up_is_written_in_one_call(server, monkeypatch):
+async def test_a_catch_up_is_written_in_one_call(server, write_calls):
     """A join's 50 catch-up frames go to the socket joined into one write call, whole and
     in order."""
     for i in range(50):
         await services.apost_message("catchup", f"m{i} 你好")
-    calls: list[int] = []
-    write_many = direct.try_write_many
-
-    def counted(protocol, texts, cache=None):
-        written = write_many(protocol, texts, cache)
-        calls.append(written)
-        return written
-
-    monkeypatch.setattr(direct, "try_write_many", counted)
+    calls = write_calls
     ws = await websockets.connect(
         server.url + "catchup/", subprotocols=["roomcast.v1"], compression=None
     )  # type: ignore[list-item]
@@ -109,7 +122,9 @@ async def test_a_catch_up_is_written_in_one_call(server, monkeypatch):
     await ws.close()
 
 
-async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(server, monkeypatch):
+async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(
+    server, monkeypatch, write_calls
+):
     """Frames handed to a socket in one pass of the loop (here ten messages of a room
     published one after another, as a stored batch is) wait for the end of the pass and
     go in one write call per socket, whole and in order; each message serialised once
@@ -117,20 +132,8 @@ async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(server, monk
     from roomcast.hub import running_hub
 
     members = [await connect(server.url + "pass/") for _ in range(3)]
-    calls: list[int] = []
-    write, write_many = direct.try_write, direct.try_write_many
-
-    def counted_one(protocol, text, cache=None):
-        calls.append(1)
-        return write(protocol, text, cache)
-
-    def counted_many(protocol, texts, cache=None):
-        written = write_many(protocol, texts, cache)
-        calls.append(written)
-        return written
-
-    monkeypatch.setattr(direct, "try_write", counted_one)
-    monkeypatch.setattr(direct, "try_write_many", counted_many)
+    calls = write_calls
+    calls.clear()  # the joined frames'
     serialised: list[str] = []
     frame_class = direct.Frame
 
@@ -154,22 +157,15 @@ async def test_frames_given_in_one_pass_of_the_loop_go_in_one_write(server, monk
         await ws.close()
 
 
-async def test_a_pass_gives_a_socket_at_most_coalesce_max_frames_to_wait(server, monkeypatch):
+async def test_a_pass_gives_a_socket_at_most_coalesce_max_frames_to_wait(server, write_calls):
     """A hundred frames for one socket in one pass: the 64th writes the 64 waiting at
     once, the other 36 go at the end of the pass; all arrive, in order."""
     from roomcast import connection
     from roomcast.hub import running_hub
 
     ws = await connect(server.url + "many/")
-    calls: list[int] = []
-    write_many = direct.try_write_many
-
-    def counted_many(protocol, texts, cache=None):
-        written = write_many(protocol, texts, cache)
-        calls.append(written)
-        return written
-
-    monkeypatch.setattr(direct, "try_write_many", counted_many)
+    calls = write_calls
+    calls.clear()  # the joined frame's
     hub = running_hub()
     assert hub is not None
     (member,) = hub.members("many")
