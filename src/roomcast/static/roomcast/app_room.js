@@ -541,8 +541,8 @@ export class RoomView {
   }
 
   /**
-   * Send the outbox's messages one at a time, in order: the server reads one post per
-   * socket at a time anyway, and a message refused for the rate (rate_limited) or load
+   * Send the outbox's messages one at a time, in order: a person types slower than the
+   * post rate allows anyway, and a message refused for the rate (rate_limited) or load
    * (busy) is sent again after retry_after (or BUSY_RETRY_MS, doubling) before the ones
    * typed after it, so they are stored in the order typed.
    */
