@@ -338,3 +338,28 @@ async def test_lean_event_wakes_every_waiter_and_forgets_them():
     assert event._waiters is None
     event.set()
     assert await asyncio.wait_for(event.wait(), 1) is True
+
+
+async def test_frames_queued_as_a_writer_task_ends_are_written(server):
+    """Frames handed to a socket after its writer task emptied the buffer but before
+    the task's done callback ran (a pass later) were left to the finished task: the
+    callback writes them."""
+    from roomcast.hub import running_hub
+
+    ws = await connect(server.url + "handover/")
+    hub = running_hub()
+    assert hub is not None
+    (member,) = hub.members("handover")
+    connection = member.connection
+    connection._writer = asyncio.get_running_loop().create_future()  # a writer "draining"
+    for i in range(3):
+        member.deliver(i + 1, json.dumps({"type": "message", "seq": i + 1, "message": f"m{i}"}))
+    assert len(connection._buffer) == 3  # left to the writer
+
+    class Finished:
+        def close(self) -> None:
+            pass
+
+    connection._writer_done(Finished(), None)  # type: ignore[arg-type]
+    assert [f["seq"] for f in await messages(ws, 3)] == [1, 2, 3]
+    await ws.close()

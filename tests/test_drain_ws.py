@@ -75,3 +75,25 @@ async def test_a_socket_that_reads_nothing_is_closed_at_its_deadline(server, cap
     assert "Draining 2 WebSockets over 0 s in 1 batch" in caplog.text
     assert f"1 closed after SETTLE_SECS ({SETTLE_SECS:g} s)" in caplog.text, caplog.text
     stuck.transport.abort()
+
+
+async def test_a_drain_close_comes_after_the_acks_of_the_last_posts(server):
+    """The last posts' work ends (hold_drain(False)) in the pass that sends their ack,
+    and the drain's idle check was queued before: the ack, which waits for the end of
+    that pass, is written before the 1012."""
+    from roomcast.hub import running_hub
+
+    ws = await connect(server.url + "lastack/")
+    hub = running_hub()
+    assert hub is not None
+    (member,) = hub.members("lastack")
+    protocol = member.connection._direct
+    protocol.hold_drain(True)  # a post being stored
+    protocol._drain_state = "registered"  # as uvicorn's shutdown() would
+    protocol.drain_close(asyncio.get_running_loop().time() + 5)  # its idle check queued
+    member.send_frame(json.dumps({"type": "ack", "client_id": "last", "seq": 1}))
+    protocol.hold_drain(False)  # the post is answered, in this same pass
+    assert json.loads(await asyncio.wait_for(ws.recv(), 10))["client_id"] == "last"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012

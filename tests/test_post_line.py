@@ -221,3 +221,28 @@ async def test_a_refusal_is_answered_after_the_posts_before_it(settings, held_wr
             ("error", "rate_limited", "r4"),
         ]
         await ws.close()
+
+
+async def test_on_ws_a_post_to_a_room_not_subscribed_is_answered_after_the_posts_before_it(
+    server, held_writer
+):
+    """/ws/: two posts in flight in one room, then one to a room the socket is not in:
+    its not_subscribed error comes after the two acks."""
+    url = server.url.replace("/ws/chat/", "/ws/")
+    ws = await websockets.connect(url, compression=None, ping_interval=None)
+    assert json.loads(await ws.recv())["type"] == "connected"
+    await ws.send(json.dumps({"type": "subscribe", "room": "inroom"}))
+    await frames_until(ws, lambda f: f["type"] == "joined")
+    for i in range(2):
+        frame = {"type": "message", "room": "inroom", "message": f"m{i}", "client_id": f"a{i}"}
+        await ws.send(json.dumps(frame))
+    await ws.send(
+        json.dumps({"type": "message", "room": "elsewhere", "message": "x", "client_id": "x"})
+    )
+    await asyncio.sleep(0.2)
+    held_writer.set()
+    frames = await frames_until(ws, lambda f: f.get("client_id") == "x")
+    answers = [(f["type"], f.get("client_id")) for f in frames if f["type"] in ("ack", "error")]
+    assert answers == [("ack", "a0"), ("ack", "a1"), ("error", "x")]
+    assert frames[-1]["code"] == "not_subscribed"
+    await ws.close()

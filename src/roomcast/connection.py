@@ -283,6 +283,10 @@ class Connection:
         self._writer = None
         self._bytes = 0
         pending.close()  # a writer cancelled before it ran never finished the send
+        # Frames queued after the task emptied the buffer and before this callback ran
+        # (it runs a pass later) found a writer and were left to it: write them now.
+        if self._buffer and not self.closed:
+            self._kick()
 
     def _gone(self) -> None:
         self.closed = True

@@ -266,9 +266,11 @@ class _Socket:
                 raise InvalidFrameRefusal(ONLY_ON_WS.format(kind=frame["type"]))
             await handler(self, frame)
         except RefusedError as exc:
+            await self._after_posts()  # a refused post too (on /ws/: not subscribed...)
             self._error(exc.code, exc.detail, client_id, room)
         except Exception:
             logger.exception("Handling a %r frame of %s failed", frame["type"], self.label)
+            await self._after_posts()
             self._error(
                 "internal_error", "The server could not handle this frame; try again.",
                 client_id, room,
@@ -312,7 +314,6 @@ class _Socket:
 
     async def _post(self, member: Member, frame: SendMessageFrame) -> None:
         if "post" not in member.rights:
-            await self._after_posts()
             raise PermissionDeniedError(
                 "You may not post in this room."
                 if member.identity.authenticated

@@ -169,7 +169,7 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     # Where this socket is in a graceful drain (see the drain section below), and
     # whether the application has answers to send that the drain's close must wait for.
     _drain_state = ""
-    _app_busy = False
+    _app_busy = 0
 
     def adopt_guard(self, address: str) -> None:
         """Take over the connection count of the HTTP protocol this socket was upgraded
@@ -309,10 +309,21 @@ class LeanWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
     def hold_drain(self, busy: bool) -> None:
         """The application has work under way that will send (a socket's posts being
         stored, roomcast.post_line): while ``busy``, a drain waits for it as for a frame
-        being handled; when it ends, the drain's close may go."""
-        self._app_busy = busy
-        if not busy and self._drain_state == "waiting":
-            self.loop.call_soon(self._close_if_idle)
+        being handled; when it ends, the drain's close may go.
+
+        The end counts a pass of the loop later: the work's last frames (its acks) may
+        wait for the end of the pass they were sent in (roomcast.connection's _Flusher,
+        scheduled before this), and the close must come after them.
+        """
+        if busy:
+            self._app_busy += 1
+        else:
+            self.loop.call_soon(self._drain_released)
+
+    def _drain_released(self) -> None:
+        self._app_busy -= 1
+        if self._drain_state == "waiting":
+            self._close_if_idle()
 
     def _close_if_idle(self) -> None:
         queue, writable = cast(_Queue, self.queue), cast(_Event, self.writable)
