@@ -321,7 +321,7 @@ class _Socket:
             )
         quota = self.quota
         if quota is not None:
-            if not quota.has_token():
+            if self.posts is not None and len(self.posts) and not quota.has_token():
                 await self._after_posts()  # its refusal (or 4429) goes after their acks
             if not quota.allow_post(member, frame["client_id"]):
                 return  # over the rate limit: the client was told (rate_limited, or 4429)

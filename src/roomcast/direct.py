@@ -87,12 +87,16 @@ def _encoded(text: str, cache: dict[str, bytes] | None) -> bytes:
     if cache is not None:
         data = cache.get(text)
         if data is None:
-            data = cache[text] = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+            data = cache[text] = _serialized(text)
         return data
     last = _last
     if last[0] is not text:
-        last = _last = (text, Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
+        last = _last = (text, _serialized(text))
     return last[1]
+
+
+def _serialized(text: str) -> bytes:
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
 def try_write(protocol: Any, text: str, cache: dict[str, bytes] | None = None) -> bool:
@@ -122,11 +126,7 @@ def try_write_many(protocol: Any, texts: list[str], cache: dict[str, bytes] | No
     parts: list[bytes] = []
     size = 0
     for text in texts:
-        data = (
-            Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-            if cache is None
-            else _encoded(text, cache)
-        )
+        data = _serialized(text) if cache is None else _encoded(text, cache)
         parts.append(data)
         size += len(data)
         if size >= COALESCE_MAX_BYTES:

@@ -635,7 +635,7 @@ class StreamWriter:
         ``STORE_QUEUE_LIMIT`` posts are waiting.
 
         A unit is how a socket keeps the order of its own posts with several writer
-        threads: it has one unit at a time in the queue (``consumers._PostLine``), so
+        threads: it has one unit at a time in the queue (``post_line.PostLine``), so
         two of its posts are never in two batches stored side by side.
         """
         waiting = self._waiting
